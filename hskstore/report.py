@@ -1,0 +1,117 @@
+"""What a store holds and what it costs: the numbers behind `hskstore info`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .store import open_store
+
+__all__ = ["store_info", "format_info", "COMPONENTS"]
+
+# Components as the paper's Table 3 counts them, plus what a teacher-free trainer needs besides HSK.
+COMPONENTS = {
+    "values": ("values",),
+    "masks": ("masks", "static_mask"),
+    "positions": ("positions",),
+    "tokens": ("input_ids", "token_type_ids", "lengths"),
+    "logits": ("logits",),
+    "labels": ("labels",),
+}
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def store_info(path, allow_incomplete: bool = False) -> dict:
+    """Config, counts, A^HSK, and bytes on disk per component of a store (all splits together)."""
+    store = open_store(path, allow_incomplete=allow_incomplete)
+    root = Path(path)
+    resolved, compression = store.resolved, store.compression
+    per_array: dict[str, int] = {}
+    for split in store.splits:
+        for name in store.split(split).array_names:
+            per_array[name] = per_array.get(name, 0) + _dir_bytes(root / split / name)
+    if (root / "static_mask").exists():
+        per_array["static_mask"] = _dir_bytes(root / "static_mask")
+    components = {c: sum(per_array.get(a, 0) for a in arrays) for c, arrays in COMPONENTS.items()}
+    examples = {s: store.split(s).num_examples for s in store.splits}
+    total_examples = sum(examples.values())
+    # Real tokens, needed for the size of the full HSK of the same data.
+    tokens = 0
+    for split in store.splits:
+        reader = store.split(split)
+        for k in range(reader.num_chunks):
+            tokens += int(reader.read_chunk(k, ["lengths"])["lengths"].astype(np.int64).sum())
+    student_layers = compression.student_layers
+    d = resolved.hidden_size
+    full_units_per_example = (student_layers + 1) * tokens / max(total_examples, 1)
+    raw_hsk_bytes = total_examples * resolved.depth * resolved.length * (
+        resolved.width * np.dtype(compression.value_dtype).itemsize
+        + (resolved.mask_bytes if resolved.has_mask and compression.width_strategy == "mag" else 0) + 2)
+    full_hsk_bytes = (student_layers + 1) * tokens * d * 2  # float16, every mapped layer, every real token
+    hsk_bytes = components["values"] + components["masks"] + components["positions"]
+    total_bytes = _dir_bytes(root)
+    return {
+        "path": str(root),
+        "complete": store.complete,
+        "format_version": store.attrs["format_version"],
+        "created_by": store.attrs.get("created_by"),
+        "teacher": store.teacher,
+        "task": store.task["name"],
+        "compression": compression.to_dict(),
+        "teacher_layers": resolved.teacher_layer_ids,
+        "triple": [resolved.depth, resolved.length, resolved.width],
+        "max_length": resolved.max_length,
+        "examples": examples,
+        "mean_tokens": tokens / max(total_examples, 1),
+        "amount_hsk": resolved.amount(),
+        "full_hsk_units": full_units_per_example,
+        "fraction_of_full": resolved.amount() / full_units_per_example if full_units_per_example else None,
+        "bytes": components | {"hsk": hsk_bytes, "total": total_bytes},
+        "bytes_per_example": {c: b / max(total_examples, 1) for c, b in (components | {"hsk": hsk_bytes, "total": total_bytes}).items()},
+        "raw_hsk_bytes": int(raw_hsk_bytes),
+        "full_hsk_bytes": int(full_hsk_bytes),
+        "compression_ratio_vs_full": full_hsk_bytes / hsk_bytes if hsk_bytes else None,
+        "summary": store.attrs.get("summary"),
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def format_info(info: dict) -> str:
+    """One screen of text for `hskstore info`."""
+    c = info["compression"]
+    lines = [
+        f"store       {info['path']}  ({'complete' if info['complete'] else 'INCOMPLETE'}, format v{info['format_version']}, {info['created_by']})",
+        f"teacher     {info['teacher']['path']}  ({info['teacher']['num_layers']} layers, d={info['teacher']['hidden_size']}, "
+        f"{info['teacher']['num_heads']} heads, vocab {info['teacher']['vocab_size']})",
+        f"task        {info['task']}  examples {info['examples']}  mean tokens {info['mean_tokens']:.1f} / max {info['max_length']}",
+        f"compression (N^D, N^L, N^W) = {tuple(info['triple'])}  L'={c['student_layers']}  teacher layers {info['teacher_layers']}",
+        f"            length {c['length_strategy']} (score {c['score_kind']}, {c['score_layer']} layer)  width {c['width_strategy']}  values {c['value_dtype']}",
+        f"A^HSK       {info['amount_hsk']:.3f} token vectors per example = {100 * (info['fraction_of_full'] or 0):.3f}% of full HSK ({info['full_hsk_units']:.1f})",
+        "on disk     component     total        per example",
+    ]
+    per = info["bytes_per_example"]
+    for name in ("values", "masks", "positions", "tokens", "logits", "labels", "hsk", "total"):
+        lines.append(f"            {name:<12}  {_size(info['bytes'][name]):>10}   {per[name]:>9.1f} B")
+    ratio = info["compression_ratio_vs_full"]
+    lines.append(f"full HSK    {_size(info['full_hsk_bytes'])} as float16 (L'+1 layers x every real token x d): "
+                 f"{ratio:.0f}x the stored HSK" if ratio else f"full HSK    {_size(info['full_hsk_bytes'])}")
+    summary = info.get("summary") or {}
+    if summary.get("examples_per_second"):
+        lines.append(f"extraction  {summary['examples_extracted']} examples in {summary['seconds']:.1f} s "
+                     f"({summary['examples_per_second']:.0f} ex/s on {summary['device']}, batch {summary['batch_size']})")
+    return "\n".join(lines)

