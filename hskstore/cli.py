@@ -1,0 +1,286 @@
+"""The `hskstore` command: thin wrappers that parse, call one library function, print a summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import HskError
+
+__all__ = ["main", "cli"]
+
+
+def _width(value: str | None):
+    """N^W: 'all', a fraction (0.1) or a count (38)."""
+    if value is None or value == "all":
+        return None
+    number = float(value)
+    return int(number) if number > 1 and number.is_integer() else number
+
+
+def _count_or_all(value: str | None):
+    return None if value in (None, "all") else int(value)
+
+
+class _Group(click.Group):
+    """Turns HskError into one line on stderr and exit status 2: no traceback for user mistakes."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HskError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="hskstore")
+def cli():
+    """Offline BERT distillation from a compressed hidden-state-knowledge store."""
+
+
+_task_options = [
+    click.option("--text-column", "text_columns", multiple=True, help="File tasks: text column (twice for pairs)."),
+    click.option("--label-column", default=None, help="File tasks: label column (default 'label')."),
+    click.option("--validation-file", default=None, help="File tasks: a separate validation file."),
+]
+
+
+def task_options(func):
+    for option in reversed(_task_options):
+        func = option(func)
+    return func
+
+
+def _task_kwargs(text_columns, label_column, validation_file) -> dict:
+    kwargs = {}
+    if text_columns:
+        kwargs["text_columns"] = tuple(text_columns)
+    if label_column:
+        kwargs["label_column"] = label_column
+    if validation_file:
+        kwargs["validation_file"] = validation_file
+    return kwargs
+
+
+@cli.command()
+@click.option("--model", default=None, help="BERT checkpoint directory [default: the packaged MiniLM-L6].")
+@click.option("--task", default="tweets", show_default=True, help="GLUE name, 'tweets', or a CSV/TSV/JSONL file.")
+@click.option("--output", required=True, help="Directory the teacher is written to.")
+@click.option("--max-length", default=64, show_default=True)
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=5e-5, show_default=True)
+@click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@task_options
+def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, seed, device, **task_kw):
+    """Fine-tune a BERT checkpoint on a task and save it as a teacher (safetensors)."""
+    from .finetune import FinetuneConfig, finetune as run
+    from .pipeline import packaged_teacher_path
+
+    config = FinetuneConfig(model=model or packaged_teacher_path(), task=task, output=output, max_length=max_length,
+                            epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, seed=seed, device=device,
+                            **_task_kwargs(**task_kw))
+    metrics = run(config)
+    click.echo(f"teacher saved to {output}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                                           if isinstance(v, float)))
+
+
+@cli.command()
+@click.option("--teacher", required=True, help="Fine-tuned teacher directory.")
+@click.option("--task", default="tweets", show_default=True, help="GLUE name, 'tweets', or a CSV/TSV/JSONL file.")
+@click.option("--output", required=True, help="Store directory to create (or resume).")
+@click.option("--depth", default="1", show_default=True, help="N^D: top student layers kept, or 'all'.")
+@click.option("--length", default="9", show_default=True, help="N^L: tokens kept per layer, or 'all'.")
+@click.option("--width", default="0.1", show_default=True, help="N^W: activations kept, a count or fraction of d, or 'all'.")
+@click.option("--student-layers", default=3, show_default=True, help="L': student depth the layer mapping is for.")
+@click.option("--l-top", type=int, default=None, help="Teacher layer for the student's top layer [default: round(10L/12)].")
+@click.option("--length-strategy", type=click.Choice(["att-nosep", "att", "left"]), default="att-nosep", show_default=True)
+@click.option("--score-layer", type=click.Choice(["uniform", "same"]), default="uniform", show_default=True,
+              help="Rank tokens with the attention of layer g(l, L) (uniform) or of the stored layer (same).")
+@click.option("--score-kind", type=click.Choice(["softmax", "logits"]), default="softmax", show_default=True,
+              help="Average post-softmax attention (paper) or pre-softmax scores (released code).")
+@click.option("--width-strategy", type=click.Choice(["mag", "uniform", "rand"]), default="mag", show_default=True)
+@click.option("--width-seed", default=0, show_default=True)
+@click.option("--full", is_flag=True, help="Full HSK: every mapped layer, token and activation (baseline).")
+@click.option("--value-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--max-length", type=int, default=None, help="[default: the teacher's fine-tuning length, else 128]")
+@click.option("--batch-size", type=int, default=None, help="[default: 256 on GPU, 64 on CPU]")
+@click.option("--chunk-rows", default=4096, show_default=True)
+@click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
+@click.option("--seed", default=0, show_default=True, help="Data split seed (keep the fine-tuning one).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--dry-run", is_flag=True, help="Check the configuration and print what would be stored.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@task_options
+def extract(teacher, task, output, depth, length, width, student_layers, l_top, length_strategy, score_layer,
+            score_kind, width_strategy, width_seed, full, value_dtype, max_length, batch_size, chunk_rows, limit,
+            seed, device, overwrite, dry_run, as_json, **task_kw):
+    """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
+    from .config import Compression
+    from .extract import ExtractConfig, extract as run, teacher_max_length
+    from .report import format_info
+    from .teacher import check_bert_family
+
+    if full:
+        compression = Compression.full(student_layers=student_layers, l_top=l_top)
+    else:
+        length_value = _count_or_all(length)
+        compression = Compression(depth=_count_or_all(depth), length=length_value, width=_width(width),
+                                  student_layers=student_layers, l_top=l_top,
+                                  length_strategy="all" if length_value is None else length_strategy,
+                                  score_layer=score_layer, score_kind=score_kind, width_strategy=width_strategy,
+                                  width_seed=width_seed, value_dtype=value_dtype)
+    config = ExtractConfig(teacher=teacher, task=task, output=output, compression=compression,
+                           max_length=max_length, batch_size=batch_size, chunk_rows=chunk_rows, limit=limit,
+                           seed=seed, device=device, overwrite=overwrite, task_options=_task_kwargs(**task_kw))
+    if dry_run:
+        teacher_config = check_bert_family(teacher)
+        resolved = compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"],
+                                       max_length or teacher_max_length(teacher))
+        click.echo(json.dumps({"compression": compression.to_dict(), "resolved": resolved.to_dict(),
+                               "amount_hsk": resolved.amount()}, indent=2))
+        return
+    summary = run(config)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        click.echo(format_info(summary["info"]))
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--allow-incomplete", is_flag=True, help="Describe a store whose extraction has not finished.")
+def info(store, as_json, allow_incomplete):
+    """What a store holds: config, counts, A^HSK, bytes per component."""
+    from .report import format_info, store_info
+
+    result = store_info(store, allow_incomplete=allow_incomplete)
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else format_info(result))
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["rosita", "bert"]))
+@click.option("--output", required=True, help="Student directory to write.")
+@click.option("--store", default=None, help="Store: fixes vocab and labels; ROSITA scores importance on its train split.")
+@click.option("--teacher", default=None, help="ROSITA: the fine-tuned teacher to cut the student from.")
+@click.option("--checkpoint", default=None, help="BERT: a checkpoint directory (e.g. a general TinyBERT).")
+@click.option("--layers", type=int, default=None, help="L' [rosita: 3, bert: 4].")
+@click.option("--heads", type=int, default=None, help="Heads per layer [rosita: 6, bert: 12].")
+@click.option("--ffn", type=int, default=None, help="FFN neurons [rosita: 768, bert: 1200].")
+@click.option("--rank", type=int, default=None, help="ROSITA: word-embedding SVD rank [128].")
+@click.option("--hidden", type=int, default=None, help="BERT: hidden size [312].")
+@click.option("--importance-examples", type=int, default=None, help="ROSITA: examples scored [all].")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, hidden, importance_examples, seed,
+            device):
+    """Build a student: ROSITA-style from the teacher, or TinyBERT-style (checkpoint or fresh config)."""
+    from .extract import resolve_device
+    from .pipeline import build_student
+
+    summary = build_student(kind, output, teacher=teacher, store=store, checkpoint=checkpoint, num_layers=layers,
+                            num_heads=heads, intermediate_size=ffn, embedding_rank=rank, hidden_size=hidden,
+                            importance_examples=importance_examples, seed=seed,
+                            device=str(resolve_device(device)))
+    click.echo(f"student saved to {output}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--student", required=True, help="Student directory (`hskstore student`).")
+@click.option("--output", required=True, help="Run directory: checkpoint/, student/, metrics.json.")
+@click.option("--teacher", default=None, help="Online mode: run this teacher in the loop instead of reading HSK.")
+@click.option("--stages", default="hsk,pred", show_default=True, help="hsk, pred, or hsk,pred.")
+@click.option("--hsk-epochs", type=int, default=None, help="[paper, per task]")
+@click.option("--hsk-lr", type=float, default=None, help="[5e-5, constant]")
+@click.option("--hsk-batch-size", type=int, default=None)
+@click.option("--pred-epochs", type=int, default=None, help="[5]")
+@click.option("--pred-lr", type=float, default=None, help="[2e-5, linear decay]")
+@click.option("--pred-batch-size", type=int, default=None)
+@click.option("--hsk-loss", type=click.Choice(["masked-zero", "kept"]), default="masked-zero", show_default=True)
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop each stage after this many steps.")
+@click.option("--workers", default=0, show_default=True, help="DataLoader workers reading the store.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
+@click.option("--no-resume", is_flag=True, help="Ignore an existing checkpoint in --output.")
+def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch_size, pred_epochs, pred_lr,
+          pred_batch_size, hsk_loss, temperature, weight_decay, max_steps, workers, seed, device, no_amp, no_resume):
+    """Distil a student from a store (HSK stage, then prediction stage); no teacher loaded."""
+    from .train import TrainConfig, train as run
+
+    config = TrainConfig(store=store, student=student, output=output, teacher=teacher,
+                         stages=tuple(s.strip() for s in stages.split(",") if s.strip()), hsk_epochs=hsk_epochs,
+                         hsk_lr=hsk_lr, hsk_batch_size=hsk_batch_size, pred_epochs=pred_epochs, pred_lr=pred_lr,
+                         pred_batch_size=pred_batch_size, hsk_loss=hsk_loss, temperature=temperature,
+                         weight_decay=weight_decay, max_steps=max_steps, num_workers=workers, seed=seed,
+                         device=device, amp=not no_amp, resume=not no_resume)
+    result = run(config)
+    teacher_dev, student_dev = result["teacher_dev"], result["student_dev"] or {}
+    click.echo(f"{result['mode']} run in {output}: teacher dev {teacher_dev}  student dev {student_dev}")
+
+
+@cli.command()
+@click.argument("student_dir", metavar="STUDENT")
+@click.option("--task", default=None, help="[default: the task the student was distilled on]")
+@click.option("--split", default="validation", show_default=True)
+@click.option("--limit", type=int, default=None)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@task_options
+def evaluate(student_dir, task, split, limit, seed, device, as_json, **task_kw):
+    """GLUE metrics of a saved student on a task split."""
+    from .evaluate import evaluate_student
+
+    result = evaluate_student(student_dir, task, split, limit=limit, seed=seed, device=device,
+                              task_options=_task_kwargs(**task_kw))
+    click.echo(json.dumps(result, indent=2) if as_json else ", ".join(f"{k}={v}" for k, v in result.items()))
+
+
+@cli.command()
+@click.argument("student_dir", metavar="STUDENT")
+@click.argument("texts", nargs=-1)
+@click.option("--file", "text_file", type=click.File("r"), default=None, help="One text per line ('-' for stdin).")
+@click.option("--device", default="auto", show_default=True)
+def predict(student_dir, texts, text_file, device):
+    """Label texts with a saved student (one JSON line each)."""
+    from .evaluate import predict_texts
+
+    lines = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
+    if not lines:
+        raise click.UsageError("give texts as arguments or --file")
+    for row in predict_texts(student_dir, lines, device=device):
+        click.echo(json.dumps(row))
+
+
+@cli.command()
+@click.option("--workdir", default="runs/default", show_default=True)
+@click.option("--limit", default=4000, show_default=True, help="Tweets used: LIMIT train, LIMIT//4 validation.")
+@click.option("--teacher-epochs", default=3, show_default=True)
+@click.option("--hsk-epochs", default=3, show_default=True)
+@click.option("--pred-epochs", default=3, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def demo(workdir, limit, teacher_epochs, hsk_epochs, pred_epochs, device):
+    """The embedded default end to end: MiniLM teacher on tweets -> (1, 9, 0.1) store -> ROSITA student."""
+    from .pipeline import DefaultRun, run_default
+
+    run_default(DefaultRun(workdir=workdir, limit=limit, teacher_epochs=teacher_epochs, hsk_epochs=hsk_epochs,
+                           pred_epochs=pred_epochs, device=device), echo=click.echo)
+
+
+def main():
+    cli(prog_name="hskstore")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

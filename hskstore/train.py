@@ -1,0 +1,406 @@
+"""Teacher-free student distillation from a store: HSK stage, then prediction stage.
+
+Plain PyTorch, read top to bottom: `Trainer.__init__` sets up (store, student, projection, optional
+online teacher), `train()` runs the stages, `_loss_step` returns the named loss of one batch. Online
+mode (`teacher=`) reads only tokens and labels from the store and recomputes the same selection with
+the teacher in the loop: the baseline for speed and the check that offline is the same distillation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, StoreError
+from .extract import resolve_device
+from .losses import HSK_LOSSES, hsk_loss, prediction_loss
+from .metrics import compute_metrics, primary_metric
+from .schedules import StageSchedule, default_schedules
+from .select import select_hsk, static_mask
+from .store import open_store
+from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, StoreStream, keep_numpy, to_device
+from .student import load_student, save_student
+
+__all__ = ["TrainConfig", "Trainer", "train", "STAGES"]
+
+STAGES = ("hsk", "pred")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    store: str                          # store written by `hskstore extract`
+    student: str                        # student directory written by `hskstore student`
+    output: str                         # run directory: checkpoint/, student/, metrics.json
+    teacher: str | None = None          # online mode: run this teacher in the loop instead of reading HSK
+    stages: tuple[str, ...] = STAGES    # hsk, pred, or both in that order
+    hsk_epochs: int | None = None       # None: the paper's per-task schedule (schedules.py)
+    hsk_lr: float | None = None
+    hsk_batch_size: int | None = None
+    pred_epochs: int | None = None
+    pred_lr: float | None = None
+    pred_batch_size: int | None = None
+    hsk_loss: str = "masked-zero"       # masked-zero | kept
+    temperature: float = 1.0            # prediction-stage soft cross-entropy temperature
+    weight_decay: float = 0.0
+    max_steps: int | None = None        # cap per stage (smoke runs, benchmarks)
+    device: str = "auto"
+    amp: bool = True                    # bf16 autocast on CUDA; ignored on CPU
+    seed: int = 0
+    num_workers: int = 0                # DataLoader workers reading the store
+    eval_batch_size: int = 128
+    resume: bool = True                 # continue from output/checkpoint when it matches this run
+
+    def __post_init__(self):
+        problems = []
+        if not self.stages or any(s not in STAGES for s in self.stages) or list(self.stages) != sorted(
+                self.stages, key=STAGES.index):
+            problems.append(f"stages must be a non-empty ordered subset of {list(STAGES)}, got {list(self.stages)}")
+        if self.hsk_loss not in HSK_LOSSES:
+            problems.append(f"hsk_loss must be one of {list(HSK_LOSSES)}, got {self.hsk_loss!r}")
+        for name in ("hsk_epochs", "pred_epochs", "hsk_batch_size", "pred_batch_size", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"{name} must be >= 1, got {value}")
+        for name in ("hsk_lr", "pred_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                problems.append(f"{name} must be > 0, got {value}")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if problems:
+            raise ConfigError(problems)
+
+    def schedule(self, stage: str, task: str) -> StageSchedule:
+        default = default_schedules(task)[stage]
+        overrides = {k: getattr(self, f"{stage}_{k}") for k in ("epochs", "lr", "batch_size")}
+        return replace(default, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, progress: bool = True):
+        self.config = config
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.store = open_store(config.store)
+        self.resolved = self.store.resolved
+        self.task = self.store.task
+        torch.manual_seed(config.seed)
+        self.student = load_student(config.student, device=self.device)
+        self._check_student()
+        d_s, d = self.student.hidden_size, self.resolved.hidden_size
+        # P: one projection d_S -> d shared by all layers (TinyBERT); none when the widths agree.
+        self.projection = (nn.Linear(d_s, d) if d_s != d else nn.Identity()).to(self.device)
+        depth = self.resolved.depth
+        self.student_layers = list(range(self.student.num_layers - depth + 1, self.student.num_layers + 1))
+        mask = self.store.static_mask()
+        self.static_mask = None if mask is None else torch.from_numpy(mask).to(self.device)
+        self.teacher = None
+        if config.teacher:
+            self._load_online_teacher(config.teacher)
+        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16,
+                             enabled=config.amp and self.device.type == "cuda")
+        self.history: list[dict] = []
+        self.output = Path(config.output)
+
+    # ------------------------------------------------------------------ setup checks
+    def _check_student(self):
+        teacher, student, depth = self.store.teacher, self.student, self.resolved.depth
+        problems = []
+        if student.vocab_size != teacher["vocab_size"]:
+            problems.append(f"the student's vocabulary has {student.vocab_size} tokens but the store's token ids come "
+                            f"from a {teacher['vocab_size']}-token tokenizer: build the student from this store's teacher")
+        if student.num_labels != self.store.num_labels:
+            problems.append(f"the student predicts {student.num_labels} labels, the store's task "
+                            f"{self.task['name']!r} has {self.store.num_labels}: build a student with "
+                            f"--num-labels {self.store.num_labels}")
+        if student.num_layers < depth - 1:
+            problems.append(f"the store holds N^D={depth} layers (embedding included) but the student has only "
+                            f"{student.num_layers} layers: use a student with >= {depth - 1} layers or a store with "
+                            f"a smaller --depth")
+        if problems:
+            raise StoreError("store/student mismatch: " + "; ".join(problems))
+
+    def _load_online_teacher(self, path):
+        from .teacher import CLSAttentionRecorder, load_teacher, load_tokenizer
+
+        model, identity = load_teacher(path, device=self.device)
+        stored = self.store.teacher
+        same = (identity.num_layers, identity.hidden_size, identity.vocab_size, identity.num_labels) == (
+            stored["num_layers"], stored["hidden_size"], stored["vocab_size"], stored["num_labels"])
+        if not same:
+            raise StoreError(f"online teacher {path} ({identity.num_layers} layers, d={identity.hidden_size}, "
+                             f"{identity.num_labels} labels) is not the store's teacher ({stored['num_layers']} "
+                             f"layers, d={stored['hidden_size']}, {stored['num_labels']} labels): pass the teacher "
+                             "the store was extracted from")
+        self.teacher = model
+        self.sep_id = load_tokenizer(path).sep_token_id
+        compression = self.store.compression
+        self._recorder = None
+        if compression.length_strategy in ("att-nosep", "att"):
+            self._recorder = lambda: CLSAttentionRecorder(model.bert.encoder.layer, self.resolved.score_layer_ids,
+                                                          identity.num_heads, compression.score_kind)
+        self._fixed_mask = None
+        if self.resolved.has_mask and compression.width_strategy != "mag":
+            self._fixed_mask = static_mask(self.resolved.hidden_size, self.resolved.width,
+                                           compression.width_strategy, compression.width_seed)
+
+    # ------------------------------------------------------------------ data
+    def stream(self, split: str, batch_size: int, stage: str | None, shuffle: bool = True, seed: int = 0):
+        arrays = list(TOKEN_ARRAYS)
+        if self.teacher is None and stage == "hsk":
+            arrays += HSK_ARRAYS
+        if self.teacher is None and stage == "pred":
+            arrays.append("logits")
+        return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed)
+
+    def device_batch(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
+        """A numpy batch on the device with its HSK targets: read from the store, or from the teacher online."""
+        moved = to_device(batch, self.device, self.resolved.hidden_size, self.static_mask)
+        if self.teacher is not None:
+            moved = self._online_targets(moved)
+        return moved
+
+    @torch.no_grad()
+    def _online_targets(self, batch: DeviceBatch) -> DeviceBatch:
+        from .extract import _NoRecorder
+        from .select import densify
+
+        compression = self.store.compression
+        with torch.autocast(**self.autocast), (self._recorder() if self._recorder else _NoRecorder()) as recorder:
+            out = self.teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               token_type_ids=batch.token_type_ids, output_hidden_states=True)
+            scores = recorder.scores(batch.attention_mask) if recorder else {}
+            selection = select_hsk(out.hidden_states, scores, batch.input_ids, batch.attention_mask,
+                                   compression, self.resolved, self.sep_id, self._fixed_mask)
+        values = selection.values.float()
+        if selection.mask is not None:
+            mask, targets = selection.mask, densify(values, selection.mask)
+        elif self._fixed_mask is not None:
+            mask = self._fixed_mask.to(self.device)
+            targets = values.new_zeros(*values.shape[:-1], self.resolved.hidden_size)
+            targets[..., mask] = values
+        else:
+            mask, targets = None, values
+        return replace(batch, logits=out.logits.float(), positions=selection.positions, targets=targets, mask=mask)
+
+    # ------------------------------------------------------------------ one step
+    def _loss_step(self, stage: str, batch: DeviceBatch) -> dict[str, torch.Tensor]:
+        with torch.autocast(**self.autocast):
+            out = self.student(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        if stage == "hsk":
+            hidden = [out.hidden_states[i] for i in self.student_layers]
+            with torch.autocast(**self.autocast):
+                loss = hsk_loss(hidden, batch.positions, batch.targets, batch.mask, self.projection,
+                                self.config.hsk_loss)
+        else:
+            loss = prediction_loss(out.logits, batch.logits, batch.labels, self.config.temperature)
+        return {"loss": loss}
+
+    def loss_on(self, stage: str, batch: dict[str, np.ndarray]) -> float:
+        """The loss of one numpy batch without updating anything (for checks and tests)."""
+        self.student.eval()
+        with torch.no_grad():
+            return float(self._loss_step(stage, self.device_batch(batch))["loss"])
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str = "validation") -> dict[str, float]:
+        self.student.eval()
+        logits, labels = [], []
+        for batch in self.stream(split, self.config.eval_batch_size, stage=None, shuffle=False):
+            moved = to_device(batch, self.device)
+            with torch.autocast(**self.autocast):
+                out = self.student(moved.input_ids, moved.attention_mask, moved.token_type_ids)
+            logits.append(out.logits.float().cpu().numpy())
+            labels.append(batch["labels"])
+        return compute_metrics(self.task["metric"], np.concatenate(logits), np.concatenate(labels))
+
+    def teacher_metrics(self, split: str = "validation") -> dict[str, float]:
+        """The teacher's dev metrics, from the logits stored with the data."""
+        reader = self.store.split(split)
+        data = reader.read_rows(0, reader.num_examples, ["logits", "labels"])
+        return compute_metrics(self.task["metric"], data["logits"], data["labels"])
+
+    # ------------------------------------------------------------------ stages
+    def _parameters(self, stage: str):
+        params = list(self.student.parameters())
+        if stage == "hsk":
+            params += list(self.projection.parameters())
+        return params
+
+    def _run_stage(self, stage: str, state: dict) -> None:
+        schedule = self.config.schedule(stage, self.task["name"])
+        stream = self.stream("train", schedule.batch_size, stage, seed=self.config.seed)
+        loader = DataLoader(stream, batch_size=None, num_workers=self.config.num_workers,
+                            collate_fn=keep_numpy)
+        steps_per_epoch = len(stream)
+        total = schedule.epochs * steps_per_epoch
+        if self.config.max_steps:
+            total = min(total, self.config.max_steps)
+        optimizer = torch.optim.AdamW(self._parameters(stage), lr=schedule.lr, weight_decay=self.config.weight_decay)
+        if state.get("stage") == stage and state.get("optimizer"):
+            _load_optimizer(optimizer, state.pop("optimizer"))
+        start_epoch = state.get("epoch", 0) if state.get("stage") == stage else 0
+        step = state.get("step", 0) if state.get("stage") == stage else 0
+        best = state.get("best")
+        key = primary_metric(self.task["metric"])
+        for epoch in range(start_epoch, schedule.epochs):
+            if step >= total:
+                break
+            stream.set_epoch(epoch)
+            self.student.train()
+            self.projection.train()
+            bar = tqdm(loader, total=steps_per_epoch, desc=f"{stage} {epoch + 1}/{schedule.epochs}",
+                       disable=not self.progress, unit="step")
+            started, seen, losses = time.perf_counter(), 0, []
+            for batch in bar:
+                factor = 1.0 if schedule.decay == "constant" else max(0.0, 1 - step / max(total, 1))
+                for group in optimizer.param_groups:
+                    group["lr"] = schedule.lr * factor
+                parts = self._loss_step(stage, self.device_batch(batch))
+                optimizer.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                optimizer.step()
+                step += 1
+                seen += len(batch["labels"])
+                losses.append(float(parts["loss"].detach()))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.0f}")
+                if step >= total:
+                    break
+            bar.close()
+            record = {"stage": stage, "epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)),
+                      "step_losses": losses, "seconds": time.perf_counter() - started,
+                      "examples_per_second": seen / max(time.perf_counter() - started, 1e-9)}
+            if stage == "pred" or "pred" not in self.config.stages:
+                record["dev"] = self.evaluate()
+                if stage == "pred" and (best is None or record["dev"][key] > best[key]):
+                    best = record["dev"]
+                    self._save_student(self.output / "student")
+            self.history.append(record)
+            self._save_checkpoint({"stage": stage, "epoch": epoch + 1, "step": step, "best": best,
+                                   "stages_done": state.get("stages_done", [])}, optimizer)
+        state.update(best=best)
+
+    def train(self) -> dict:
+        """Run the configured stages; returns the metrics written to output/metrics.json."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        state = self._maybe_resume()
+        done = state.get("stages_done", [])
+        for stage in self.config.stages:
+            if stage in done:
+                continue
+            self._run_stage(stage, state)
+            done.append(stage)
+            state = {"stages_done": done, "best": state.get("best")}
+            self._save_checkpoint({"stages_done": done, "best": state["best"]}, None)
+        if "pred" not in self.config.stages:
+            self._save_student(self.output / "student")
+        result = {
+            "mode": "online" if self.teacher is not None else "offline",
+            "store": self.config.store,
+            "task": self.task["name"],
+            "metric": self.task["metric"],
+            "compression": self.store.compression.to_dict(),
+            "amount_hsk": self.resolved.amount(),
+            "teacher_dev": self.teacher_metrics(),
+            "student_dev": state.get("best") or (self.history[-1].get("dev") if self.history else None),
+            "history": [{k: v for k, v in h.items() if k != "step_losses"} for h in self.history],
+            "config": asdict(self.config),
+        }
+        (self.output / "metrics.json").write_text(json.dumps(result, indent=2))
+        return result
+
+    # ------------------------------------------------------------------ persistence (safetensors + JSON only)
+    def _save_student(self, directory: Path):
+        if directory.exists():
+            shutil.rmtree(directory)
+        save_student(self.student, directory)
+        self.store.save_tokenizer(directory)
+        (directory / "task.json").write_text(json.dumps({"task": self.task, "max_length": self.resolved.max_length}))
+
+    def _run_key(self) -> dict:
+        c = self.config
+        return {"store": os.path.abspath(c.store), "student": os.path.abspath(c.student), "stages": list(c.stages),
+                "teacher": c.teacher, "seed": c.seed, "hsk_loss": c.hsk_loss,
+                "schedules": {s: asdict(c.schedule(s, self.task["name"])) for s in c.stages}}
+
+    def _save_checkpoint(self, state: dict, optimizer) -> None:
+        from safetensors.torch import save_file
+
+        final, tmp = self.output / "checkpoint", self.output / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_student(self.student, tmp / "student")
+        if isinstance(self.projection, nn.Linear):
+            save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, str(tmp / "projection.safetensors"))
+        if optimizer is not None:
+            _save_optimizer(optimizer, tmp)
+        history = [{k: v for k, v in h.items() if k != "step_losses"} for h in self.history]
+        (tmp / "state.json").write_text(json.dumps(state | {"run": self._run_key(), "history": history}, indent=2))
+        # Swap in the new checkpoint; a crash leaves either the old or the new one, never half of one.
+        old = self.output / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _maybe_resume(self) -> dict:
+        from safetensors.torch import load_file
+
+        checkpoint = self.output / "checkpoint"
+        if not (self.config.resume and (checkpoint / "state.json").is_file()):
+            return {}
+        state = json.loads((checkpoint / "state.json").read_text())
+        if state.get("run") != json.loads(json.dumps(self._run_key())):
+            raise ConfigError(f"{checkpoint} belongs to a different run (other store, student, stages or schedule); "
+                              "use another --output, or --no-resume to start over")
+        resumed = load_student(checkpoint / "student", device=self.device)
+        self.student.load_state_dict(resumed.state_dict())
+        if (checkpoint / "projection.safetensors").is_file():
+            self.projection.load_state_dict(load_file(str(checkpoint / "projection.safetensors"), device=str(self.device)))
+        if (checkpoint / "optimizer.json").is_file():
+            state["optimizer"] = checkpoint
+        self.history = state.pop("history", [])
+        return state
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{name}"] = value
+    save_file(tensors, str(directory / "optimizer.safetensors"))
+    (directory / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"], "scalars": scalars}))
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    meta = json.loads((directory / "optimizer.json").read_text())
+    tensors = load_file(str(directory / "optimizer.safetensors"))
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def train(config: TrainConfig, progress: bool = True) -> dict:
+    return Trainer(config, progress=progress).train()
