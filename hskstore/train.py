@@ -122,8 +122,8 @@ class Trainer:
                             f"from a {teacher['vocab_size']}-token tokenizer: build the student from this store's teacher")
         if student.num_labels != self.store.num_labels:
             problems.append(f"the student predicts {student.num_labels} labels, the store's task "
-                            f"{self.task['name']!r} has {self.store.num_labels}: build a student with "
-                            f"--num-labels {self.store.num_labels}")
+                            f"{self.task['name']!r} has {self.store.num_labels}: build the student for this store "
+                            f"(`hskstore student ... --store {self.config.store}`)")
         if student.num_layers < depth - 1:
             problems.append(f"the store holds N^D={depth} layers (embedding included) but the student has only "
                             f"{student.num_layers} layers: use a student with >= {depth - 1} layers or a store with "
@@ -259,6 +259,8 @@ class Trainer:
             if step >= total:
                 break
             stream.set_epoch(epoch)
+            # Dropout draws from a per-epoch seed, so a run resumed at an epoch boundary is the same run.
+            torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch)
             self.student.train()
             self.projection.train()
             bar = tqdm(loader, total=steps_per_epoch, desc=f"{stage} {epoch + 1}/{schedule.epochs}",

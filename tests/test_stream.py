@@ -1,0 +1,58 @@
+"""Streaming a store split: exactly-once epochs, seeded shuffles, masks unpacked on the device."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from hskstore.select import densify, unpack_bits
+from hskstore.store import open_store
+from hskstore.stream import StoreStream, keep_numpy, to_device
+
+
+def _labels_and_ids(loader):
+    ids = []
+    for batch in loader:
+        ids.append(batch["input_ids"][:, :8].astype(np.int64))
+    return np.concatenate(ids)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_one_epoch_visits_every_example_exactly_once(tiny_store, workers):
+    stream = StoreStream(tiny_store, "train", batch_size=7, seed=3)
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_numpy)
+    seen = _labels_and_ids(loader)
+    reference = open_store(tiny_store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"][:, :8]
+    key = lambda rows: sorted(map(tuple, rows.tolist()))
+    assert len(seen) == 120
+    assert key(seen) == key(reference)
+
+
+def test_ranks_split_the_data_without_duplicates_or_gaps(tiny_store):
+    parts = [list(StoreStream(tiny_store, "train", 16, rank=r, world_size=2, seed=1)) for r in range(2)]
+    rows = [np.concatenate([b["input_ids"][:, :8] for b in part]) for part in parts]
+    assert len(rows[0]) + len(rows[1]) == 120
+    assert not set(map(tuple, rows[0].tolist())) & set(map(tuple, rows[1].tolist()))
+
+
+def test_shuffles_are_seeded_per_epoch(tiny_store):
+    def order(epoch, seed=0):
+        stream = StoreStream(tiny_store, "train", 120, seed=seed)
+        stream.set_epoch(epoch)
+        return np.concatenate([b["input_ids"][:, 1] for b in stream]).tolist()
+
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+    unshuffled = StoreStream(tiny_store, "train", 200, shuffle=False)
+    assert next(iter(unshuffled))["input_ids"].tolist() == open_store(tiny_store).split("train").read_rows(0, 120)["input_ids"].tolist()
+
+
+def test_to_device_scatters_kept_values_to_full_width(tiny_store):
+    batch = next(iter(StoreStream(tiny_store, "train", 8, shuffle=False)))
+    moved = to_device(batch, torch.device("cpu"), hidden_size=32)
+    mask = unpack_bits(torch.from_numpy(batch["masks"]), 32)
+    assert moved.targets.shape == (8, 2, 5, 32)
+    assert torch.equal(moved.mask, mask)
+    assert torch.equal(moved.targets, densify(torch.from_numpy(batch["values"]).float(), mask))
+    assert moved.input_ids.shape[1] == batch["lengths"].max()  # trimmed to the longest sequence
+    assert moved.attention_mask.sum(1).tolist() == batch["lengths"].tolist()
