@@ -80,8 +80,10 @@ def load_teacher(path: str | os.PathLike, num_labels: int | None = None, device:
         ModelError: not a BERT-family model, or it cannot be loaded.
     """
     from transformers import BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     config = check_bert_family(path)
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise around our own
     kwargs = {}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
