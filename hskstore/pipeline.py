@@ -96,6 +96,7 @@ class DefaultRun:
     teacher_epochs: int = 3
     hsk_epochs: int = 3                # the paper's 10 (SST-2 row) is sized for 67k examples on GPUs
     pred_epochs: int = 3
+    importance_examples: int = 2000    # ROSITA head/neuron scores: one pass over this many training examples
     compression: Compression = Compression(depth=1, length=9, width=0.1, student_layers=3)
     device: str = "auto"
     seed: int = 0
@@ -137,7 +138,8 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
     echo(format_info(info))
     echo(f"[3/4] building a ROSITA student ({run.compression.student_layers} layers) -> {student}")
     summary = build_student("rosita", student, teacher=str(teacher), store=str(store),
-                            num_layers=run.compression.student_layers, device="cpu", progress=progress)
+                            num_layers=run.compression.student_layers, importance_examples=run.importance_examples,
+                            device="cpu", progress=progress)
     echo(f"      {summary}")
     echo("[4/4] distilling from the store (no teacher loaded)")
     common = dict(store=str(store), student=str(student), pred_epochs=run.pred_epochs, device=run.device,

@@ -207,6 +207,17 @@ class Trainer:
             loss = prediction_loss(out.logits, batch.logits, batch.labels, self.config.temperature)
         return {"loss": loss}
 
+    def step(self, stage: str, optimizer: torch.optim.Optimizer, batch: dict[str, np.ndarray]) -> float:
+        """One optimisation step on a numpy batch from the store; returns its loss."""
+        loss = self._loss_step(stage, self.device_batch(batch))["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    def optimizer(self, stage: str, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self._parameters(stage), lr=lr, weight_decay=self.config.weight_decay)
+
     def loss_on(self, stage: str, batch: dict[str, np.ndarray]) -> float:
         """The loss of one numpy batch without updating anything (for checks and tests)."""
         self.student.eval()
@@ -248,7 +259,7 @@ class Trainer:
         total = schedule.epochs * steps_per_epoch
         if self.config.max_steps:
             total = min(total, self.config.max_steps)
-        optimizer = torch.optim.AdamW(self._parameters(stage), lr=schedule.lr, weight_decay=self.config.weight_decay)
+        optimizer = self.optimizer(stage, schedule.lr)
         if state.get("stage") == stage and state.get("optimizer"):
             _load_optimizer(optimizer, state.pop("optimizer"))
         start_epoch = state.get("epoch", 0) if state.get("stage") == stage else 0
@@ -270,13 +281,9 @@ class Trainer:
                 factor = 1.0 if schedule.decay == "constant" else max(0.0, 1 - step / max(total, 1))
                 for group in optimizer.param_groups:
                     group["lr"] = schedule.lr * factor
-                parts = self._loss_step(stage, self.device_batch(batch))
-                optimizer.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                optimizer.step()
+                losses.append(self.step(stage, optimizer, batch))
                 step += 1
                 seen += len(batch["labels"])
-                losses.append(float(parts["loss"].detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.0f}")
                 if step >= total:
                     break
