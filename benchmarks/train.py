@@ -1,0 +1,153 @@
+"""Per-step training time: student-only vs offline (from a store) vs online (teacher in the loop).
+
+    python benchmarks/train.py [--steps 20] [--rounds 3] [--settings bert-base minilm]
+
+Settings: `bert-base` — a 12x768 BERT-base-shaped teacher (random weights) and a fresh TinyBERT_4
+student (4x312), texts of 128 tokens; `minilm` — the packaged MiniLM-L6 teacher and the default
+3-layer ROSITA student, tweets at max length 64. Batch 16 on CPU, 64 on GPU; store (1, 9, 0.1).
+Modes run interleaved in rounds so machine noise hits all of them alike; medians are reported.
+Goals (CPU, bert-base): offline / student-only <= 1.05, online / offline >= 4.2.
+Writes benchmarks/results/train-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402  (sets the offline environment first)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from hskstore.config import Compression  # noqa: E402
+from hskstore.extract import ExtractConfig, extract, resolve_device  # noqa: E402
+from hskstore.pipeline import build_student  # noqa: E402
+from hskstore.stream import to_device  # noqa: E402
+from hskstore.train import TrainConfig, Trainer  # noqa: E402
+
+
+def forever(trainer: Trainer, stage: str | None, batch_size: int):
+    """Batches of the store's train split, epoch after epoch."""
+    epoch = 0
+    while True:
+        stream = trainer.stream("train", batch_size, stage or "pred", seed=epoch)
+        stream.set_epoch(epoch)
+        yield from stream
+        epoch += 1
+
+
+class StudentOnly:
+    """The floor: the student trains on gold labels, no distillation target at all."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.optimizer = torch.optim.AdamW(trainer.student.parameters(), lr=5e-5)
+
+    def step(self, batch) -> float:
+        moved = to_device(batch, self.trainer.device)
+        with torch.autocast(**self.trainer.autocast):
+            logits = self.trainer.student(moved.input_ids, moved.attention_mask, moved.token_type_ids).logits
+        loss = F.cross_entropy(logits.float(), moved.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss)
+
+
+def time_setting(name, teacher, student_dir, store, batch_size, steps, rounds, device, work) -> dict:
+    common_config = dict(store=store, student=student_dir, device=str(device), stages=("hsk",), resume=False)
+    offline = Trainer(TrainConfig(output=str(work / f"{name}-offline"), **common_config), progress=False)
+    online = Trainer(TrainConfig(output=str(work / f"{name}-online"), teacher=teacher, **common_config), progress=False)
+    floor = Trainer(TrainConfig(output=str(work / f"{name}-floor"), **common_config), progress=False)
+    for trainer in (offline, online, floor):
+        trainer.student.train()
+        trainer.projection.train()
+    only = StudentOnly(floor)
+    modes = {
+        "student_only": (only.step, forever(floor, None, batch_size)),
+        "offline": (lambda b, o=offline.optimizer("hsk", 5e-5): offline.step("hsk", o, b), forever(offline, "hsk", batch_size)),
+        "online": (lambda b, o=online.optimizer("hsk", 5e-5): online.step("hsk", o, b), forever(online, "hsk", batch_size)),
+    }
+    per_step = {mode: [] for mode in modes}
+    for mode, (step, batches) in modes.items():  # warm-up: allocator, kernels, first chunk reads
+        for _ in range(3):
+            step(next(batches))
+    for round_ in range(rounds):
+        for mode, (step, batches) in modes.items():
+            started = time.perf_counter()
+            for _ in range(steps):
+                step(next(batches))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            per_step[mode].append((time.perf_counter() - started) / steps)
+        print(f"  {name} round {round_ + 1}: " + ", ".join(f"{m} {1000 * v[-1]:.0f} ms" for m, v in per_step.items()),
+              flush=True)
+    medians = {mode: statistics.median(v) for mode, v in per_step.items()}
+    return {
+        "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
+        "seconds_per_step": per_step, "median_seconds_per_step": medians,
+        "offline_over_student_only": medians["offline"] / medians["student_only"],
+        "online_over_offline": medians["online"] / medians["offline"],
+    }
+
+
+def prepare(setting: str, work: Path, batch_size: int, steps: int, device) -> tuple[str, str, str]:
+    """(teacher, student, store) for a setting; the store holds enough rows for warm-up and all rounds."""
+    examples = batch_size * (steps * 2 + 8)  # rows are reused across rounds (epochs of the store)
+    if setting == "bert-base":
+        teacher = common.random_bert_teacher(work / "bert-base")
+        task = common.long_tweets_csv(work / "long-tweets.csv", rows=int(examples * 1.15) + 10)
+        compression = Compression(depth=1, length=9, width=0.1, student_layers=4)
+        max_length = 128
+    else:
+        teacher = common.minilm_teacher(work / "minilm")
+        task = "tweets"
+        compression = Compression(depth=1, length=9, width=0.1, student_layers=3)
+        max_length = 64
+    store = work / f"{setting}.zarr"
+    extract(ExtractConfig(teacher=teacher, task=task, output=str(store), compression=compression,
+                          max_length=max_length, limit=examples, splits=("train", "validation"), overwrite=True),
+            progress=False)
+    student = work / f"{setting}-student"
+    if setting == "bert-base":
+        build_student("bert", student, store=str(store), num_layers=4, hidden_size=312, intermediate_size=1200,
+                      num_heads=12, progress=False)
+    else:
+        build_student("rosita", student, teacher=teacher, store=str(store), importance_examples=64, progress=False)
+    return teacher, str(student), str(store)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per mode per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settings", nargs="+", default=["bert-base", "minilm"], choices=["bert-base", "minilm"])
+    parser.add_argument("--batch-size", type=int, default=None)
+    args = parser.parse_args()
+    device = resolve_device("auto")
+    batch_size = args.batch_size or (64 if device.type == "cuda" else 16)
+    work = Path(tempfile.mkdtemp(prefix="hskstore-train-bench-"))
+    results = {"device": str(device)}
+    for setting in args.settings:
+        print(f"preparing {setting} (teacher, store, student) ...", flush=True)
+        teacher, student, store = prepare(setting, work, batch_size, args.steps, device)
+        results[setting] = time_setting(setting, teacher, student, store, batch_size, args.steps, args.rounds,
+                                        device, work)
+    print(f"\nper-step time, median of {args.rounds} rounds x {args.steps} steps ({device}, batch {batch_size}):")
+    print(f"{'setting':<10} {'student-only':>13} {'offline':>9} {'online':>9} {'off/student':>12} {'on/off':>7}")
+    for setting in args.settings:
+        r = results[setting]
+        m = r["median_seconds_per_step"]
+        print(f"{setting:<10} {1000 * m['student_only']:>10.0f} ms {1000 * m['offline']:>6.0f} ms "
+              f"{1000 * m['online']:>6.0f} ms {r['offline_over_student_only']:>12.3f} {r['online_over_offline']:>7.2f}")
+    print(f"saved {common.save('train', results)}")
+
+
+if __name__ == "__main__":
+    main()
