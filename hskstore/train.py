@@ -29,7 +29,7 @@ from .metrics import compute_metrics, primary_metric
 from .schedules import StageSchedule, default_schedules
 from .select import select_hsk, static_mask
 from .store import open_store
-from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, StoreStream, keep_numpy, to_device
+from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, Prefetcher, StoreStream, keep_numpy, to_device
 from .student import load_student, save_student
 
 __all__ = ["TrainConfig", "Trainer", "train", "STAGES"]
@@ -253,8 +253,10 @@ class Trainer:
     def _run_stage(self, stage: str, state: dict) -> None:
         schedule = self.config.schedule(stage, self.task["name"])
         stream = self.stream("train", schedule.batch_size, stage, seed=self.config.seed)
-        loader = DataLoader(stream, batch_size=None, num_workers=self.config.num_workers,
-                            collate_fn=keep_numpy)
+        def loader():
+            if self.config.num_workers:
+                return DataLoader(stream, batch_size=None, num_workers=self.config.num_workers, collate_fn=keep_numpy)
+            return Prefetcher(stream)
         steps_per_epoch = len(stream)
         total = schedule.epochs * steps_per_epoch
         if self.config.max_steps:
@@ -274,7 +276,7 @@ class Trainer:
             torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch)
             self.student.train()
             self.projection.train()
-            bar = tqdm(loader, total=steps_per_epoch, desc=f"{stage} {epoch + 1}/{schedule.epochs}",
+            bar = tqdm(loader(), total=steps_per_epoch, desc=f"{stage} {epoch + 1}/{schedule.epochs}",
                        disable=not self.progress, unit="step")
             started, seen, losses = time.perf_counter(), 0, []
             for batch in bar:

@@ -56,3 +56,18 @@ def test_to_device_scatters_kept_values_to_full_width(tiny_store):
     assert torch.equal(moved.targets, densify(torch.from_numpy(batch["values"]).float(), mask))
     assert moved.input_ids.shape[1] == batch["lengths"].max()  # trimmed to the longest sequence
     assert moved.attention_mask.sum(1).tolist() == batch["lengths"].tolist()
+
+
+def test_prefetching_yields_the_same_batches_and_surfaces_errors(tiny_store):
+    from hskstore.stream import Prefetcher
+
+    direct = [b["input_ids"] for b in StoreStream(tiny_store, "train", 16, seed=2)]
+    fetched = [b["input_ids"] for b in Prefetcher(StoreStream(tiny_store, "train", 16, seed=2))]
+    assert all(np.array_equal(a, b) for a, b in zip(direct, fetched)) and len(direct) == len(fetched)
+
+    def broken():
+        yield 1
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        list(Prefetcher(broken()))
