@@ -13,15 +13,22 @@ __all__ = ["main", "cli"]
 
 
 def _width(value: str | None):
-    """N^W: 'all', a fraction (0.1) or a count (38)."""
+    """N^W: 'all', a fraction with a decimal point (0.1, 1.0) or a whole count (38, 1)."""
     if value is None or value == "all":
         return None
-    number = float(value)
-    return int(number) if number > 1 and number.is_integer() else number
+    try:
+        return float(value) if "." in value else int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a count (38), a fraction of d (0.1) or 'all', got {value!r}") from None
 
 
 def _count_or_all(value: str | None):
-    return None if value in (None, "all") else int(value)
+    if value in (None, "all"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a whole number or 'all', got {value!r}") from None
 
 
 class _Group(click.Group):
@@ -74,16 +81,17 @@ def _task_kwargs(text_columns, label_column, validation_file) -> dict:
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--lr", default=5e-5, show_default=True)
 @click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Classifier init, dropout and batch order.")
+@click.option("--data-seed", default=0, show_default=True, help="Train/validation split and --limit subset.")
 @click.option("--device", default="auto", show_default=True)
 @task_options
-def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, seed, device, **task_kw):
+def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, seed, data_seed, device, **task_kw):
     """Fine-tune a BERT checkpoint on a task and save it as a teacher (safetensors)."""
     from .finetune import FinetuneConfig, finetune as run
     from .pipeline import packaged_teacher_path
 
     config = FinetuneConfig(model=model or packaged_teacher_path(), task=task, output=output, max_length=max_length,
-                            epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, seed=seed, device=device,
+                            epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, seed=seed, data_seed=data_seed, device=device,
                             **_task_kwargs(**task_kw))
     metrics = run(config)
     click.echo(f"teacher saved to {output}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
@@ -112,7 +120,8 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @click.option("--batch-size", type=int, default=None, help="[default: 256 on GPU, 64 on CPU]")
 @click.option("--chunk-rows", default=4096, show_default=True)
 @click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
-@click.option("--seed", default=0, show_default=True, help="Data split seed (keep the fine-tuning one).")
+@click.option("--data-seed", default=None, type=int,
+              help="Train/validation split and --limit seed [default: the teacher's, from finetune, else 0].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--dry-run", is_flag=True, help="Check the configuration and print what would be stored.")
@@ -120,15 +129,15 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @task_options
 def extract(teacher, task, output, depth, length, width, student_layers, l_top, length_strategy, score_layer,
             score_kind, width_strategy, width_seed, full, value_dtype, max_length, batch_size, chunk_rows, limit,
-            seed, device, overwrite, dry_run, as_json, **task_kw):
+            data_seed, device, overwrite, dry_run, as_json, **task_kw):
     """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
     from .config import Compression
-    from .extract import ExtractConfig, extract as run, teacher_max_length
+    from .extract import ExtractConfig, extract as run, teacher_data_seed, teacher_max_length
     from .report import format_info
     from .teacher import check_bert_family
 
     if full:
-        compression = Compression.full(student_layers=student_layers, l_top=l_top)
+        compression = Compression.full(student_layers=student_layers, l_top=l_top, value_dtype=value_dtype)
     else:
         length_value = _count_or_all(length)
         compression = Compression(depth=_count_or_all(depth), length=length_value, width=_width(width),
@@ -138,7 +147,8 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
                                   width_seed=width_seed, value_dtype=value_dtype)
     config = ExtractConfig(teacher=teacher, task=task, output=output, compression=compression,
                            max_length=max_length, batch_size=batch_size, chunk_rows=chunk_rows, limit=limit,
-                           seed=seed, device=device, overwrite=overwrite, task_options=_task_kwargs(**task_kw))
+                           data_seed=teacher_data_seed(teacher) if data_seed is None else data_seed, device=device,
+                           overwrite=overwrite, task_options=_task_kwargs(**task_kw))
     if dry_run:
         teacher_config = check_bert_family(teacher)
         resolved = compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"],
@@ -185,6 +195,12 @@ def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, 
     from .extract import resolve_device
     from .pipeline import build_student
 
+    ignored = [flag for flag, value, kinds in (("--rank", rank, "rosita"), ("--hidden", hidden, "bert"),
+                                               ("--teacher", teacher, "rosita"), ("--checkpoint", checkpoint, "bert"),
+                                               ("--importance-examples", importance_examples, "rosita"))
+               if value is not None and kinds != kind]
+    if ignored:
+        raise click.UsageError(f"{', '.join(ignored)} do(es) not apply to a {kind} student")
     summary = build_student(kind, output, teacher=teacher, store=store, checkpoint=checkpoint, num_layers=layers,
                             num_heads=heads, intermediate_size=ffn, embedding_rank=rank, hidden_size=hidden,
                             importance_examples=importance_examples, seed=seed,
@@ -234,15 +250,15 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
 @click.option("--task", default=None, help="[default: the task the student was distilled on]")
 @click.option("--split", default="validation", show_default=True)
 @click.option("--limit", type=int, default=None)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--data-seed", default=0, show_default=True, help="Split and --limit seed (as at extraction).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @task_options
-def evaluate(student_dir, task, split, limit, seed, device, as_json, **task_kw):
+def evaluate(student_dir, task, split, limit, data_seed, device, as_json, **task_kw):
     """GLUE metrics of a saved student on a task split."""
     from .evaluate import evaluate_student
 
-    result = evaluate_student(student_dir, task, split, limit=limit, seed=seed, device=device,
+    result = evaluate_student(student_dir, task, split, limit=limit, seed=data_seed, device=device,
                               task_options=_task_kwargs(**task_kw))
     click.echo(json.dumps(result, indent=2) if as_json else ", ".join(f"{k}={v}" for k, v in result.items()))
 

@@ -80,10 +80,10 @@ class Compression:
             raise ConfigError(problems)
 
     @classmethod
-    def full(cls, student_layers: int, l_top: int | None = None) -> "Compression":
+    def full(cls, student_layers: int, l_top: int | None = None, value_dtype: str = "float16") -> "Compression":
         """Full HSK: every mapped layer, every token, every activation (the uncompressed baseline)."""
         return cls(depth=None, length=None, width=None, student_layers=student_layers, l_top=l_top,
-                   length_strategy="all")
+                   length_strategy="all", value_dtype=value_dtype)
 
     def to_dict(self) -> dict:
         return asdict(self)

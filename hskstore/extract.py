@@ -29,17 +29,24 @@ from .select import pack_bits, select_hsk, static_mask
 from .store import StoreWriter, array_specs, open_store
 from .teacher import CLSAttentionRecorder, load_teacher, load_tokenizer
 
-__all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length"]
+__all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed"]
 
 DEFAULT_MAX_LENGTH = 128
 
 
 def resolve_device(device: str) -> torch.device:
+    """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N', checked: a one-line error otherwise."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for but CUDA is not available here: use --device cpu or auto")
-    return torch.device(device)
+    return resolved
 
 
 def teacher_max_length(teacher: str) -> int:
@@ -48,6 +55,15 @@ def teacher_max_length(teacher: str) -> int:
     if meta.is_file():
         return int(json.loads(meta.read_text()).get("max_length", DEFAULT_MAX_LENGTH))
     return DEFAULT_MAX_LENGTH
+
+
+def teacher_data_seed(teacher: str) -> int:
+    """The data seed the teacher was fine-tuned with (hskstore_teacher.json), else 0: same split everywhere."""
+    meta = Path(teacher) / "hskstore_teacher.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        return int(info.get("config", {}).get("data_seed", info.get("data_seed", 0)))
+    return 0
 
 
 @dataclass(frozen=True)
@@ -61,7 +77,7 @@ class ExtractConfig:
     chunk_rows: int = 4096                # rows per store chunk (STORAGE.md: <= 1024 is slow to read)
     splits: tuple[str, ...] = ("train", "validation")
     limit: int | None = None              # cap examples per split (see hskstore.data.load_task)
-    seed: int = 0                         # data split seed
+    data_seed: int = 0                    # train/validation split and `limit` subset: keep the teacher's
     device: str = "auto"
     overwrite: bool = False
     task_options: dict = field(default_factory=dict)  # text_columns, label_column... for file tasks
@@ -115,7 +131,7 @@ class _ChunkWriter:
 
 def _run_key(meta: dict) -> dict:
     """What must match for a partial store to be resumed by this run."""
-    keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "seed")
+    keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "data_seed", "numerics")
     return {k: meta.get(k) for k in keys} | {"teacher_path": meta["teacher"]["path"]}
 
 
@@ -128,6 +144,20 @@ def _differences(old: dict, new: dict, prefix="") -> list[str]:
         elif a != b:
             diffs.append(f"{prefix}{key}: store has {a!r}, this run {b!r}")
     return diffs
+
+
+def _check_output(config: ExtractConfig) -> None:
+    """Fail on an unusable output before any slow work (loading data, tokenising, loading the teacher)."""
+    path = Path(config.output)
+    if not path.exists():
+        return
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{path} exists and is not an hskstore store; choose another --output "
+                         "(--overwrite only replaces stores)")
+    store = open_store(path, allow_incomplete=True)  # checks format and version
+    if store.complete and not config.overwrite:
+        raise StoreError(f"{path} already holds a complete store; pass --overwrite to replace it "
+                         "or choose another output.")
 
 
 def _prepare_store(config: ExtractConfig, meta: dict, split_sizes, specs, fixed_mask, tokenizer_files) -> StoreWriter:
@@ -211,9 +241,10 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     from .report import store_info
 
     device = resolve_device(config.device)
+    _check_output(config)
     compression = config.compression
     max_length = config.max_length or teacher_max_length(config.teacher)
-    task = load_task(config.task, limit=config.limit, seed=config.seed, **config.task_options)
+    task = load_task(config.task, limit=config.limit, seed=config.data_seed, **config.task_options)
     spec = task.spec
     missing = [s for s in config.splits if s not in task.splits]
     if missing:
@@ -244,7 +275,9 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         "num_labels": spec.num_labels,
         "max_length": max_length,
         "limit": config.limit,
-        "seed": config.seed,
+        "data_seed": config.data_seed,
+        # CUDA runs the teacher under float16 autocast, CPU in float32: a resumed store must not mix them.
+        "numerics": "cuda-float16-autocast" if device.type == "cuda" else "cpu-float32",
         "tokenizer": {"source": config.teacher, "class": type(tokenizer).__name__,
                       "sep_token_id": sep_id, "pad_token_id": tokenizer.pad_token_id,
                       "cls_token_id": tokenizer.cls_token_id},

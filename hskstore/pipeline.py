@@ -130,7 +130,7 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
         echo(f"      reusing complete store {store}")
     except StoreError:
         extract(ExtractConfig(teacher=str(teacher), task="tweets", output=str(store), compression=run.compression,
-                              max_length=run.max_length, limit=run.limit, seed=run.seed, device=run.device),
+                              max_length=run.max_length, limit=run.limit, device=run.device),
                 progress=progress)
     from .report import store_info
 

@@ -41,6 +41,7 @@ class ArraySpec:
     row_shape: tuple[int, ...]     # shape of one example's entry
     dtype: str
     codec: str                     # "blosc-zstd1-byteshuffle" | "zstd3" | "zstd1"
+    fill_value: int = 0            # what an unwritten chunk reads as
 
 
 def _codec(name: str, itemsize: int):
@@ -65,7 +66,7 @@ def array_specs(resolved: ResolvedCompression, compression: Compression, vocab_s
         ArraySpec("lengths", (), "int16", "zstd3"),
         ArraySpec("labels", (), "float32" if num_labels == 1 else "int64", "zstd3"),
         ArraySpec("logits", (num_labels,), "float32", "zstd3"),
-        ArraySpec("positions", (D, n), "int16", "zstd3"),
+        ArraySpec("positions", (D, n), "int16", "zstd3", fill_value=-1),  # unwritten reads as "empty"
         ArraySpec("values", (D, n, k), compression.value_dtype, "blosc-zstd1-byteshuffle"),
     ]
     if resolved.has_mask and compression.width_strategy == "mag":
@@ -108,7 +109,7 @@ class StoreWriter:
                 itemsize = np.dtype(spec.dtype).itemsize
                 sub.create_array(spec.name, shape=(rows, *spec.row_shape), dtype=spec.dtype,
                                  chunks=(chunk_rows, *spec.row_shape), compressors=[_codec(spec.codec, itemsize)],
-                                 fill_value=0)
+                                 fill_value=spec.fill_value)
         if static_mask is not None:
             group.create_array("static_mask", data=static_mask, compressors=None)
         tokenizer = group.create_group("tokenizer")

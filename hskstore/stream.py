@@ -101,7 +101,8 @@ class Prefetcher:
     """Run an iterator in a background thread, `depth` items ahead (zarr decompression releases the GIL).
 
     In-process prefetching moved ~300k rows/s here against 53-70k rows/s through DataLoader workers
-    (STORAGE.md), so it is the default; workers remain an option for slow filesystems.
+    (STORAGE.md), so it is the default; workers remain an option for slow filesystems. `close()` (or
+    leaving a `with` block) stops the thread when a loop ends early.
     """
 
     _END = object()
@@ -111,18 +112,31 @@ class Prefetcher:
         import threading
 
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._fill, args=(iterable,), daemon=True, name="hskstore-prefetch")
         self._thread.start()
 
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _fill(self, iterable):
         try:
             for item in iterable:
-                self._queue.put(item)
+                if not self._put(item):
+                    return
         except BaseException as exc:
             self._error = exc
         finally:
-            self._queue.put(self._END)
+            self._put(self._END)
 
     def __iter__(self):
         while True:
@@ -132,6 +146,16 @@ class Prefetcher:
                     raise self._error
                 return
             yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def keep_numpy(batch):

@@ -177,7 +177,9 @@ class Trainer:
         from .select import densify
 
         compression = self.store.compression
-        with torch.autocast(**self.autocast), (self._recorder() if self._recorder else _NoRecorder()) as recorder:
+        # The teacher runs exactly as extraction runs it: float16 autocast on CUDA, float32 on CPU.
+        teacher_autocast = dict(device_type=self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
+        with torch.autocast(**teacher_autocast), (self._recorder() if self._recorder else _NoRecorder()) as recorder:
             out = self.teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                token_type_ids=batch.token_type_ids, output_hidden_states=True)
             scores = recorder.scores(batch.attention_mask) if recorder else {}
@@ -276,7 +278,8 @@ class Trainer:
             torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch)
             self.student.train()
             self.projection.train()
-            bar = tqdm(loader(), total=steps_per_epoch, desc=f"{stage} {epoch + 1}/{schedule.epochs}",
+            batches = loader()
+            bar = tqdm(batches, total=steps_per_epoch, desc=f"{stage} {epoch + 1}/{schedule.epochs}",
                        disable=not self.progress, unit="step")
             started, seen, losses = time.perf_counter(), 0, []
             for batch in bar:
@@ -290,6 +293,8 @@ class Trainer:
                 if step >= total:
                     break
             bar.close()
+            if isinstance(batches, Prefetcher):
+                batches.close()
             record = {"stage": stage, "epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)),
                       "step_losses": losses, "seconds": time.perf_counter() - started,
                       "examples_per_second": seen / max(time.perf_counter() - started, 1e-9)}
@@ -343,7 +348,8 @@ class Trainer:
     def _run_key(self) -> dict:
         c = self.config
         return {"store": os.path.abspath(c.store), "student": os.path.abspath(c.student), "stages": list(c.stages),
-                "teacher": c.teacher, "seed": c.seed, "hsk_loss": c.hsk_loss,
+                "teacher": c.teacher, "seed": c.seed, "hsk_loss": c.hsk_loss, "max_steps": c.max_steps,
+                "temperature": c.temperature, "weight_decay": c.weight_decay, "amp": c.amp,
                 "schedules": {s: asdict(c.schedule(s, self.task["name"])) for s in c.stages}}
 
     def _save_checkpoint(self, state: dict, optimizer) -> None:

@@ -81,3 +81,25 @@ def test_rosita_student_from_the_cli_is_cut_from_the_teacher(run, tiny_store, ti
                  "--layers", 2, "--heads", 2, "--ffn", 16, "--rank", 8, "--importance-examples", 32)
     assert result.exit_code == 0, result.output
     assert "layers=2" in result.output and "heads=2" in result.output and "rank=8" in result.output
+
+
+@pytest.mark.parametrize("width, expected", [("0.25", 8), ("1", 1), ("12", 12), ("1.0", 32), ("all", 32)])
+def test_width_is_a_count_or_a_fraction_with_a_decimal_point(run, tiny_teacher, tmp_path, width, expected):
+    result = run("extract", "--teacher", tiny_teacher, "--output", tmp_path / "s.zarr", "--student-layers", 2,
+                 "--width", width, "--dry-run")
+    assert json.loads(result.output)["resolved"]["width"] == expected
+
+
+def test_non_numbers_and_unknown_devices_are_usage_errors(run, tiny_teacher, tmp_path):
+    bad_depth = run("extract", "--teacher", tiny_teacher, "--output", tmp_path / "s.zarr", "--depth", "two")
+    assert bad_depth.exit_code == 2 and "whole number" in bad_depth.output and "Traceback" not in bad_depth.output
+    bad_device = run("extract", "--teacher", tiny_teacher, "--output", tmp_path / "s.zarr", "--device", "tpu")
+    assert bad_device.exit_code == 2 and "unknown device 'tpu'" in bad_device.output
+
+
+def test_overwrite_refuses_to_delete_a_directory_that_is_not_a_store(run, tiny_teacher, tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    result = run("extract", "--teacher", tiny_teacher, "--output", tmp_path / "precious", "--overwrite")
+    assert result.exit_code == 2 and "not an hskstore store" in result.output
+    assert (tmp_path / "precious" / "notes.txt").is_file()

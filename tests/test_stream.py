@@ -71,3 +71,11 @@ def test_prefetching_yields_the_same_batches_and_surfaces_errors(tiny_store):
 
     with pytest.raises(OSError, match="disk went away"):
         list(Prefetcher(broken()))
+
+
+def test_closing_a_prefetcher_early_stops_its_thread(tiny_store):
+    from hskstore.stream import Prefetcher
+
+    with Prefetcher(StoreStream(tiny_store, "train", 4), depth=1) as batches:
+        next(iter(batches))
+    assert not batches._thread.is_alive()
