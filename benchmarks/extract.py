@@ -24,7 +24,8 @@ import torch  # noqa: E402
 
 from hskstore.config import Compression  # noqa: E402
 from hskstore.data import load_task, tokenize  # noqa: E402
-from hskstore.extract import ExtractConfig, extract, resolve_device  # noqa: E402
+from hskstore.device import resolve_device  # noqa: E402
+from hskstore.extract import ExtractConfig, extract  # noqa: E402
 from hskstore.report import store_info  # noqa: E402
 from hskstore.teacher import load_teacher, load_tokenizer  # noqa: E402
 

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from hskstore.config import Compression  # noqa: E402
-from hskstore.extract import ExtractConfig, extract, resolve_device  # noqa: E402
+from hskstore.device import resolve_device  # noqa: E402
+from hskstore.extract import ExtractConfig, extract  # noqa: E402
 from hskstore.pipeline import build_student  # noqa: E402
 from hskstore.stream import to_device  # noqa: E402
 from hskstore.train import TrainConfig, Trainer  # noqa: E402

@@ -79,7 +79,7 @@ def _task_kwargs(text_columns, label_column, validation_file) -> dict:
 @click.option("--max-length", default=64, show_default=True)
 @click.option("--epochs", default=3, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=5e-5, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True, help="Peak AdamW learning rate (1e-4 beat 5e-5 on MiniLM).")
 @click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
 @click.option("--seed", default=0, show_default=True, help="Classifier init, dropout and batch order.")
 @click.option("--data-seed", default=0, show_default=True, help="Train/validation split and --limit subset.")
@@ -192,7 +192,7 @@ def info(store, as_json, allow_incomplete):
 def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, hidden, importance_examples, seed,
             device):
     """Build a student: ROSITA-style from the teacher, or TinyBERT-style (checkpoint or fresh config)."""
-    from .extract import resolve_device
+    from .device import resolve_device
     from .pipeline import build_student
 
     ignored = [flag for flag, value, kinds in (("--rank", rank, "rosita"), ("--hidden", hidden, "bert"),

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .extract import resolve_device
+from .device import resolve_device
 from .metrics import compute_metrics
 from .student import load_student
 from .teacher import load_tokenizer

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import Compression
+from .device import resolve_device
 from .errors import ConfigError, DataError, StoreError
 from .select import pack_bits, select_hsk, static_mask
 from .store import StoreWriter, array_specs, open_store
@@ -32,21 +33,6 @@ from .teacher import CLSAttentionRecorder, load_teacher, load_tokenizer
 __all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed"]
 
 DEFAULT_MAX_LENGTH = 128
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N', checked: a one-line error otherwise."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for but CUDA is not available here: use --device cpu or auto")
-    return resolved
 
 
 def teacher_max_length(teacher: str) -> int:

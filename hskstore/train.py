@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, StoreError
-from .extract import resolve_device
+from .device import resolve_device
 from .losses import HSK_LOSSES, hsk_loss, prediction_loss
 from .metrics import compute_metrics, primary_metric
 from .schedules import StageSchedule, default_schedules
