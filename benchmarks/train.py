@@ -58,7 +58,7 @@ class StudentOnly:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def time_setting(name, teacher, student_dir, store, batch_size, steps, rounds, device, work) -> dict:
