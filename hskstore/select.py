@@ -24,6 +24,7 @@ __all__ = [
     "unpack_bits",
     "unpack_bits_numpy",
     "densify",
+    "full_width",
     "select_hsk",
 ]
 
@@ -128,6 +129,26 @@ def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     index = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :k]
     out = torch.zeros(*mask.shape, dtype=values.dtype, device=values.device)
     return out.scatter_(-1, index, values)
+
+
+def full_width(values: torch.Tensor, mask: torch.Tensor | None = None,
+               fixed_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Teacher targets at full width d (zeros outside the kept entries) and the mask that made them.
+
+    Args:
+        values: (..., k) kept values; (..., d) when nothing was masked.
+        mask: (..., d) per-vector mask (`mag`), or None.
+        fixed_mask: (d,) static mask (`uniform`/`rand`), or None.
+    Returns:
+        (targets (..., d), mask (..., d) | (d,) | None)
+    """
+    if mask is not None:
+        return densify(values, mask), mask
+    if fixed_mask is not None:
+        targets = values.new_zeros(*values.shape[:-1], fixed_mask.shape[0])
+        targets[..., fixed_mask] = values
+        return targets, fixed_mask
+    return values, None
 
 
 def select_hsk(

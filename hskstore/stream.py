@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .select import densify, unpack_bits, unpack_bits_numpy
+from .select import full_width, unpack_bits, unpack_bits_numpy
 from .store import open_store
 
 __all__ = ["StoreStream", "DeviceBatch", "Prefetcher", "to_device", "keep_numpy", "TOKEN_ARRAYS", "HSK_ARRAYS"]
@@ -203,16 +203,12 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: i
     if "values" in batch:
         positions = put(batch["positions"], torch.int64)
         values = put(batch["values"], torch.float32)
+        mask = None
         if "masks" in batch:
             if device.type == "cpu":  # numpy unpacking is ~20x faster than torch shifts on CPU
                 mask = torch.from_numpy(unpack_bits_numpy(batch["masks"], hidden_size))
             else:
                 mask = unpack_bits(put(batch["masks"]), hidden_size)
-            targets = densify(values, mask)
-        elif static_mask is not None:
-            mask = static_mask.to(device)
-            targets = values.new_zeros(*values.shape[:-1], hidden_size)
-            targets[..., mask] = values
-        else:
-            targets = values
+        fixed = None if static_mask is None else static_mask.to(device)
+        targets, mask = full_width(values, mask, fixed)
     return DeviceBatch(input_ids, attention_mask, token_types, labels, logits, positions, targets, mask)

@@ -27,7 +27,7 @@ from .device import resolve_device
 from .losses import HSK_LOSSES, hsk_loss, prediction_loss
 from .metrics import compute_metrics, primary_metric
 from .schedules import StageSchedule, default_schedules
-from .select import select_hsk, static_mask
+from .select import full_width, select_hsk, static_mask
 from .store import open_store
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, Prefetcher, StoreStream, keep_numpy, to_device
 from .student import load_student, save_student
@@ -174,7 +174,6 @@ class Trainer:
     @torch.no_grad()
     def _online_targets(self, batch: DeviceBatch) -> DeviceBatch:
         from .extract import _NoRecorder
-        from .select import densify
 
         compression = self.store.compression
         # The teacher runs exactly as extraction runs it: float16 autocast on CUDA, float32 on CPU.
@@ -185,15 +184,8 @@ class Trainer:
             scores = recorder.scores(batch.attention_mask) if recorder else {}
             selection = select_hsk(out.hidden_states, scores, batch.input_ids, batch.attention_mask,
                                    compression, self.resolved, self.sep_id, self._fixed_mask)
-        values = selection.values.float()
-        if selection.mask is not None:
-            mask, targets = selection.mask, densify(values, selection.mask)
-        elif self._fixed_mask is not None:
-            mask = self._fixed_mask.to(self.device)
-            targets = values.new_zeros(*values.shape[:-1], self.resolved.hidden_size)
-            targets[..., mask] = values
-        else:
-            mask, targets = None, values
+        fixed = None if self._fixed_mask is None else self._fixed_mask.to(self.device)
+        targets, mask = full_width(selection.values.float(), selection.mask, fixed)
         return replace(batch, logits=out.logits.float(), positions=selection.positions, targets=targets, mask=mask)
 
     # ------------------------------------------------------------------ one step
