@@ -7,6 +7,7 @@ same call gives the same examples in every run; the extract stage relies on that
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import io
@@ -163,11 +164,38 @@ def _no_file_options(task, given):
                         f"not to '{task}': drop them or pass a file path")
 
 
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so a machine without network gets a clear error in seconds, not after retries."""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _offline_hub():
+    """Make `datasets` use only its local cache for the duration (the env vars are read at import)."""
+    import datasets
+    import huggingface_hub.constants as hub
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
+
+
 def _load_glue(spec: TaskSpec, limit, seed) -> TaskData:
     import datasets
 
+    offline = datasets.config.HF_HUB_OFFLINE or not _hub_reachable()
     try:
-        dataset = datasets.load_dataset("nyu-mll/glue", spec.name)
+        with _offline_hub() if offline else contextlib.nullcontext():
+            dataset = datasets.load_dataset("nyu-mll/glue", spec.name)
     except Exception as exc:  # offline, no cache, hub down: all end the same way for the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(

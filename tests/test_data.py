@@ -59,6 +59,20 @@ def test_glue_offline_without_a_cache_fails_fast_with_one_line_and_a_fix():
     assert "cannot load GLUE task 'sst2'" in message and "local CSV/TSV/JSONL" in message
 
 
+def test_glue_without_network_fails_fast_even_when_offline_mode_is_not_set(monkeypatch):
+    import datasets
+
+    import hskstore.data as data
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(data, "_hub_reachable", lambda *a, **k: False)
+    started = time.perf_counter()
+    with pytest.raises(DataError, match="cannot load GLUE task 'rte'"):
+        load_task("rte")
+    assert time.perf_counter() - started < 20
+    assert datasets.config.HF_HUB_OFFLINE is False  # the offline switch is restored afterwards
+
+
 def test_glue_rows_become_column_lists_with_a_seeded_limit(monkeypatch):
     datasets = pytest.importorskip("datasets")
     fake = datasets.DatasetDict({
