@@ -28,7 +28,7 @@ from .device import resolve_device
 from .errors import ConfigError, DataError, StoreError
 from .select import pack_bits, select_hsk, static_mask
 from .store import StoreWriter, array_specs, open_store
-from .teacher import CLSAttentionRecorder, load_teacher, load_tokenizer
+from .teacher import CLSAttentionRecorder, check_bert_family, load_teacher, load_tokenizer
 
 __all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed"]
 
@@ -187,7 +187,7 @@ def _teacher_chunk(model, recorder_factory, encoded, rows, batch_size, device, c
         batch = {name: torch.from_numpy(encoded[name][batch_rows, :width]).to(device, non_blocking=True)
                  for name in ("input_ids", "attention_mask", "token_type_ids")}
         with torch.inference_mode(), torch.autocast(device.type, enabled=use_autocast, dtype=torch.float16), \
-                recorder_factory(model) as recorder:
+                recorder_factory() as recorder:
             out = model(**batch, output_hidden_states=True)
             scores = recorder.scores(batch["attention_mask"]) if recorder else {}
             selection = select_hsk(out.hidden_states, scores, batch["input_ids"], batch["attention_mask"],
@@ -230,6 +230,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     _check_output(config)
     compression = config.compression
     max_length = config.max_length or teacher_max_length(config.teacher)
+    teacher_config = check_bert_family(config.teacher)  # fail fast: before data and weights are loaded
+    compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"], max_length)
     task = load_task(config.task, limit=config.limit, seed=config.data_seed, **config.task_options)
     spec = task.spec
     missing = [s for s in config.splits if s not in task.splits]
@@ -274,7 +276,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     needs_scores = compression.length_strategy in ("att-nosep", "att")
     layers = model.bert.encoder.layer
 
-    def recorder_factory(_model):
+    def recorder_factory():
         if not needs_scores:
             return _NoRecorder()
         return CLSAttentionRecorder(layers, resolved.score_layer_ids, identity.num_heads, compression.score_kind)
