@@ -43,19 +43,22 @@ def store_info(path, allow_incomplete: bool = False) -> dict:
     components = {c: sum(per_array.get(a, 0) for a in arrays) for c, arrays in COMPONENTS.items()}
     examples = {s: store.split(s).num_examples for s in store.splits}
     total_examples = sum(examples.values())
-    # Real tokens, needed for the size of the full HSK of the same data.
-    tokens = 0
+    # Real tokens, needed for the size of the full HSK of the same data (written chunks only: an
+    # unwritten chunk of an incomplete store would read as zero-length examples).
+    tokens, counted = 0, 0
     for split in store.splits:
         reader = store.split(split)
-        for k in range(reader.num_chunks):
-            tokens += int(reader.read_chunk(k, ["lengths"])["lengths"].astype(np.int64).sum())
+        for k in sorted(store.group[split].attrs["chunks_done"]):
+            lengths = reader.read_chunk(k, ["lengths"])["lengths"].astype(np.int64)
+            tokens, counted = tokens + int(lengths.sum()), counted + len(lengths)
     student_layers = compression.student_layers
     d = resolved.hidden_size
-    full_units_per_example = (student_layers + 1) * tokens / max(total_examples, 1)
+    full_units_per_example = (student_layers + 1) * tokens / max(counted, 1)
     raw_hsk_bytes = total_examples * resolved.depth * resolved.length * (
         resolved.width * np.dtype(compression.value_dtype).itemsize
         + (resolved.mask_bytes if resolved.has_mask and compression.width_strategy == "mag" else 0) + 2)
-    full_hsk_bytes = (student_layers + 1) * tokens * d * 2  # float16, every mapped layer, every real token
+    # float16, every mapped layer, every real token (extrapolated to unwritten chunks of a partial store)
+    full_hsk_bytes = (student_layers + 1) * tokens * total_examples / max(counted, 1) * d * 2
     hsk_bytes = components["values"] + components["masks"] + components["positions"]
     total_bytes = _dir_bytes(root)
     return {
@@ -70,7 +73,7 @@ def store_info(path, allow_incomplete: bool = False) -> dict:
         "triple": [resolved.depth, resolved.length, resolved.width],
         "max_length": resolved.max_length,
         "examples": examples,
-        "mean_tokens": tokens / max(total_examples, 1),
+        "mean_tokens": tokens / max(counted, 1),
         "amount_hsk": resolved.amount(),
         "full_hsk_units": full_units_per_example,
         "fraction_of_full": resolved.amount() / full_units_per_example if full_units_per_example else None,

@@ -208,3 +208,25 @@ def test_a_teacher_with_another_label_count_is_refused(tmp_path):
     two = save_tiny_teacher(tmp_path / "two", num_labels=2)
     with pytest.raises(ConfigError, match="predicts 2 labels but task 'tweets' has 3"):
         extract(_config(two, tmp_path / "s.zarr"), progress=False)
+
+
+def test_info_describes_a_partial_store_from_its_written_chunks_only(tiny_teacher, tmp_path, monkeypatch):
+    from hskstore.report import store_info
+
+    path = tmp_path / "partial.zarr"
+    original = StoreWriter.write_chunk
+    calls = {"n": 0}
+
+    def stop_after_two(self, split, index, arrays):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        original(self, split, index, arrays)
+
+    monkeypatch.setattr(StoreWriter, "write_chunk", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        extract(_config(tiny_teacher, path), progress=False)
+    info = store_info(path, allow_incomplete=True)
+    assert info["complete"] is False
+    assert 10 < info["mean_tokens"] < 32  # tweets, not diluted by unwritten zero-length rows
+    assert (open_store(path, allow_incomplete=True).split("train").read_rows(100, 120, ["positions"])["positions"] == -1).all()
