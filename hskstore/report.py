@@ -54,6 +54,9 @@ def store_info(path, allow_incomplete: bool = False) -> dict:
     student_layers = compression.student_layers
     d = resolved.hidden_size
     full_units_per_example = (student_layers + 1) * tokens / max(counted, 1)
+    # A^HSK = N^D * N^L * N^W / d; with every token kept (`all`), N^L is the real tokens, not the padding.
+    length = tokens / max(counted, 1) if compression.length_strategy == "all" else resolved.length
+    amount = resolved.depth * length * resolved.width / d
     raw_hsk_bytes = total_examples * resolved.depth * resolved.length * (
         resolved.width * np.dtype(compression.value_dtype).itemsize
         + (resolved.mask_bytes if resolved.has_mask and compression.width_strategy == "mag" else 0) + 2)
@@ -74,9 +77,9 @@ def store_info(path, allow_incomplete: bool = False) -> dict:
         "max_length": resolved.max_length,
         "examples": examples,
         "mean_tokens": tokens / max(counted, 1),
-        "amount_hsk": resolved.amount(),
+        "amount_hsk": amount,
         "full_hsk_units": full_units_per_example,
-        "fraction_of_full": resolved.amount() / full_units_per_example if full_units_per_example else None,
+        "fraction_of_full": amount / full_units_per_example if full_units_per_example else None,
         "bytes": components | {"hsk": hsk_bytes, "total": total_bytes},
         "bytes_per_example": {c: b / max(total_examples, 1) for c, b in (components | {"hsk": hsk_bytes, "total": total_bytes}).items()},
         "raw_hsk_bytes": int(raw_hsk_bytes),

@@ -169,6 +169,9 @@ def test_full_hsk_keeps_every_token_and_activation_without_masks(tiny_teacher, t
     assert "masks" not in data and data["values"].shape[1:] == (3, 32, 32)
     lengths = data["lengths"]
     assert ((data["positions"][:, 0] >= 0).sum(1) == lengths).all()
+    from hskstore.report import store_info
+
+    assert store_info(path)["fraction_of_full"] == pytest.approx(1.0)  # padding is not knowledge
 
 
 @pytest.mark.parametrize(
