@@ -12,6 +12,8 @@ Writes benchmarks/results/accuracy-<device>.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import tempfile
 import time
@@ -34,6 +36,7 @@ ROWS = [
     ("(1,9,0.1) softmax, kept", "default", dict(hsk_loss="kept")),
     ("(1,1,0.1)", dict(length=1), {}),
     ("full HSK (4, all, all)", "full", {}),
+    ("(1,9,0.1) values rounded to 7 mantissa bits", dict(value_bits=7), {}),
 ]
 
 
@@ -60,7 +63,8 @@ def main():
                 compression = Compression.full(student_layers=3)
             else:
                 compression = Compression(**(base.to_dict() | spec))
-            path = work / f"store-{len(stores)}.zarr"
+            digest = hashlib.sha1(json.dumps(compression.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+            path = work / f"store-{digest}.zarr"  # named by its compression, so reruns reuse the right store
             if not path.exists():
                 extract(ExtractConfig(teacher=args.teacher, task="tweets", output=str(path), compression=compression,
                                       max_length=args.max_length, limit=args.limit), progress=False)
@@ -91,9 +95,10 @@ def main():
         print(f"{name:<34} dev acc {row['dev_accuracy']:.4f}  A^HSK {row['amount_hsk']:.2f} "
               f"({100 * row['fraction_of_full']:.2f}% of full)  HSK {row['hsk_bytes_per_example']:.0f} B/ex  "
               f"{row['train_seconds']:.0f} s", flush=True)
+    name = "accuracy" if args.rows is None else "accuracy-rows-" + "-".join(map(str, args.rows))
     out = {"teacher": args.teacher, "limit": args.limit, "hsk_epochs": args.hsk_epochs,
            "pred_epochs": args.pred_epochs, "seed": 0, "rows": results}
-    print(f"saved {common.save('accuracy', out)}")
+    print(f"saved {common.save(name, out)}")
 
 
 if __name__ == "__main__":

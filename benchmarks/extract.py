@@ -58,6 +58,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--value-bits", type=int, default=None, help="lossy mantissa rounding (e.g. 7)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hskstore-bench-"))
@@ -67,7 +68,7 @@ def main():
     task = load_task("tweets", limit=args.examples)
     encoded = tokenize(load_tokenizer(teacher), task.split("train"), task.spec, args.max_length)
     model, _ = load_teacher(teacher, device=device)
-    compression = Compression(depth=1, length=9, width=0.1, student_layers=3)
+    compression = Compression(depth=1, length=9, width=0.1, student_layers=3, value_bits=args.value_bits)
 
     plain_inference(model, {k: v[:512] for k, v in encoded.items()}, batch_size, 4096, device)  # warm-up
     plain, extracted = [], []
@@ -92,7 +93,7 @@ def main():
     stored = {k: info["bytes_per_example"][k] for k in raw}
     result = {
         "teacher": teacher, "device": str(device), "batch_size": batch_size, "examples": args.examples,
-        "max_length": args.max_length, "compression": [1, 9, 0.1],
+        "max_length": args.max_length, "compression": [1, 9, 0.1], "value_bits": args.value_bits,
         "plain_examples_per_second": plain, "extract_examples_per_second": extracted,
         "median_plain": statistics.median(plain), "median_extract": statistics.median(extracted),
         "ratio": statistics.median(extracted) / statistics.median(plain),
@@ -108,7 +109,8 @@ def main():
         print(f"{name:<10} {stored[name]:>12.1f} {raw[name]:>9}")
     print(f"{'total':<10} {info['bytes_per_example']['total']:>12.1f}   full HSK (float16) "
           f"{result['full_hsk_bytes_per_example']:.0f} B/ex, A^HSK = {100 * info['fraction_of_full']:.3f}% of it")
-    print(f"saved {common.save('extract', result)}")
+    name = "extract" if args.value_bits is None else f"extract-bits{args.value_bits}"
+    print(f"saved {common.save(name, result)}")
 
 
 if __name__ == "__main__":

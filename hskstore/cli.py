@@ -116,6 +116,8 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @click.option("--width-seed", default=0, show_default=True)
 @click.option("--full", is_flag=True, help="Full HSK: every mapped layer, token and activation (baseline).")
 @click.option("--value-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--value-bits", type=int, default=None,
+              help="Lossy: keep this many of float16's 10 mantissa bits (7: ~0.4% error, smaller store).")
 @click.option("--max-length", type=int, default=None, help="[default: the teacher's fine-tuning length, else 128]")
 @click.option("--batch-size", type=int, default=None, help="[default: 256 on GPU, 64 on CPU]")
 @click.option("--chunk-rows", default=4096, show_default=True)
@@ -128,7 +130,7 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @task_options
 def extract(teacher, task, output, depth, length, width, student_layers, l_top, length_strategy, score_layer,
-            score_kind, width_strategy, width_seed, full, value_dtype, max_length, batch_size, chunk_rows, limit,
+            score_kind, width_strategy, width_seed, full, value_dtype, value_bits, max_length, batch_size, chunk_rows, limit,
             data_seed, device, overwrite, dry_run, as_json, **task_kw):
     """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
     from .config import Compression
@@ -144,7 +146,7 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
                                   student_layers=student_layers, l_top=l_top,
                                   length_strategy="all" if length_value is None else length_strategy,
                                   score_layer=score_layer, score_kind=score_kind, width_strategy=width_strategy,
-                                  width_seed=width_seed, value_dtype=value_dtype)
+                                  width_seed=width_seed, value_dtype=value_dtype, value_bits=value_bits)
     config = ExtractConfig(teacher=teacher, task=task, output=output, compression=compression,
                            max_length=max_length, batch_size=batch_size, chunk_rows=chunk_rows, limit=limit,
                            data_seed=teacher_data_seed(teacher) if data_seed is None else data_seed, device=device,

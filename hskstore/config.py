@@ -49,6 +49,7 @@ class Compression:
     width_strategy: str = "mag"         # mag | uniform | rand
     width_seed: int = 0                 # seed of the static `rand` mask
     value_dtype: str = "float16"        # dtype of the stored kept activations
+    value_bits: int | None = None       # float16 mantissa bits kept (lossy, 1..9); None keeps all 10
 
     def __post_init__(self):
         problems = []
@@ -74,6 +75,9 @@ class Compression:
         ):
             if value not in allowed:
                 problems.append(f"{name} must be one of {list(allowed)}, got {value!r}")
+        if self.value_bits is not None and not (self.value_dtype == "float16" and 1 <= self.value_bits <= 9):
+            problems.append(f"value_bits rounds float16 mantissas: expected 1..9 with value_dtype float16, "
+                            f"got {self.value_bits} with {self.value_dtype}")
         if (self.length is None) != (self.length_strategy == "all"):
             problems.append("length N^L = all goes with length_strategy 'all' (and only then)")
         if problems:

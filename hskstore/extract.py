@@ -26,7 +26,7 @@ from . import __version__
 from .config import Compression
 from .device import resolve_device
 from .errors import ConfigError, DataError, StoreError
-from .select import pack_bits, select_hsk, static_mask
+from .select import pack_bits, round_mantissa, select_hsk, static_mask
 from .store import StoreWriter, array_specs, open_store
 from .teacher import CLSAttentionRecorder, check_bert_family, load_teacher, load_tokenizer
 
@@ -194,7 +194,10 @@ def _teacher_chunk(model, recorder_factory, encoded, rows, batch_size, device, c
                                    compression, resolved, sep_id, fixed_mask)
         pieces["logits"].append(out.logits.float())
         pieces["positions"].append(selection.positions.to(torch.int16))
-        pieces["values"].append(selection.values.to(getattr(torch, compression.value_dtype)))
+        values = selection.values.to(getattr(torch, compression.value_dtype))
+        if compression.value_bits is not None:
+            values = round_mantissa(values, compression.value_bits)
+        pieces["values"].append(values)
         if selection.mask is not None:
             pieces["masks"].append(pack_bits(selection.mask))
     # One device->host copy per array per chunk; the GPU ran ahead until here.

@@ -25,6 +25,7 @@ __all__ = [
     "unpack_bits_numpy",
     "densify",
     "full_width",
+    "round_mantissa",
     "select_hsk",
 ]
 
@@ -129,6 +130,22 @@ def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     index = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :k]
     out = torch.zeros(*mask.shape, dtype=values.dtype, device=values.device)
     return out.scatter_(-1, index, values)
+
+
+def round_mantissa(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round float16 values to `bits` of their 10 mantissa bits, to nearest, ties to even.
+
+    Lossy, but it lets the codec find the zeroed low bits: STORAGE.md measured 392 instead of 520
+    bytes per row at 7 bits, with 0.39% worst relative error. numcodecs' BitRound rejects float16.
+    """
+    drop = 10 - bits
+    raw = values.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
+    keep_lsb = (raw >> drop) & 1
+    rounded = (raw + (1 << (drop - 1)) - 1 + keep_lsb) & ~((1 << drop) - 1) & 0xFFFF
+    out = rounded.to(torch.uint16).view(torch.float16) if hasattr(torch, "uint16") else \
+        rounded.to(torch.int32).where(rounded < 0x8000, rounded - 0x10000).to(torch.int16).view(torch.float16)
+    # A carry into the exponent past the largest float16 would give inf: keep those values as they were.
+    return torch.where(torch.isinf(out) & ~torch.isinf(values.to(torch.float16)), values.to(torch.float16), out)
 
 
 def full_width(values: torch.Tensor, mask: torch.Tensor | None = None,

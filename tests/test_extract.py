@@ -233,3 +233,20 @@ def test_info_describes_a_partial_store_from_its_written_chunks_only(tiny_teache
     assert info["complete"] is False
     assert 10 < info["mean_tokens"] < 32  # tweets, not diluted by unwritten zero-length rows
     assert (open_store(path, allow_incomplete=True).split("train").read_rows(100, 120, ["positions"])["positions"] == -1).all()
+
+
+def test_mantissa_rounding_zeroes_low_bits_within_its_error_bound(tiny_teacher, store, tmp_path):
+    rounded_path = tmp_path / "bits7.zarr"
+    compression = Compression(depth=2, length=5, width=0.25, student_layers=2, value_bits=7)
+    extract(_config(tiny_teacher, rounded_path, compression=compression), progress=False)
+    exact = open_store(store).split("train").read_chunk(0)["values"]
+    rounded = open_store(rounded_path).split("train").read_chunk(0)["values"]
+    assert (rounded.view(np.uint16) & 0b111 == 0).all()
+    normal = np.abs(exact) > 1e-3
+    error = np.abs(rounded.astype(np.float32) - exact.astype(np.float32))[normal] / np.abs(exact[normal].astype(np.float32))
+    assert 0 < error.max() <= 2 ** -8
+
+
+def test_mantissa_bits_need_float16_values():
+    with pytest.raises(ConfigError, match="value_bits rounds float16 mantissas"):
+        Compression(value_bits=7, value_dtype="float32")
