@@ -251,8 +251,8 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
 @click.argument("student_dir", metavar="STUDENT")
 @click.option("--task", default=None, help="[default: the task the student was distilled on]")
 @click.option("--split", default="validation", show_default=True)
-@click.option("--limit", type=int, default=None)
-@click.option("--data-seed", default=0, show_default=True, help="Split and --limit seed (as at extraction).")
+@click.option("--limit", type=int, default=None, help="[default: the store's]")
+@click.option("--data-seed", type=int, default=None, help="Split and --limit seed [default: the store's].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @task_options

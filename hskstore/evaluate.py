@@ -37,9 +37,12 @@ def _logits(student, tokens: dict[str, np.ndarray], batch_size: int, device) -> 
 
 
 def evaluate_student(student_dir, task: str | None = None, split: str = "validation", *, limit: int | None = None,
-                     seed: int = 0, max_length: int | None = None, batch_size: int = 128, device: str = "auto",
+                     seed: int | None = None, max_length: int | None = None, batch_size: int = 128, device: str = "auto",
                      task_options: dict | None = None) -> dict:
     """Metrics of a saved student on a task split (tokenised with the student's own tokenizer).
+
+    Without `task`, the split, seed and subset are those of the store the student was distilled from
+    (task.json), so "validation" is the same held-out rows and never the teacher's training rows.
 
     Raises:
         DataError: no task given and the student records none, or the split does not exist.
@@ -47,15 +50,20 @@ def evaluate_student(student_dir, task: str | None = None, split: str = "validat
     from .data import load_task, tokenize
 
     recorded = student_task(student_dir)
-    task = task or recorded.get("task", {}).get("name")
+    reference = recorded.get("task_ref", {})
+    if task is None:
+        # The store's own task, split seed and subset: the validation rows it was distilled against.
+        task = reference.get("task") or recorded.get("task", {}).get("name")
+        task_options = task_options or reference.get("options") or {}
+        seed = recorded.get("data_seed", seed) if seed is None else seed
+        limit = recorded.get("limit") if limit is None else limit
     if task is None:
         raise DataError(f"{student_dir} records no task: pass --task (a GLUE name, tweets, or a file)")
-    data = load_task(task, limit=limit, seed=seed, **(task_options or {}))
-    if split not in data.splits:
-        raise DataError(f"task {data.spec.name!r} has no split {split!r}; it has {list(data.splits)}")
+    data = load_task(task, limit=limit, seed=0 if seed is None else seed, **(task_options or {}))
+    columns = data.split(split)  # "validation" also names MNLI's validation_matched
     device = resolve_device(device)
     student = load_student(student_dir, device=device)
-    tokens = tokenize(load_tokenizer(student_dir), data.split(split), data.spec,
+    tokens = tokenize(load_tokenizer(student_dir), columns, data.spec,
                       max_length or recorded.get("max_length", 128))
     logits = _logits(student, tokens, batch_size, device)
     metrics = compute_metrics(data.spec.metric, logits[:, 0] if data.spec.is_regression else logits, tokens["labels"])

@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import Compression
 from .device import resolve_device
-from .errors import ConfigError, DataError, StoreError
+from .errors import ConfigError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
-from .store import StoreWriter, array_specs, open_store
+from .store import StoreWriter, array_specs, open_store, read_attrs
 from .teacher import CLSAttentionRecorder, check_bert_family, load_teacher, load_tokenizer
 
 __all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed"]
@@ -140,8 +140,8 @@ def _check_output(config: ExtractConfig) -> None:
     if not (path / "zarr.json").is_file():
         raise StoreError(f"{path} exists and is not an hskstore store; choose another --output "
                          "(--overwrite only replaces stores)")
-    store = open_store(path, allow_incomplete=True)  # checks format and version
-    if store.complete and not config.overwrite:
+    attrs = read_attrs(path)  # checks format and version
+    if attrs.get("complete") and not config.overwrite:
         raise StoreError(f"{path} already holds a complete store; pass --overwrite to replace it "
                          "or choose another output.")
 
@@ -150,6 +150,8 @@ def _prepare_store(config: ExtractConfig, meta: dict, split_sizes, specs, fixed_
     path = Path(config.output)
     if path.exists() and config.overwrite:
         shutil.rmtree(path)
+    if path.exists() and not (read_attrs(path).get("layout_complete") or read_attrs(path).get("complete")):
+        shutil.rmtree(path)  # interrupted while its arrays were being created: nothing in it to keep
     if path.exists():
         store = open_store(path, allow_incomplete=True)
         if store.complete:
@@ -237,9 +239,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"], max_length)
     task = load_task(config.task, limit=config.limit, seed=config.data_seed, **config.task_options)
     spec = task.spec
-    missing = [s for s in config.splits if s not in task.splits]
-    if missing:
-        raise DataError(f"task {spec.name!r} has no split(s) {missing}; it has {list(task.splits)}")
+    columns = {s: task.split(s) for s in config.splits}  # "validation" also names MNLI's validation_matched
     model, identity = load_teacher(config.teacher, device=device)
     if identity.num_labels != spec.num_labels:
         raise ConfigError(f"teacher {config.teacher} predicts {identity.num_labels} labels but task {spec.name!r} "
@@ -253,7 +253,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                                  compression.width_seed)
     batch_size = config.batch_size or (256 if device.type == "cuda" else 64)
 
-    encoded = {s: tokenize(tokenizer, task.split(s), spec, max_length) for s in config.splits}
+    encoded = {s: tokenize(tokenizer, columns[s], spec, max_length) for s in config.splits}
     split_sizes = {s: int(len(encoded[s]["lengths"])) for s in config.splits}
     meta = {
         "created_by": f"hskstore {__version__}",
@@ -262,6 +262,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         "amount_hsk": resolved.amount(),
         "teacher": identity.to_dict(),
         "task": asdict(spec),
+        # How to load the same data again (evaluate, predict): the task name or file, and its options.
+        "task_ref": {"task": config.task, "options": config.task_options},
         "label_names": list(spec.label_names),
         "num_labels": spec.num_labels,
         "max_length": max_length,

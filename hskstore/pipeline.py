@@ -50,6 +50,20 @@ def store_batches(store_path, batch_size: int = 32, limit: int | None = None):
             return
 
 
+def _check_store_matches_teacher(store: str, teacher: str) -> None:
+    from .errors import StoreError
+    from .store import open_store
+    from .teacher import check_bert_family
+
+    stored, config = open_store(store).teacher, check_bert_family(teacher)
+    given = (config["vocab_size"], len(config.get("id2label") or {}) or config.get("num_labels", 2),
+             config["hidden_size"], config["num_hidden_layers"])
+    expected = (stored["vocab_size"], stored["num_labels"], stored["hidden_size"], stored["num_layers"])
+    if given != expected:
+        raise StoreError(f"store {store} was extracted from another teacher (vocab, labels, d, layers = {expected}) "
+                         f"than {teacher} ({given}): pass the store's own teacher")
+
+
 def build_student(kind: str, output, *, teacher: str | None = None, store: str | None = None,
                   checkpoint: str | None = None, num_layers: int | None = None, num_heads: int | None = None,
                   intermediate_size: int | None = None, embedding_rank: int | None = None,
@@ -64,6 +78,7 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
         if teacher is None or store is None:
             raise ModelError("a ROSITA student needs --teacher (the fine-tuned teacher) and --store (its training "
                              "data scores heads and neurons)")
+        _check_store_matches_teacher(store, teacher)
         sizes = dict(ROSITA_DEFAULTS)
         sizes.update({k: v for k, v in dict(num_layers=num_layers, num_heads=num_heads,
                                              intermediate_size=intermediate_size,
@@ -112,10 +127,15 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
 
     work = Path(run.workdir)
     teacher, store, student = work / "teacher", work / "store.zarr", work / "student-init"
-    if (teacher / "hskstore_teacher.json").is_file():
-        echo(f"[1/4] teacher: reusing {teacher}")
-        teacher_metrics = json.loads((teacher / "hskstore_teacher.json").read_text()).get("metrics", {})
+    teacher_info = teacher / "hskstore_teacher.json"
+    recorded = json.loads(teacher_info.read_text()).get("config", {}) if teacher_info.is_file() else {}
+    wanted = {"limit": run.limit, "epochs": run.teacher_epochs, "max_length": run.max_length, "seed": run.seed}
+    if recorded and all(recorded.get(k) == v for k, v in wanted.items()):
+        echo(f"[1/4] teacher: reusing {teacher} (same limit, epochs, max length and seed)")
+        teacher_metrics = json.loads(teacher_info.read_text()).get("metrics", {})
+        recorded_changed = False
     else:
+        recorded_changed = True  # a new teacher: any old store holds the old teacher's knowledge
         echo(f"[1/4] fine-tuning the packaged MiniLM-L6 on {run.limit} tweets -> {teacher}")
         teacher_metrics = finetune(FinetuneConfig(model=packaged_teacher_path(), task="tweets", output=str(teacher),
                                                   max_length=run.max_length, epochs=run.teacher_epochs,
@@ -125,12 +145,16 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
     from .errors import StoreError
 
     try:
-        info = None
-        open_store(store)  # complete already: reuse
-        echo(f"      reusing complete store {store}")
+        attrs = open_store(store).attrs  # complete already: reuse it if it is this run's store
+        same = (attrs["compression"] == run.compression.to_dict() and attrs["limit"] == run.limit
+                and attrs["max_length"] == run.max_length and not recorded_changed)
     except StoreError:
+        same = False
+    if same:
+        echo(f"      reusing complete store {store}")
+    else:
         extract(ExtractConfig(teacher=str(teacher), task="tweets", output=str(store), compression=run.compression,
-                              max_length=run.max_length, limit=run.limit, device=run.device),
+                              max_length=run.max_length, limit=run.limit, device=run.device, overwrite=True),
                 progress=progress)
     from .report import store_info
 

@@ -28,6 +28,7 @@ __all__ = [
     "Store",
     "SplitReader",
     "open_store",
+    "read_attrs",
 ]
 
 FORMAT_NAME = "hskstore"
@@ -115,6 +116,8 @@ class StoreWriter:
         tokenizer = group.create_group("tokenizer")
         for name, data in tokenizer_files.items():
             tokenizer.create_array(name, data=np.frombuffer(data, dtype=np.uint8), compressors=[_codec("zstd3", 1)])
+        # Set last: a store interrupted while its layout was being created holds no data and is made anew.
+        group.attrs["layout_complete"] = True
         return cls(group, path)
 
     @classmethod
@@ -215,6 +218,17 @@ class Store:
         return directory
 
 
+def read_attrs(path) -> dict:
+    """A store's root attributes after the format and version check, without interpreting them."""
+    import zarr
+
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "zarr.json")):
+        raise StoreError(f"no store at {path}: expected a directory written by `hskstore extract`.")
+    attrs = dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs)
+    _check_format(attrs, path)
+    return attrs
+
+
 def open_store(path, allow_incomplete: bool = False) -> Store:
     """Open a store for reading; checks the format and version first, then completeness.
 
@@ -223,13 +237,13 @@ def open_store(path, allow_incomplete: bool = False) -> Store:
     """
     import zarr
 
-    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "zarr.json")):
-        raise StoreError(f"no store at {path}: expected a directory written by `hskstore extract`.")
-    group = zarr.open_group(str(path), mode="r", zarr_format=3)
-    _check_format(dict(group.attrs), path)
-    store = Store(group, path)
+    attrs = read_attrs(path)
+    if not (attrs.get("layout_complete") or attrs.get("complete")):
+        raise StoreError(f"store {path} was interrupted while its arrays were being created; "
+                         "rerun the same `hskstore extract` command to make it anew.")
+    store = Store(zarr.open_group(str(path), mode="r", zarr_format=3), path)
     if not store.complete and not allow_incomplete:
-        done = {s: f"{len(group[s].attrs['chunks_done'])}/{group[s].attrs['num_chunks']}" for s in store.splits}
+        done = {s: f"{len(store.group[s].attrs['chunks_done'])}/{store.group[s].attrs['num_chunks']}" for s in store.splits}
         raise StoreError(f"store {path} is incomplete (chunks written: {done}); "
                          "rerun the same `hskstore extract` command to finish it.")
     return store

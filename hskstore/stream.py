@@ -45,6 +45,7 @@ class StoreStream(IterableDataset):
         self.arrays = tuple(name for name in wanted if name in available)
         self.shuffle = shuffle
         self.seed = seed
+        self.chunk_rows = store.chunk_rows
         self.buffer_rows = buffer_chunks * store.chunk_rows
         self.rank, self.world_size = rank, world_size
         self.drop_last = drop_last
@@ -56,19 +57,33 @@ class StoreStream(IterableDataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        """Batches per epoch over all shards (an upper bound by at most one batch per shard)."""
-        if self.drop_last:
-            return self.num_examples // self.batch_size
-        return -(-self.num_examples // self.batch_size)
+        """Batches this rank yields in the current epoch, read in-process (one worker)."""
+        return self.num_batches(num_workers=1)
 
-    def _my_chunks(self) -> list[int]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        shards, shard = self.world_size * workers, self.rank * workers + worker
+    def num_batches(self, num_workers: int = 1) -> int:
+        """Exact batches of this rank in the current epoch: each (rank, worker) shard ends in its own
+        partial batch, so the count depends on how the chunks are dealt, not only on N."""
+        workers = max(num_workers, 1)
+        total = 0
+        for worker in range(workers):
+            rows = sum(self._chunk_rows(c) for c in self._shard_chunks(self.rank * workers + worker,
+                                                                       self.world_size * workers))
+            total += rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+        return total
+
+    def _chunk_rows(self, chunk: int) -> int:
+        return min(self.chunk_rows, self.num_examples - chunk * self.chunk_rows)
+
+    def _shard_chunks(self, shard: int, shards: int) -> list[int]:
         order = np.arange(self.num_chunks)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_chunks)
         return order[shard::shards].tolist()
+
+    def _my_chunks(self) -> list[int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self._shard_chunks(self.rank * workers + worker, self.world_size * workers)
 
     def __iter__(self):
         reader = open_store(self.path).split(self.split)  # opened per worker: nothing shared across forks

@@ -83,6 +83,10 @@ def load_teacher(path: str | os.PathLike, num_labels: int | None = None, device:
     from transformers.utils import logging as hf_logging
 
     config = check_bert_family(path)
+    if num_labels is None and "BertForSequenceClassification" not in (config.get("architectures") or []):
+        raise ModelError(f"{path} has no fine-tuned classifier (architectures {config.get('architectures')}): "
+                         "its logits would be random. Fine-tune it first: `hskstore finetune --model "
+                         f"{path} ...`")
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise around our own
     kwargs = {}
     if num_labels is not None:

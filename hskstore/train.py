@@ -251,8 +251,14 @@ class Trainer:
             if self.config.num_workers:
                 return DataLoader(stream, batch_size=None, num_workers=self.config.num_workers, collate_fn=keep_numpy)
             return Prefetcher(stream)
-        steps_per_epoch = len(stream)
-        total = schedule.epochs * steps_per_epoch
+        workers = self.config.num_workers
+
+        def epoch_steps(epoch: int) -> int:
+            stream.set_epoch(epoch)
+            return stream.num_batches(workers)
+
+        steps = [epoch_steps(e) for e in range(schedule.epochs)]
+        total = sum(steps)
         if self.config.max_steps:
             total = min(total, self.config.max_steps)
         optimizer = self.optimizer(stage, schedule.lr)
@@ -271,7 +277,7 @@ class Trainer:
             self.student.train()
             self.projection.train()
             batches = loader()
-            bar = tqdm(batches, total=steps_per_epoch, desc=f"{stage} {epoch + 1}/{schedule.epochs}",
+            bar = tqdm(batches, total=steps[epoch], desc=f"{stage} {epoch + 1}/{schedule.epochs}",
                        disable=not self.progress, unit="step")
             started, seen, losses = time.perf_counter(), 0, []
             for batch in bar:
@@ -335,7 +341,12 @@ class Trainer:
             shutil.rmtree(directory)
         save_student(self.student, directory)
         self.store.save_tokenizer(directory)
-        (directory / "task.json").write_text(json.dumps({"task": self.task, "max_length": self.resolved.max_length}))
+        attrs = self.store.attrs
+        (directory / "task.json").write_text(json.dumps({
+            "task": self.task, "max_length": self.resolved.max_length,
+            # Enough to reload the store's exact split: evaluating on another split would leak training rows.
+            "task_ref": attrs.get("task_ref", {"task": self.task["name"], "options": {}}),
+            "data_seed": attrs.get("data_seed", 0), "limit": attrs.get("limit")}))
 
     def _run_key(self) -> dict:
         c = self.config
@@ -368,6 +379,9 @@ class Trainer:
         from safetensors.torch import load_file
 
         checkpoint = self.output / "checkpoint"
+        old = self.output / "checkpoint.old"
+        if not checkpoint.exists() and (old / "state.json").is_file():
+            old.rename(checkpoint)  # a crash between the two renames of _save_checkpoint: the old one stands
         if not (self.config.resume and (checkpoint / "state.json").is_file()):
             return {}
         state = json.loads((checkpoint / "state.json").read_text())

@@ -67,13 +67,21 @@ def test_student_train_evaluate_predict_round_trip(run, tiny_store, tiny_teacher
     assert "offline run" in trained.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [h["stage"] for h in metrics["history"]] == ["hsk", "pred"]
-    evaluated = run("evaluate", tmp_path / "run" / "student", "--limit", 40, "--json", "--device", "cpu")
+    evaluated = run("evaluate", tmp_path / "run" / "student", "--json", "--device", "cpu")
     assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads(evaluated.output)["examples"] == 10
+    assert json.loads(evaluated.output)["examples"] == 30  # the store's own validation rows (limit 120 -> 30)
     predicted = run("predict", tmp_path / "run" / "student", "I love it", "terrible idea", "--device", "cpu")
     rows = [json.loads(line) for line in predicted.output.splitlines()]
     assert [r["text"] for r in rows] == ["I love it", "terrible idea"]
     assert all(r["label"] in ("negative", "neutral", "positive") for r in rows)
+
+
+def test_a_rosita_student_needs_the_stores_own_teacher(run, tiny_store, tmp_path):
+    from conftest import save_tiny_teacher
+
+    other = save_tiny_teacher(tmp_path / "two-labels", num_labels=2)
+    result = run("student", "rosita", "--teacher", other, "--store", tiny_store, "--output", tmp_path / "r")
+    assert result.exit_code == 2 and "extracted from another teacher" in result.output
 
 
 def test_rosita_student_from_the_cli_is_cut_from_the_teacher(run, tiny_store, tiny_teacher, tmp_path):

@@ -250,3 +250,20 @@ def test_mantissa_rounding_zeroes_low_bits_within_its_error_bound(tiny_teacher, 
 def test_mantissa_bits_need_float16_values():
     with pytest.raises(ConfigError, match="value_bits rounds float16 mantissas"):
         Compression(value_bits=7, value_dtype="float32")
+
+
+def test_a_store_interrupted_while_its_layout_was_created_is_made_anew(tiny_teacher, tmp_path, monkeypatch):
+    path = tmp_path / "half.zarr"
+    zarr.open_group(str(path), mode="w").attrs.update({"format": "hskstore", "format_version": 1,
+                                                        "complete": False})
+    extract(_config(tiny_teacher, path), progress=False)  # no layout_complete: recreated, not "resumed"
+    opened = open_store(path)
+    assert opened.complete and "tokenizer.json" in opened.tokenizer_files()
+
+
+def test_a_teacher_without_a_fine_tuned_classifier_is_refused(tmp_path):
+    from conftest import minilm_path
+
+    with pytest.raises(ModelError, match="no fine-tuned classifier"):
+        extract(ExtractConfig(teacher=minilm_path(), task="tweets", output=str(tmp_path / "s.zarr"), limit=10),
+                progress=False)

@@ -79,3 +79,12 @@ def test_closing_a_prefetcher_early_stops_its_thread(tiny_store):
     with Prefetcher(StoreStream(tiny_store, "train", 4), depth=1) as batches:
         next(iter(batches))
     assert not batches._thread.is_alive()
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+def test_the_batch_count_is_exact_even_when_shards_end_in_partial_batches(tiny_store, workers):
+    stream = StoreStream(tiny_store, "train", batch_size=12, seed=5)  # 12 does not divide the 32-row chunks
+    for epoch in range(3):
+        stream.set_epoch(epoch)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_numpy)
+        assert stream.num_batches(workers) == sum(1 for _ in loader)

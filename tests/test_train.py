@@ -150,3 +150,26 @@ def test_static_width_masks_distil_the_same_offline_and_online(tiny_teacher, tin
     for variant in ("masked-zero", "kept"):
         offline.config = online.config = _config(str(store), tiny_student, tmp_path / "a", hsk_loss=variant)
         assert offline.loss_on("hsk", batch) == pytest.approx(online.loss_on("hsk", batch), rel=2e-3)
+
+
+def test_a_crash_between_checkpoint_renames_resumes_from_the_old_checkpoint(tiny_store, tiny_student, tmp_path):
+    config = _config(tiny_store, tiny_student, tmp_path, stages=("pred",), pred_epochs=2)
+    Trainer(config, progress=False).train()
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # as if killed right after the first rename
+    resumed = Trainer(config, progress=False)
+    resumed.train()
+    assert [h["epoch"] for h in resumed.history] == [1, 2]  # nothing retrained: both epochs were done
+    assert (tmp_path / "checkpoint" / "state.json").is_file()
+
+
+def test_every_example_is_trained_on_once_per_epoch_with_worker_processes(tiny_store, tiny_student, tmp_path):
+    trainer = Trainer(_config(tiny_store, tiny_student, tmp_path, stages=("pred",), pred_epochs=2, pred_batch_size=12,
+                              num_workers=2), progress=False)
+    trainer.train()
+    stream = StoreStream(tiny_store, "train", 12, seed=0)
+    expected = []
+    for epoch in range(2):
+        stream.set_epoch(epoch)
+        expected.append(stream.num_batches(2))
+    assert [len(h["step_losses"]) for h in trainer.history] == expected
+    assert sum(expected) >= 2 * 10  # 120 rows in batches of 12, plus partial batches per worker shard
