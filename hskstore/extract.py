@@ -117,7 +117,8 @@ class _ChunkWriter:
 
 def _run_key(meta: dict) -> dict:
     """What must match for a partial store to be resumed by this run."""
-    keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "data_seed", "numerics")
+    keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "data_seed", "numerics",
+            "batch_size")
     return {k: meta.get(k) for k in keys} | {"teacher_path": meta["teacher"]["path"]}
 
 
@@ -275,6 +276,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
                       "sep_token_id": sep_id, "pad_token_id": tokenizer.pad_token_id,
                       "cls_token_id": tokenizer.cls_token_id},
     }
+    meta["batch_size"] = batch_size  # batches are padded per batch: the same bytes need the same batching
     specs = array_specs(resolved, compression, identity.vocab_size, spec.num_labels)
     writer = _prepare_store(config, meta, split_sizes, specs, fixed_mask, _tokenizer_files(tokenizer))
 

@@ -353,6 +353,7 @@ class Trainer:
         return {"store": os.path.abspath(c.store), "student": os.path.abspath(c.student), "stages": list(c.stages),
                 "teacher": c.teacher, "seed": c.seed, "hsk_loss": c.hsk_loss, "max_steps": c.max_steps,
                 "temperature": c.temperature, "weight_decay": c.weight_decay, "amp": c.amp,
+                "num_workers": c.num_workers,  # chunks are dealt per worker: another count, another order
                 "schedules": {s: asdict(c.schedule(s, self.task["name"])) for s in c.stages}}
 
     def _save_checkpoint(self, state: dict, optimizer) -> None:
