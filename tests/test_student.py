@@ -195,6 +195,32 @@ def test_taylor_importance_is_grad_times_weight_summed_per_head_and_neuron():
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
+def test_taylor_importance_accumulates_absolute_gradients_across_batches():
+    """Sum over batches of |grad| (METHOD.md), not |sum of grads|: opposite-sign batches must not cancel."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(1)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=6,
+        num_labels=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).eval()
+    ids = torch.randint(1, 50, (2, 5))
+    common = {"input_ids": ids, "attention_mask": torch.ones(2, 5, dtype=torch.long),
+              "token_type_ids": torch.zeros(2, 5, dtype=torch.long)}
+    with torch.no_grad():
+        prediction = model(**common).logits.squeeze(-1)
+    # The same inputs with targets above and below the prediction: gradients of opposite sign.
+    batches = [dict(common, labels=prediction + 1.0), dict(common, labels=prediction - 1.0)]
+    heads, _ = taylor_importance(model, batches)
+    w_att = model.bert.encoder.layer[0].attention.output.dense.weight
+    grads = []
+    for batch in batches:
+        loss = torch.nn.functional.mse_loss(model(**common).logits.squeeze(-1), batch["labels"])
+        grads.append(torch.autograd.grad(loss, [w_att])[0])
+    expected = ((grads[0].abs() + grads[1].abs()) * w_att).abs().view(8, 2, 4).sum(dim=(0, 2))
+    torch.testing.assert_close(heads[0], expected.detach())
+    assert heads[0].sum() > 0  # |sum of grads| would be ~0 here
+
+
 def test_build_rosita_lists_every_size_beyond_the_teacher_in_one_line(teacher_dir):
     with pytest.raises(ConfigError) as info:
         build_rosita(teacher_dir, [], num_layers=7, num_heads=13, intermediate_size=2000, embedding_rank=500)
