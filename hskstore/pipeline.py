@@ -30,7 +30,6 @@ def packaged_teacher_path() -> str:
 
 def store_batches(store_path, batch_size: int = 32, limit: int | None = None):
     """The store's training tokens and labels as torch batches (for Taylor importance): no re-tokenising."""
-    from .store import open_store
     from .stream import StoreStream
 
     stream = StoreStream(store_path, "train", batch_size, arrays=("input_ids", "token_type_ids", "lengths", "labels"),

@@ -9,7 +9,6 @@ the teacher in the loop: the baseline for speed and the check that offline is th
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
