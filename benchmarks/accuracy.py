@@ -49,6 +49,7 @@ def main():
     parser.add_argument("--pred-epochs", type=int, default=3)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--rows", nargs="*", type=int, default=None, help="indices of ROWS to run [all]")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (batch order, dropout)")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hskstore-accuracy-"))
     base = Compression(depth=1, length=9, width=0.1, student_layers=3)
@@ -81,8 +82,9 @@ def main():
             continue
         store = store_for(spec)
         started = time.perf_counter()
-        metrics = train(TrainConfig(store=store, student=str(student), output=str(work / f"run-{index}"),
+        metrics = train(TrainConfig(store=store, student=str(student), output=str(work / f"run-{index}-seed{args.seed}"),
                                     hsk_epochs=args.hsk_epochs, pred_epochs=args.pred_epochs, resume=False,
+                                    seed=args.seed,
                                     **overrides), progress=False)
         info = store_info(store)
         row = {"name": name, "dev_accuracy": metrics["student_dev"]["accuracy"],
@@ -96,8 +98,9 @@ def main():
               f"({100 * row['fraction_of_full']:.2f}% of full)  HSK {row['hsk_bytes_per_example']:.0f} B/ex  "
               f"{row['train_seconds']:.0f} s", flush=True)
     name = "accuracy" if args.rows is None else "accuracy-rows-" + "-".join(map(str, args.rows))
+    name += "" if args.seed == 0 else f"-seed{args.seed}"
     out = {"teacher": args.teacher, "limit": args.limit, "hsk_epochs": args.hsk_epochs,
-           "pred_epochs": args.pred_epochs, "seed": 0, "rows": results}
+           "pred_epochs": args.pred_epochs, "seed": args.seed, "rows": results}
     print(f"saved {common.save(name, out)}")
 
 
