@@ -10,6 +10,7 @@ __all__ = [
     "Compression",
     "ResolvedCompression",
     "layer_mapping",
+    "strict_from_dict",
     "default_l_top",
     "LENGTH_STRATEGIES",
     "WIDTH_STRATEGIES",
@@ -22,6 +23,15 @@ WIDTH_STRATEGIES = ("mag", "uniform", "rand")
 SCORE_KINDS = ("softmax", "logits")      # post-softmax attention (paper text) or pre-softmax q.k/sqrt(h) (code)
 SCORE_LAYERS = ("uniform", "same")       # score from layer g(l, L) ("Att (L_top=L)"), or the stored layer g(l, L_top)
 VALUE_DTYPES = ("float16", "float32")
+
+
+def strict_from_dict(cls, data: dict, what: str):
+    """Build a config dataclass from a dict, naming unknown keys instead of a TypeError from __init__."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**data)
 
 
 def layer_mapping(student_layers: int, l_top: int) -> list[int]:
@@ -94,11 +104,7 @@ class Compression:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Compression":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown compression keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "compression")
 
     def resolve(self, teacher_layers: int, hidden_size: int, max_length: int) -> "ResolvedCompression":
         """Check the triple against a teacher and a max length; return concrete layer ids and counts."""

@@ -27,7 +27,7 @@ from .config import Compression
 from .device import resolve_device
 from .errors import ConfigError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
-from .store import StoreWriter, array_specs, open_store, read_attrs
+from .store import StoreWriter, array_specs, read_attrs
 from .teacher import CLSAttentionRecorder, check_bert_family, load_teacher, load_tokenizer
 
 __all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed"]
@@ -151,14 +151,12 @@ def _prepare_store(config: ExtractConfig, meta: dict, split_sizes, specs, fixed_
     path = Path(config.output)
     if path.exists() and config.overwrite:
         shutil.rmtree(path)
-    if path.exists() and not (read_attrs(path).get("layout_complete") or read_attrs(path).get("complete")):
+    attrs = read_attrs(path) if path.exists() else None
+    if attrs is not None and not (attrs.get("layout_complete") or attrs.get("complete")):
         shutil.rmtree(path)  # interrupted while its arrays were being created: nothing in it to keep
-    if path.exists():
-        store = open_store(path, allow_incomplete=True)
-        if store.complete:
-            raise StoreError(f"{path} already holds a complete store; pass --overwrite to replace it "
-                             "or choose another output.")
-        old = _run_key(store.attrs)
+        attrs = None
+    if attrs is not None:  # a partial store (_check_output refused a complete one without --overwrite)
+        old = _run_key(attrs)
         new = _run_key(json.loads(json.dumps(meta | {"splits": split_sizes, "chunk_rows": config.chunk_rows})))
         diffs = _differences(old, new)
         if diffs:

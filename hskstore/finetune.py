@@ -11,12 +11,13 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import strict_from_dict
 from .data import TaskSpec, load_task, tokenize
 from .device import resolve_device
 from .errors import ConfigError
@@ -90,11 +91,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FinetuneConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown finetune keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "finetune")
 
     def task_options(self) -> dict:
         """Keyword arguments for `load_task` that reproduce this run's task and split."""

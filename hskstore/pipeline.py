@@ -119,9 +119,11 @@ class DefaultRun:
 def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=print) -> dict:
     """Fine-tune MiniLM on tweets, extract a (1, 9, 0.1) store, distil a 3-layer ROSITA student twice
     (HSK then prediction stage; prediction stage only) and report dev accuracy of all three."""
+    from .errors import StoreError
     from .extract import ExtractConfig, extract
     from .finetune import FinetuneConfig, finetune
-    from .report import format_info
+    from .report import format_info, store_info
+    from .store import open_store
     from .train import TrainConfig, train
 
     work = Path(run.workdir)
@@ -140,9 +142,6 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
                                                   max_length=run.max_length, epochs=run.teacher_epochs,
                                                   limit=run.limit, seed=run.seed, device=run.device), progress=progress)
     echo(f"[2/4] extracting {run.compression.depth, run.compression.length, run.compression.width} HSK -> {store}")
-    from .store import open_store
-    from .errors import StoreError
-
     try:
         attrs = open_store(store).attrs  # complete already: reuse it if it is this run's store
         same = (attrs["compression"] == run.compression.to_dict() and attrs["limit"] == run.limit
@@ -155,8 +154,6 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
         extract(ExtractConfig(teacher=str(teacher), task="tweets", output=str(store), compression=run.compression,
                               max_length=run.max_length, limit=run.limit, device=run.device, overwrite=True),
                 progress=progress)
-    from .report import store_info
-
     info = store_info(store)
     echo(format_info(info))
     echo(f"[3/4] building a ROSITA student ({run.compression.student_layers} layers) -> {student}")

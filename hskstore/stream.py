@@ -189,10 +189,6 @@ class DeviceBatch:
     targets: torch.Tensor | None      # (B, D, n, d) teacher vectors, zero outside the kept entries
     mask: torch.Tensor | None         # (B, D, n, d) or (d,) bool kept entries; None when k = d
 
-    @property
-    def size(self) -> int:
-        return self.input_ids.shape[0]
-
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: int | None = None,
               static_mask: torch.Tensor | None = None) -> DeviceBatch:
