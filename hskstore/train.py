@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from .losses import HSK_LOSSES, hsk_loss, prediction_loss
 from .metrics import compute_metrics, primary_metric
 from .schedules import StageSchedule, default_schedules
 from .select import full_width, select_hsk, static_mask
-from .store import open_store
+from .store import normalize_location, open_store
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, Prefetcher, StoreStream, keep_numpy, to_device
 from .student import load_student, save_student
 
@@ -38,7 +38,7 @@ STAGES = ("hsk", "pred")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    store: str                          # store written by `hskstore extract`
+    store: str                          # store written by `hskstore extract`: directory, .h5 file or URL
     student: str                        # student directory written by `hskstore student`
     output: str                         # run directory: checkpoint/, student/, metrics.json
     teacher: str | None = None          # online mode: run this teacher in the loop instead of reading HSK
@@ -59,6 +59,7 @@ class TrainConfig:
     num_workers: int = 0                # DataLoader workers reading the store
     eval_batch_size: int = 128
     resume: bool = True                 # continue from output/checkpoint when it matches this run
+    storage_options: dict = field(default_factory=dict)  # fsspec options for a store URL (endpoint_url, ...)
 
     def __post_init__(self):
         problems = []
@@ -91,7 +92,7 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.device = resolve_device(config.device)
-        self.store = open_store(config.store)
+        self.store = open_store(config.store, storage_options=config.storage_options)
         self.resolved = self.store.resolved
         self.task = self.store.task
         torch.manual_seed(config.seed)
@@ -161,7 +162,8 @@ class Trainer:
             arrays += HSK_ARRAYS
         if self.teacher is None and stage == "pred":
             arrays.append("logits")
-        return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed)
+        return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed,
+                           storage_options=self.config.storage_options)
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
         """A numpy batch on the device with its HSK targets: read from the store, or from the teacher online."""
@@ -321,7 +323,7 @@ class Trainer:
             self._save_student(self.output / "student")
         result = {
             "mode": "online" if self.teacher is not None else "offline",
-            "store": self.config.store,
+            "store": normalize_location(self.config.store),
             "task": self.task["name"],
             "metric": self.task["metric"],
             "compression": self.store.compression.to_dict(),
@@ -329,7 +331,8 @@ class Trainer:
             "teacher_dev": self.teacher_metrics(),
             "student_dev": state.get("best") or (self.history[-1].get("dev") if self.history else None),
             "history": [{k: v for k, v in h.items() if k != "step_losses"} for h in self.history],
-            "config": asdict(self.config),
+            # Option names only: storage options can hold credentials.
+            "config": asdict(self.config) | {"storage_options": sorted(self.config.storage_options)},
         }
         (self.output / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
@@ -349,7 +352,7 @@ class Trainer:
 
     def _run_key(self) -> dict:
         c = self.config
-        return {"store": os.path.abspath(c.store), "student": os.path.abspath(c.student), "stages": list(c.stages),
+        return {"store": normalize_location(c.store), "student": os.path.abspath(c.student), "stages": list(c.stages),
                 "teacher": c.teacher, "seed": c.seed, "hsk_loss": c.hsk_loss, "max_steps": c.max_steps,
                 "temperature": c.temperature, "weight_decay": c.weight_decay, "amp": c.amp,
                 "num_workers": c.num_workers,  # chunks are dealt per worker: another count, another order
