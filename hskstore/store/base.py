@@ -137,6 +137,10 @@ class Store(ABC):
     def _v1_chunks_done(self, split: str) -> list[int]:
         raise StoreError(f"{self.location} is a version-1 store, which only the Zarr backend reads")
 
+    def static_mask_packed(self) -> np.ndarray | None:
+        """The static width mask as stored (bitpacked uint8), or None."""
+        return self._root_array("static_mask")
+
     def static_mask(self) -> np.ndarray | None:
         """(d,) bool static width mask, or None when masks are per vector or absent."""
         packed = self._root_array("static_mask")
