@@ -166,13 +166,19 @@ class ZarrStore(Store):
 
     def nbytes(self) -> dict[str, int]:
         fs, root = _filesystem(self.location, self.storage_options)
-        out = {}
-        for split in self.splits:
-            for name in self._array_names(split):
-                out[f"{split}/{name}"] = int(fs.du(f"{root}/{split}/{name}", total=True))
-        out["static_mask"] = int(fs.du(f"{root}/static_mask", total=True)) if self._root_array("static_mask") is not None else 0
-        out["tokenizer"] = int(fs.du(f"{root}/tokenizer", total=True))
-        out["total"] = int(fs.du(root, total=True))
+        fs.invalidate_cache()  # fsspec caches listings per process: chunks written since would be missed
+        sizes: dict[str, int] = {}
+        root = root.rstrip("/")
+        for path, detail in fs.find(root, detail=True).items():  # one listing, not one per array
+            relative = path[len(root):].lstrip("/")  # find() answers in the same protocol-less form as root
+            parts = relative.split("/")
+            key = "/".join(parts[:2]) if parts[0] in self.splits and len(parts) > 2 else parts[0]
+            sizes[key] = sizes.get(key, 0) + int(detail.get("size") or 0)
+        out = {f"{split}/{name}": sizes.get(f"{split}/{name}", 0)
+               for split in self.splits for name in self._array_names(split)}
+        out["static_mask"] = sizes.get("static_mask", 0)
+        out["tokenizer"] = sizes.get("tokenizer", 0)
+        out["total"] = sum(sizes.values())
         return out
 
 
