@@ -332,6 +332,20 @@ def convert(src, dst, overwrite, src_options, dst_options):
     click.echo(f"converted {summary['examples']} examples: {src} -> {dst}")
 
 
+@cli.command()
+@click.argument("store")
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def verify(store, storage_options, as_json):
+    """Read every chunk of a store and name the first damaged or missing one (exit 2 if any)."""
+    from .store.verify import verify_store
+
+    summary = verify_store(store, storage_options=storage_options)
+    click.echo(json.dumps(summary, indent=2) if as_json else
+               f"{store}: {summary['chunks_checked']} array chunks read, checksums match, none missing"
+               + ("" if summary["complete"] else " (store incomplete)"))
+
+
 @cli.command(name="slice")
 @click.argument("src")
 @click.argument("dst")

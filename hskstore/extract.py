@@ -26,8 +26,9 @@ from .config import Compression
 from .device import resolve_device
 from .errors import ConfigError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
-from .store import (StoreWriter, array_specs, create_store, delete_store, normalize_location, reopen_store,
-                    root_attributes, store_state)
+from .store import (StoreWriter, array_specs, create_store, delete_store, is_remote, replace_store, reopen_store,
+                    root_attributes, staging_location, store_state)
+from .store.lock import WriterLock
 from .teacher import CLSAttentionRecorder, check_bert_family, load_teacher, load_tokenizer
 
 __all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed"]
@@ -145,20 +146,39 @@ def _check_output(config: ExtractConfig) -> None:
                          "or choose another output.")
 
 
-def _prepare_store(config: ExtractConfig, meta: dict, split_sizes, specs, fixed_mask, tokenizer_files) -> StoreWriter:
-    location, options = config.output, config.storage_options
+def _write_location(config: ExtractConfig) -> str:
+    """Where this run writes: the output itself, or, to replace a store on local disk, a staging place
+    beside it, so the old store is lost only once the new one is complete."""
+    state, _ = store_state(config.output, config.storage_options)
+    if config.overwrite and state in ("partial", "complete") and not is_remote(config.output):
+        return staging_location(config.output)
+    return config.output
+
+
+def _prepare_store(config: ExtractConfig, location: str, meta: dict, split_sizes, specs, fixed_mask,
+                   tokenizer_files) -> StoreWriter:
+    options = config.storage_options
     state, attrs = store_state(location, options)
-    if state == "half" or (state != "absent" and config.overwrite):
-        delete_store(location, options)  # half-created: nothing in it to keep
+    staged = location != config.output
+    if state == "foreign" and staged:
+        raise StoreError(f"{location} (where --overwrite builds the new store) exists and is not a store; remove it")
+    if state == "half" or (state != "absent" and config.overwrite and not staged):
+        delete_store(location, options)  # half-created: nothing to keep; or --overwrite on an object store
+        state = "absent"
+    if state == "complete" and staged:  # a previous --overwrite finished but did not swap: remake it
+        delete_store(location, options)
         state = "absent"
     if state == "partial":  # a complete one was refused by _check_output without --overwrite
         old = _run_key(attrs)
         new = _run_key(json.loads(json.dumps(meta | {"splits": split_sizes, "chunk_rows": config.chunk_rows})))
         diffs = _differences(old, new)
-        if diffs:
+        if diffs and staged:
+            delete_store(location, options)  # an abandoned --overwrite attempt with other options
+        elif diffs:
             raise StoreError(f"{location} is a partial store from a different run ({'; '.join(diffs[:3])}); "
                              "rerun with its original options to resume, or pass --overwrite.")
-        return reopen_store(location, options)
+        else:
+            return reopen_store(location, options)
     packed_mask = None if fixed_mask is None else np.packbits(fixed_mask.numpy(), bitorder="little")
     attrs = root_attributes(meta, split_sizes, config.chunk_rows, specs)
     return create_store(location, attrs, specs, packed_mask, tokenizer_files, options)
@@ -264,9 +284,20 @@ class _NoRecorder:
 def extract(config: ExtractConfig, progress: bool = True) -> dict:
     """Extract a store. Returns the run summary (examples, seconds, examples/s, bytes on disk).
 
+    Holds the store's writer lock for the whole run (under torchrun, rank 0 holds it for the job).
+
     Raises:
         ConfigError / ModelError / DataError / StoreError with a one-line message naming the fix.
     """
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return _extract(config, progress)
+    with WriterLock(config.output, config.storage_options):
+        return _extract(config, progress)
+
+
+def _extract(config: ExtractConfig, progress: bool) -> dict:
     from .data import load_task, tokenize
     from .report import store_info
 
@@ -316,7 +347,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     }
     meta["batch_size"] = batch_size  # batches are padded per batch: the same bytes need the same batching
     specs = array_specs(resolved, compression, identity.vocab_size, spec.num_labels)
-    writer = _prepare_store(config, meta, split_sizes, specs, fixed_mask, _tokenizer_files(tokenizer))
+    location = _write_location(config)
+    writer = _prepare_store(config, location, meta, split_sizes, specs, fixed_mask, _tokenizer_files(tokenizer))
 
     needs_scores = compression.length_strategy in ("att-nosep", "att")
     layers = model.bert.encoder.layer
@@ -351,4 +383,6 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         writer.mark_complete(summary)
     finally:
         writer.close()
+    if location != config.output:
+        replace_store(location, config.output)
     return summary | {"info": store_info(config.output, storage_options=config.storage_options)}

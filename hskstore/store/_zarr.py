@@ -136,6 +136,7 @@ class ZarrStore(Store):
             manager.__exit__(None, None, None)
         super().__init__(location, self.group.attrs.asdict(), storage_options)
         self._arrays: dict[tuple[str, str], object] = {}
+        self._present: set[str] | None = None   # chunk keys on disk, listed once (one LIST on an object store)
 
     def _array(self, split: str, name: str):
         key = (split, name)
@@ -146,8 +147,45 @@ class ZarrStore(Store):
     def _array_names(self, split: str) -> list[str]:
         return [n for n in self.group[split].array_keys() if n != RECORD_ARRAY]
 
+    def _listing(self, refresh: bool = False) -> set[str]:
+        if self._present is None or refresh:
+            fs, root = _filesystem(self.location, self.storage_options)
+            fs.invalidate_cache()
+            root = root.rstrip("/")
+            self._present = {path[len(root):].lstrip("/") for path in fs.find(root)}
+        return self._present
+
+    def _chunk_key(self, split: str, name: str, index: int) -> str:
+        ndim = len(self._array(split, name).shape)
+        return "/".join([split, name, "c", str(index)] + ["0"] * (ndim - 1))
+
+    def missing_chunk(self, split: str, name: str, start: int, stop: int) -> int | None:
+        """The first chunk in rows [start, stop) of an array whose object is absent, else None.
+
+        Version 2 writes every chunk object, empty ones included, so an absent object is a deleted one
+        (zarr alone would read it back as fill values).
+        """
+        if self.format_version == 1 or stop <= start:
+            return None
+        chunks = range(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1)
+        for refresh in (False, True):   # a store still being written may have gained chunks since the listing
+            present = self._listing(refresh)
+            missing = [k for k in chunks if self._chunk_key(split, name, k) not in present]
+            if not missing:
+                return None
+        return missing[0]
+
     def _read(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
-        return self._array(split, name)[start:stop]
+        missing = self.missing_chunk(split, name, start, stop)
+        if missing is not None:
+            raise StoreError(f"{self.location}: chunk {missing} of {split}/{name} is missing although recorded as "
+                             f"written; run `hskstore verify {self.location}`, then re-extract the store")
+        try:
+            return self._array(split, name)[start:stop]
+        except (ValueError, RuntimeError, OSError, TypeError) as exc:
+            chunk = start // self.chunk_rows
+            raise StoreError(f"{self.location}: chunk {chunk} of {split}/{name} is damaged ({str(exc)[:80]}); "
+                             f"run `hskstore verify {self.location}` to list every bad chunk, then re-extract") from None
 
     def _records(self, split: str):
         if self.format_version == 1:
@@ -229,7 +267,8 @@ class ZarrWriter(StoreWriter):
     def _array(self, split, name):
         key = (split, name)
         if key not in self._arrays:
-            self._arrays[key] = self.group[split][name]
+            # Every chunk object is written, all-fill ones too: then a missing object is always an error.
+            self._arrays[key] = self.group[split][name].with_config({"write_empty_chunks": True})
         return self._arrays[key]
 
     def _write_array(self, split, name, start, data):
