@@ -27,8 +27,10 @@ from .config import Compression
 from .device import resolve_device
 from .errors import ConfigError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
+from .preflight import check_output_dir
 from .store import StoreWriter, array_specs, read_attrs
-from .teacher import CLSAttentionRecorder, check_bert_family, load_teacher, load_tokenizer
+from .teacher import (CLSAttentionRecorder, check_bert_family, check_max_length, check_tokenizer_files, load_teacher,
+                      load_tokenizer, teacher_fingerprint)
 
 __all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed"]
 
@@ -76,6 +78,10 @@ class ExtractConfig:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_length is not None and not 2 <= self.max_length <= 512:
             problems.append(f"max_length must be in 2..512, got {self.max_length}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"limit must be >= 1 (or None for every example), got {self.limit}")
+        if not 0 <= self.data_seed < 2**32:
+            problems.append(f"data_seed must be in 0..2**32-1 (a numpy seed), got {self.data_seed}")
         if not self.splits:
             problems.append("splits must name at least one split")
         if problems:
@@ -116,10 +122,14 @@ class _ChunkWriter:
 
 
 def _run_key(meta: dict) -> dict:
-    """What must match for a partial store to be resumed by this run."""
+    """What must match for a partial store to be resumed by this run.
+
+    The teacher is compared by content (its fingerprint), not by path: a teacher re-fine-tuned into the
+    same directory must not finish a store whose first chunks came from the old weights.
+    """
     keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "data_seed", "numerics",
-            "batch_size")
-    return {k: meta.get(k) for k in keys} | {"teacher_path": meta["teacher"]["path"]}
+            "batch_size", "teacher_fingerprint")
+    return {k: meta.get(k) for k in keys}
 
 
 def _differences(old: dict, new: dict, prefix="") -> list[str]:
@@ -231,10 +241,13 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     from .report import store_info
 
     device = resolve_device(config.device)
+    check_output_dir(config.output)
     _check_output(config)
     compression = config.compression
     max_length = config.max_length or teacher_max_length(config.teacher)
     teacher_config = check_bert_family(config.teacher)  # fail fast: before data and weights are loaded
+    check_tokenizer_files(config.teacher)
+    check_max_length(max_length, teacher_config, "the teacher", config.teacher)
     compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"], max_length)
     task = load_task(config.task, limit=config.limit, seed=config.data_seed, **config.task_options)
     spec = task.spec
@@ -260,6 +273,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         "resolved": resolved.to_dict(),
         "amount_hsk": resolved.amount(),
         "teacher": identity.to_dict(),
+        # SHA-256 of the weights and tokenizer files: what a resumed extraction must be run with.
+        "teacher_fingerprint": teacher_fingerprint(config.teacher),
         "task": asdict(spec),
         # How to load the same data again (evaluate, predict): the task name or file, and its options.
         "task_ref": {"task": config.task, "options": config.task_options},

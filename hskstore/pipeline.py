@@ -69,10 +69,12 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
                   hidden_size: int | None = None, importance_examples: int | None = None, seed: int = 0,
                   device: str = "cpu", progress: bool = True) -> dict:
     """Build and save a student; returns its summary. ROSITA scores importance on the store's train split."""
+    from .preflight import check_output_dir
     from .store import open_store
     from .student import ROSITA_DEFAULTS, build_bert_student, build_rosita, save_student, student_summary
     from .teacher import load_tokenizer
 
+    check_output_dir(output)  # before the teacher loads and importance is scored
     if kind == "rosita":
         if teacher is None or store is None:
             raise ModelError("a ROSITA student needs --teacher (the fine-tuned teacher) and --store (its training "
