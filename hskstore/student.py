@@ -374,8 +374,10 @@ def load_student(directory: str | os.PathLike, device: str | torch.device = "cpu
             from transformers import BertConfig, BertForSequenceClassification
 
             student = BertStudent(BertForSequenceClassification(BertConfig.from_dict(meta["config"])))
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
-        raise ModelError(f"{meta_file} has an invalid {kind} config ({type(exc).__name__}: {exc}); "
+    except ConfigError:
+        raise
+    except Exception as exc:  # transformers' config validation raises its own classes, not ValueError
+        raise ModelError(f"{meta_file} has an invalid {kind} config ({type(exc).__name__}: {' '.join(str(exc).split())}); "
                          "rebuild the student with `hskstore student ...`") from None
     weights = directory / "model.safetensors"
     if not weights.is_file():

@@ -194,8 +194,9 @@ def load_teacher(path: str | os.PathLike, num_labels: int | None = None, device:
         model = BertForSequenceClassification.from_pretrained(
             str(path), trust_remote_code=False, use_safetensors=True, **kwargs
         )
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a BERT teacher from {path}: {exc}") from None
+    except Exception as exc:  # OSError, ValueError, and transformers' own config validation errors
+        raise ModelError(f"cannot load a BERT teacher from {path}: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}") from None
     model.to(device).eval()
     identity = TeacherIdentity(
         path=str(path),
