@@ -52,9 +52,15 @@ def store_batches(store_path, batch_size: int = 32, limit: int | None = None):
 def _check_store_matches_teacher(store: str, teacher: str) -> None:
     from .errors import StoreError
     from .store import open_store
-    from .teacher import check_bert_family
+    from .teacher import check_bert_family, teacher_fingerprint
 
-    stored, config = open_store(store).teacher, check_bert_family(teacher)
+    opened = open_store(store)
+    stored, config = opened.teacher, check_bert_family(teacher)
+    recorded = opened.attrs.get("teacher_fingerprint")  # stores from before fingerprints have none
+    if recorded is not None and teacher_fingerprint(teacher) != recorded:
+        raise StoreError(f"store {store} was extracted from another teacher than {teacher}: the SHA-256 of its "
+                         "weights or tokenizer differs from the store's teacher_fingerprint; pass the store's own "
+                         "teacher")
     given = (config["vocab_size"], len(config.get("id2label") or {}) or config.get("num_labels", 2),
              config["hidden_size"], config["num_hidden_layers"])
     expected = (stored["vocab_size"], stored["num_labels"], stored["hidden_size"], stored["num_layers"])

@@ -150,8 +150,13 @@ class Trainer:
             raise StoreError("store/student mismatch: " + "; ".join(problems))
 
     def _load_online_teacher(self, path):
-        from .teacher import CLSAttentionRecorder, load_teacher, load_tokenizer
+        from .teacher import CLSAttentionRecorder, load_teacher, load_tokenizer, teacher_fingerprint
 
+        recorded = self.store.attrs.get("teacher_fingerprint")  # stores from before fingerprints have none
+        if recorded is not None and teacher_fingerprint(path) != recorded:
+            raise StoreError(f"online teacher {path} is not the store's teacher: the SHA-256 of its weights or "
+                             f"tokenizer differs from the fingerprint recorded in {self.config.store}; pass the "
+                             "teacher the store was extracted from")
         model, identity = load_teacher(path, device=self.device)
         stored = self.store.teacher
         same = (identity.num_layers, identity.hidden_size, identity.vocab_size, identity.num_labels) == (

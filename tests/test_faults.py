@@ -161,6 +161,20 @@ def test_a_moved_teacher_with_the_same_contents_resumes(tmp_path, monkeypatch):
     assert open_store(path).complete
 
 
+def test_an_online_teacher_with_the_same_shapes_but_other_weights_is_refused(store, student, tmp_path):
+    other = save_tiny_teacher(tmp_path / "other", seed=1)  # same layers, width, vocabulary and labels
+    result = hsk("train", store, "--student", student, "--output", tmp_path / "run", "--teacher", other, *TRAIN_OPTS)
+    assert_only_an_error(result, "is not the store's teacher", "fingerprint")
+
+
+def test_a_rosita_student_is_not_cut_from_a_look_alike_teacher(store, tmp_path):
+    other = save_tiny_teacher(tmp_path / "other", seed=1)
+    result = hsk("student", "rosita", "--teacher", other, "--store", store, "--output", tmp_path / "r", "--layers", 2,
+                 "--heads", 2, "--ffn", 16, "--rank", 8, "--importance-examples", 16)
+    assert_only_an_error(result, "extracted from another teacher", "teacher_fingerprint")
+    assert not (tmp_path / "r").exists()
+
+
 # ---------------------------------------------------------------------------------------------- store identity
 
 def test_a_checkpoint_is_not_resumed_on_a_re_extracted_store(tiny_teacher, tmp_path):
