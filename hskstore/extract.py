@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import Compression
 from .device import resolve_device
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, ModelError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
 from .preflight import check_output_dir
 from .store import StoreWriter, array_specs, read_attrs
@@ -37,21 +37,37 @@ __all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "
 DEFAULT_MAX_LENGTH = 128
 
 
+def _teacher_info(teacher: str) -> dict:
+    """hskstore_teacher.json (written by finetune), or {} for a teacher made elsewhere; one-line error if broken."""
+    meta = Path(teacher) / "hskstore_teacher.json"
+    if not meta.is_file():
+        return {}
+    try:
+        info = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{meta} is not valid JSON ({exc}); delete it (extract then needs --max-length and "
+                         "--data-seed) or fine-tune the teacher again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config", {}), dict):
+        raise ModelError(f"{meta} is not an object of fine-tuning settings; delete it or fine-tune the teacher again")
+    return info
+
+
+def _info_int(teacher: str, value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(f"{Path(teacher) / 'hskstore_teacher.json'} has {name}={value!r}, expected an integer; "
+                         f"pass --{name.replace('_', '-')} or fine-tune the teacher again")
+    return value
+
+
 def teacher_max_length(teacher: str) -> int:
     """The max length the teacher was fine-tuned with (hskstore_teacher.json), else 128."""
-    meta = Path(teacher) / "hskstore_teacher.json"
-    if meta.is_file():
-        return int(json.loads(meta.read_text()).get("max_length", DEFAULT_MAX_LENGTH))
-    return DEFAULT_MAX_LENGTH
+    return _info_int(teacher, _teacher_info(teacher).get("max_length", DEFAULT_MAX_LENGTH), "max_length")
 
 
 def teacher_data_seed(teacher: str) -> int:
     """The data seed the teacher was fine-tuned with (hskstore_teacher.json), else 0: same split everywhere."""
-    meta = Path(teacher) / "hskstore_teacher.json"
-    if meta.is_file():
-        info = json.loads(meta.read_text())
-        return int(info.get("config", {}).get("data_seed", info.get("data_seed", 0)))
-    return 0
+    info = _teacher_info(teacher)
+    return _info_int(teacher, info.get("config", {}).get("data_seed", info.get("data_seed", 0)), "data_seed")
 
 
 @dataclass(frozen=True)

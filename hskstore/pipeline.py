@@ -98,6 +98,10 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
         if store is None:
             raise ModelError("a BERT student needs --store, whose teacher fixes the vocabulary and label count")
         opened = open_store(store)
+        if checkpoint is not None:  # a fresh student has 512 positions, the most a store holds
+            from .teacher import check_bert_family, check_max_length
+
+            check_max_length(opened.resolved.max_length, check_bert_family(checkpoint), "the checkpoint", checkpoint)
         student = build_bert_student(checkpoint, num_labels=opened.num_labels,
                                      vocab_size=None if checkpoint else opened.teacher["vocab_size"],
                                      num_layers=num_layers, hidden_size=hidden_size,

@@ -321,6 +321,25 @@ def test_an_invalid_teacher_config_json_is_a_one_line_model_error(text, message,
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.parametrize("text, message", [
+    ("{oops", "hskstore_teacher.json is not valid JSON"),
+    ('{"max_length": "long"}', "max_length='long', expected an integer"),
+])
+def test_a_broken_hskstore_teacher_json_is_a_one_line_model_error(text, message, tiny_teacher, tmp_path):
+    teacher = _copy(tiny_teacher, tmp_path / "teacher")
+    (Path(teacher) / "hskstore_teacher.json").write_text(text)
+    result = hsk("extract", "--teacher", teacher, "--output", tmp_path / "s.zarr", *STORE_OPTS)
+    assert_only_an_error(result, message)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_bert_student_checkpoint_with_fewer_positions_than_the_store_is_refused(store, tmp_path):
+    short = save_tiny_teacher(tmp_path / "short", max_positions=16)
+    result = hsk("student", "bert", "--store", store, "--checkpoint", short, "--output", tmp_path / "student")
+    assert_only_an_error(result, "max length 32", "16 positions")
+    assert not (tmp_path / "student").exists()
+
+
 def test_an_invalid_checkpoint_config_json_for_a_bert_student_is_one_line(store, tiny_teacher, tmp_path):
     checkpoint = _copy(tiny_teacher, tmp_path / "checkpoint")
     (Path(checkpoint) / "config.json").write_text("{truncated")
