@@ -136,6 +136,7 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
     from .finetune import FinetuneConfig, finetune
     from .report import format_info, store_info
     from .store import open_store
+    from .teacher import teacher_fingerprint
     from .train import TrainConfig, train
 
     work = Path(run.workdir)
@@ -157,7 +158,8 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
     try:
         attrs = open_store(store).attrs  # complete already: reuse it if it is this run's store
         same = (attrs["compression"] == run.compression.to_dict() and attrs["limit"] == run.limit
-                and attrs["max_length"] == run.max_length and not recorded_changed)
+                and attrs["max_length"] == run.max_length and not recorded_changed
+                and attrs.get("teacher_fingerprint") == teacher_fingerprint(str(teacher)))  # this teacher's bytes
     except StoreError:
         same = False
     if same:

@@ -414,8 +414,12 @@ class Trainer:
         old, new = state.get("run") or {}, json.loads(json.dumps(self._run_key()))
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         if changed:
-            why = ("the store was replaced or re-extracted since" if {"store_identity", "compression"} & set(changed)
-                   else "other store, student, stages or schedule")
+            if old and "store_identity" not in old:
+                why = "written by an hskstore that did not record the store's identity"
+            elif {"store_identity", "compression"} & set(changed):
+                why = "the store was replaced or re-extracted since"
+            else:
+                why = "other store, student, stages or schedule"
             raise ConfigError(f"{checkpoint} belongs to a different run ({why}: {', '.join(changed)} differ); "
                               "use another --output, or --no-resume to start over")
         resumed = load_student(checkpoint / "student", device=self.device)
