@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import re
 import sys
 
 import click
@@ -32,6 +34,18 @@ def _count_or_all(value: str | None):
         raise click.BadParameter(f"expected a whole number or 'all', got {value!r}") from None
 
 
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _as_os_error(exc: Exception) -> OSError | None:
+    """The OSError behind `exc`, or None. safetensors' Rust writer reports a failed write (a full disk
+    included) as SafetensorError('... I/O error: No space left on device (os error 28)'), not as OSError."""
+    if isinstance(exc, OSError):
+        return exc
+    match = _RUST_OS_ERROR.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
+    return OSError(int(match.group(1)), os.strerror(int(match.group(1)))) if match else None
+
+
 def _os_error_line(exc: OSError) -> str:
     """An OSError met while reading or writing (disk full, permissions) as one line naming the file and the fix."""
     where = f": {exc.filename}" if exc.filename else ""
@@ -54,8 +68,11 @@ class _Group(click.Group):
             command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
             click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
             ctx.exit(2)
-        except OSError as exc:
-            click.echo(f"error: {' '.join(_os_error_line(exc).split())}", err=True)
+        except Exception as exc:  # an OSError, or one that a library wraps (see _as_os_error); anything else is a bug
+            os_error = _as_os_error(exc)
+            if os_error is None:
+                raise
+            click.echo(f"error: {' '.join(_os_error_line(os_error).split())}", err=True)
             ctx.exit(2)
 
 
