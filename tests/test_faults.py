@@ -255,6 +255,11 @@ def test_finetune_refuses_a_max_length_past_the_position_embeddings(tiny_teacher
     assert not (tmp_path / "t").exists()
 
 
+def test_a_dry_run_checks_the_max_length_against_the_teacher(tiny_teacher, tmp_path):
+    result = hsk("extract", "--teacher", tiny_teacher, "--output", tmp_path / "s.zarr", "--max-length", 200, "--dry-run")
+    assert_only_an_error(result, "128 positions")
+
+
 def test_overwrite_with_a_max_length_the_teacher_cannot_take_keeps_the_old_store(tiny_teacher, tmp_path):
     path = tmp_path / "s.zarr"
     assert hsk("extract", "--teacher", tiny_teacher, "--output", path, *STORE_OPTS).exit_code == 0
