@@ -151,6 +151,7 @@ def test_a_teacher_refinetuned_in_place_cannot_finish_a_partial_store(tmp_path, 
     assert (path / "train" / "zarr.json").read_bytes() == before  # the partial store is left as it was
 
 
+@pytest.mark.slow
 def test_a_moved_teacher_with_the_same_contents_resumes(tmp_path, monkeypatch):
     teacher = save_tiny_teacher(tmp_path / "teacher")
     path = tmp_path / "s.zarr"
@@ -177,6 +178,7 @@ def test_a_rosita_student_is_not_cut_from_a_look_alike_teacher(store, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- store identity
 
+@pytest.mark.slow
 def test_a_checkpoint_is_not_resumed_on_a_re_extracted_store(tiny_teacher, tmp_path):
     path, run = tmp_path / "s.zarr", tmp_path / "run"
     assert hsk("extract", "--teacher", tiny_teacher, "--output", path, *STORE_OPTS).exit_code == 0
@@ -375,6 +377,7 @@ def _safetensors_enospc():
     return safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
 
+@pytest.mark.slow
 def test_a_disk_full_during_training_keeps_the_last_checkpoint_and_a_rerun_resumes(store, student, tmp_path,
                                                                                  monkeypatch):
     import safetensors.torch
