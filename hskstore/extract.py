@@ -11,6 +11,7 @@ produces the same bytes an uninterrupted run writes.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -24,33 +25,51 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import Compression
 from .device import resolve_device
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, ModelError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
-from .store import (StoreWriter, array_specs, create_store, delete_store, is_remote, replace_store, reopen_store,
-                    root_attributes, staging_location, store_state)
+from .preflight import check_output_dir
+from .store import (StoreWriter, array_specs, backend_for, create_store, delete_store, is_remote, replace_store,
+                    reopen_store, root_attributes, staging_location, store_state)
 from .store.lock import WriterLock
-from .teacher import CLSAttentionRecorder, check_bert_family, load_teacher, load_tokenizer
+from .teacher import (CLSAttentionRecorder, check_bert_family, check_max_length, check_tokenizer_files, load_teacher,
+                      load_tokenizer, teacher_fingerprint)
 
 __all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed"]
 
 DEFAULT_MAX_LENGTH = 128
 
 
+def _teacher_info(teacher: str) -> dict:
+    """hskstore_teacher.json (written by finetune), or {} for a teacher made elsewhere; one-line error if broken."""
+    meta = Path(teacher) / "hskstore_teacher.json"
+    if not meta.is_file():
+        return {}
+    try:
+        info = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{meta} is not valid JSON ({exc}); delete it (extract then needs --max-length and "
+                         "--data-seed) or fine-tune the teacher again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config", {}), dict):
+        raise ModelError(f"{meta} is not an object of fine-tuning settings; delete it or fine-tune the teacher again")
+    return info
+
+
+def _info_int(teacher: str, value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(f"{Path(teacher) / 'hskstore_teacher.json'} has {name}={value!r}, expected an integer; "
+                         f"pass --{name.replace('_', '-')} or fine-tune the teacher again")
+    return value
+
+
 def teacher_max_length(teacher: str) -> int:
     """The max length the teacher was fine-tuned with (hskstore_teacher.json), else 128."""
-    meta = Path(teacher) / "hskstore_teacher.json"
-    if meta.is_file():
-        return int(json.loads(meta.read_text()).get("max_length", DEFAULT_MAX_LENGTH))
-    return DEFAULT_MAX_LENGTH
+    return _info_int(teacher, _teacher_info(teacher).get("max_length", DEFAULT_MAX_LENGTH), "max_length")
 
 
 def teacher_data_seed(teacher: str) -> int:
     """The data seed the teacher was fine-tuned with (hskstore_teacher.json), else 0: same split everywhere."""
-    meta = Path(teacher) / "hskstore_teacher.json"
-    if meta.is_file():
-        info = json.loads(meta.read_text())
-        return int(info.get("config", {}).get("data_seed", info.get("data_seed", 0)))
-    return 0
+    info = _teacher_info(teacher)
+    return _info_int(teacher, info.get("config", {}).get("data_seed", info.get("data_seed", 0)), "data_seed")
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,10 @@ class ExtractConfig:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_length is not None and not 2 <= self.max_length <= 512:
             problems.append(f"max_length must be in 2..512, got {self.max_length}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"limit must be >= 1 (or None for every example), got {self.limit}")
+        if not 0 <= self.data_seed < 2**32:
+            problems.append(f"data_seed must be in 0..2**32-1 (a numpy seed), got {self.data_seed}")
         if not self.splits:
             problems.append("splits must name at least one split")
         if problems:
@@ -118,10 +141,14 @@ class _ChunkWriter:
 
 
 def _run_key(meta: dict) -> dict:
-    """What must match for a partial store to be resumed by this run."""
+    """What must match for a partial store to be resumed by this run.
+
+    The teacher is compared by content (its fingerprint), not by path: a teacher re-fine-tuned into the
+    same directory must not finish a store whose first chunks came from the old weights.
+    """
     keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "data_seed", "numerics",
-            "batch_size")
-    return {k: meta.get(k) for k in keys} | {"teacher_path": meta["teacher"]["path"]}
+            "batch_size", "teacher_fingerprint")
+    return {k: meta.get(k) for k in keys}
 
 
 def _differences(old: dict, new: dict, prefix="") -> list[str]:
@@ -144,6 +171,12 @@ def _check_output(config: ExtractConfig) -> None:
     if state == "complete" and not config.overwrite:
         raise StoreError(f"{config.output} already holds a complete store; pass --overwrite to replace it "
                          "or choose another output.")
+
+
+def _check_writable(config: ExtractConfig) -> None:
+    if not is_remote(config.output):  # an object store is checked by _check_output's first request instead
+        check_output_dir(config.output if backend_for(config.output) == "zarr"
+                         else os.path.dirname(os.path.abspath(config.output)))
 
 
 def _write_location(config: ExtractConfig) -> str:
@@ -239,24 +272,8 @@ def _absolute_files(options: dict) -> dict:
     return {k: _absolute_if_file(v) if k.endswith("_file") and isinstance(v, str) else v for k, v in options.items()}
 
 
-def _weights_sha256(directory) -> str | None:
-    """SHA-256 over the teacher's weight files (name and bytes, in name order): who made this store, exactly."""
-    import hashlib
-
-    files = sorted(p for p in Path(directory).glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def _teacher_provenance(teacher: str, identity) -> dict:
-    """The teacher by absolute path, name (its fine-tuning base, else the directory) and weights' SHA-256."""
+    """The teacher by absolute path and name (plus its fine-tuning base); its SHA-256s are `teacher_fingerprint`."""
     info = identity.to_dict()
     path = Path(teacher)
     meta_file = path / "hskstore_teacher.json"
@@ -268,8 +285,7 @@ def _teacher_provenance(teacher: str, identity) -> dict:
         except ValueError:
             base = None
     info.update(path=_absolute_if_file(teacher), name=path.resolve().name if path.exists() else teacher,
-                base_model=_absolute_if_file(base) if isinstance(base, str) else None,
-                weights_sha256=_weights_sha256(path) if path.is_dir() else None)
+                base_model=_absolute_if_file(base) if isinstance(base, str) else None)
     return info
 
 
@@ -289,10 +305,9 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     Raises:
         ConfigError / ModelError / DataError / StoreError with a one-line message naming the fix.
     """
-    import os
-
     if os.environ.get("RANK", "0") != "0":
         return _extract(config, progress)
+    _check_writable(config)  # before the lock file is made beside the output
     with WriterLock(config.output, config.storage_options):
         return _extract(config, progress)
 
@@ -302,10 +317,13 @@ def _extract(config: ExtractConfig, progress: bool) -> dict:
     from .report import store_info
 
     device = resolve_device(config.device)
+    _check_writable(config)
     _check_output(config)
     compression = config.compression
     max_length = config.max_length or teacher_max_length(config.teacher)
     teacher_config = check_bert_family(config.teacher)  # fail fast: before data and weights are loaded
+    check_tokenizer_files(config.teacher)
+    check_max_length(max_length, teacher_config, "the teacher", config.teacher)
     compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"], max_length)
     task = load_task(config.task, limit=config.limit, seed=config.data_seed, **config.task_options)
     spec = task.spec
@@ -331,6 +349,8 @@ def _extract(config: ExtractConfig, progress: bool) -> dict:
         "resolved": resolved.to_dict(),
         "amount_hsk": resolved.amount(),
         "teacher": _teacher_provenance(config.teacher, identity),
+        # SHA-256 of the weights and tokenizer files: what a resumed extraction must be run with.
+        "teacher_fingerprint": teacher_fingerprint(config.teacher),
         "task": asdict(spec),
         # How to load the same data again (evaluate, predict): the task name or file, and its options.
         "task_ref": {"task": _absolute_if_file(config.task), "options": _absolute_files(config.task_options)},
