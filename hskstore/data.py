@@ -20,6 +20,7 @@ from .glue_files import class_names, offline_hub as _offline_hub, read_glue_dir
 from .tables import FILE_SUFFIXES, LINE, read_table
 
 __all__ = ["TaskSpec", "TaskData", "GLUE_TASKS", "TWEETS", "load_task", "task_name_of", "absolute_task_ref",
+           "resolve_task", "check_same_labels",
            "tokenize", "tweets_path"]
 
 METRICS = ("accuracy", "f1", "matthews", "pearson_spearman")
@@ -198,6 +199,41 @@ def absolute_task_ref(task: str, options: dict | None = None) -> dict:
     if not (named and not Path(task).is_file()) and Path(task).exists():
         task = os.path.abspath(task)
     return {"task": task, "options": options}
+
+
+def resolve_task(recorded: dict | None, task: str | None, options: dict | None, *, allow_mismatch: bool = False,
+                 owner: str = "the teacher") -> tuple[str, dict]:
+    """The task a stage loads: the one given, checked against the one `owner` recorded, else the recorded one.
+
+    Args:
+        recorded: {"task", "options", "name"} as `finetune` (hskstore_teacher.json) or `train` (task.json)
+            wrote it, or None when nothing was recorded.
+        task, options: what the user passed (task None: the recorded task, its options updated by `options`).
+    Raises:
+        DataError: no task given and none recorded; or the given task is not the recorded one (by name)
+            and `allow_mismatch` is off.
+    """
+    if task is None:
+        if not recorded or not recorded.get("task"):
+            raise DataError(f"{owner} records no task: pass --task (a GLUE name, tweets, or a file)")
+        # Options given without a task refine the recorded ones (say, --data-dir on a machine without the cache).
+        return recorded["task"], {**(recorded.get("options") or {}), **(options or {})}
+    options = dict(options or {})
+    if recorded and recorded.get("name") and not allow_mismatch:
+        given = task_name_of(task, options)
+        if given != recorded["name"]:
+            raise DataError(f"--task {task} is task '{given}' but {owner} was made for '{recorded['name']}': "
+                            "omit --task to use that one, or pass --allow-task-mismatch")
+    return task, options
+
+
+def check_same_labels(recorded_labels, spec: "TaskSpec", owner: str, allow_mismatch: bool = False) -> None:
+    """A task of the same name with other label names (another file, another order) is another task."""
+    if allow_mismatch or recorded_labels is None:
+        return
+    if tuple(recorded_labels) != tuple(spec.label_names):
+        raise DataError(f"task '{spec.name}' has labels {list(spec.label_names)} but {owner} predicts "
+                        f"{list(recorded_labels)}: load the task it was made for, or pass --allow-task-mismatch")
 
 
 def _no_file_options(task, given: dict):

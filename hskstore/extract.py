@@ -30,7 +30,7 @@ from .select import pack_bits, round_mantissa, select_hsk, static_mask
 from .store import StoreWriter, array_specs, read_attrs
 from .teacher import CLSAttentionRecorder, check_bert_family, load_teacher, load_tokenizer
 
-__all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed"]
+__all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed", "teacher_task"]
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -52,21 +52,38 @@ def teacher_data_seed(teacher: str) -> int:
     return 0
 
 
+def teacher_task(teacher: str) -> dict | None:
+    """The teacher's task as finetune recorded it: {"task", "options", "name", "label_names"}, or None."""
+    meta = Path(teacher) / "hskstore_teacher.json"
+    if not meta.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    spec, ref = info.get("task") or {}, info.get("task_ref")
+    if ref is None and info.get("config", {}).get("task"):  # written before task_ref existed
+        config = info["config"]
+        ref = {"task": config["task"], "options": {k: config.get(k) for k in (
+            "text_columns", "label_column", "label_names", "validation_file", "validation_fraction")}}
+    if ref is None:
+        return None
+    return {**ref, "name": spec.get("name"), "label_names": spec.get("label_names")}
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     teacher: str                          # fine-tuned teacher directory (transformers format)
-    task: str                             # GLUE name, "tweets", or a CSV/TSV/JSONL path
+    task: str | None                      # GLUE name, "tweets", a file or saved dataset; None: the teacher's
     output: str                           # store directory
     compression: Compression = field(default_factory=Compression)
     max_length: int | None = None         # None: the teacher's fine-tuning max length, else 128
     batch_size: int | None = None         # None: 256 on GPU, 64 on CPU
-    chunk_rows: int = 4096                # rows per store chunk (STORAGE.md: <= 1024 is slow to read)
+    chunk_rows: int = 4096                # rows per store chunk (docs/storage-notes.md: <= 1024 reads slowly)
     splits: tuple[str, ...] = ("train", "validation")
     limit: int | None = None              # cap examples per split (see hskstore.data.load_task)
     data_seed: int = 0                    # train/validation split and `limit` subset: keep the teacher's
     device: str = "auto"
     overwrite: bool = False
-    task_options: dict = field(default_factory=dict)  # text_columns, label_column... for file tasks
+    task_options: dict = field(default_factory=dict)  # text_columns, label_column, data_dir... (load_task)
+    allow_task_mismatch: bool = False     # extract another task than the teacher's recorded one
 
     def __post_init__(self):
         problems = []
@@ -227,7 +244,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     Raises:
         ConfigError / ModelError / DataError / StoreError with a one-line message naming the fix.
     """
-    from .data import load_task, tokenize
+    from .data import absolute_task_ref, check_same_labels, load_task, resolve_task, tokenize
     from .report import store_info
 
     device = resolve_device(config.device)
@@ -236,8 +253,13 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     max_length = config.max_length or teacher_max_length(config.teacher)
     teacher_config = check_bert_family(config.teacher)  # fail fast: before data and weights are loaded
     compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"], max_length)
-    task = load_task(config.task, limit=config.limit, seed=config.data_seed, **config.task_options)
+    recorded = teacher_task(config.teacher)
+    task_arg, task_options = resolve_task(recorded, config.task, config.task_options,
+                                          allow_mismatch=config.allow_task_mismatch, owner=f"teacher {config.teacher}")
+    task = load_task(task_arg, limit=config.limit, seed=config.data_seed, **task_options)
     spec = task.spec
+    check_same_labels(recorded and recorded.get("label_names"), spec, f"teacher {config.teacher}",
+                      config.allow_task_mismatch)
     columns = {s: task.split(s) for s in config.splits}  # "validation" also names MNLI's validation_matched
     model, identity = load_teacher(config.teacher, device=device)
     if identity.num_labels != spec.num_labels:
@@ -262,7 +284,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         "teacher": identity.to_dict(),
         "task": asdict(spec),
         # How to load the same data again (evaluate, predict): the task name or file, and its options.
-        "task_ref": {"task": config.task, "options": config.task_options},
+        "task_ref": absolute_task_ref(task_arg, task_options),
         "label_names": list(spec.label_names),
         "num_labels": spec.num_labels,
         "max_length": max_length,

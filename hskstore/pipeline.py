@@ -67,12 +67,21 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
                   checkpoint: str | None = None, num_layers: int | None = None, num_heads: int | None = None,
                   intermediate_size: int | None = None, embedding_rank: int | None = None,
                   hidden_size: int | None = None, importance_examples: int | None = None, seed: int = 0,
-                  device: str = "cpu", progress: bool = True) -> dict:
-    """Build and save a student; returns its summary. ROSITA scores importance on the store's train split."""
+                  device: str = "cpu", progress: bool = True, overwrite: bool = False) -> dict:
+    """Build and save a student; returns its summary. ROSITA scores importance on the store's train split.
+
+    Raises:
+        ConfigError: `output` is not empty and `overwrite` is off, or it holds something other than a student.
+    """
+    from .outputs import check_output_dir
     from .store import open_store
     from .student import ROSITA_DEFAULTS, build_bert_student, build_rosita, save_student, student_summary
     from .teacher import load_tokenizer
+    from .train import store_task_record
 
+    if kind not in ("rosita", "bert"):
+        raise ModelError(f"unknown student kind {kind!r}: expected 'rosita' or 'bert'")
+    check_output_dir(output, "student", overwrite, remove=False)
     if kind == "rosita":
         if teacher is None or store is None:
             raise ModelError("a ROSITA student needs --teacher (the fine-tuned teacher) and --store (its training "
@@ -86,20 +95,32 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
         student = build_rosita(teacher, store_batches(store, 32, importance_examples), device=device,
                                progress=progress, **sizes)
         tokenizer = load_tokenizer(teacher)
+        opened_store = open_store(store)
     elif kind == "bert":
         if store is None:
             raise ModelError("a BERT student needs --store, whose teacher fixes the vocabulary and label count")
-        opened = open_store(store)
+        opened = opened_store = open_store(store)
         student = build_bert_student(checkpoint, num_labels=opened.num_labels,
                                      vocab_size=None if checkpoint else opened.teacher["vocab_size"],
                                      num_layers=num_layers, hidden_size=hidden_size,
                                      intermediate_size=intermediate_size, num_heads=num_heads, seed=seed)
         tokenizer = None
+    check_output_dir(output, "student", overwrite)  # removed only now: a failed build keeps the old student
+    if kind == "bert":
         opened.save_tokenizer(output)
-    else:
-        raise ModelError(f"unknown student kind {kind!r}: expected 'rosita' or 'bert'")
+    _label_students_classes(student, opened_store.task)
     save_student(student.cpu(), output, tokenizer=tokenizer)
+    # The store's task travels with the student: `evaluate` defaults to it, `export` names the classes.
+    (Path(output) / "task.json").write_text(json.dumps(store_task_record(opened_store)))
     return student_summary(student)
+
+
+def _label_students_classes(student, task: dict) -> None:
+    """id2label/label2id from the task, so a transformers export predicts names, not LABEL_0."""
+    names = task.get("label_names") or []
+    if student.kind == "bert" and names:
+        student.model.config.id2label = dict(enumerate(names))
+        student.model.config.label2id = {name: i for i, name in enumerate(names)}
 
 
 @dataclass(frozen=True)
@@ -159,11 +180,11 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
     echo(f"[3/4] building a ROSITA student ({run.compression.student_layers} layers) -> {student}")
     summary = build_student("rosita", student, teacher=str(teacher), store=str(store),
                             num_layers=run.compression.student_layers, importance_examples=run.importance_examples,
-                            device="cpu", progress=progress)
+                            device="cpu", progress=progress, overwrite=True)
     echo(f"      {summary}")
     echo("[4/4] distilling from the store (no teacher loaded)")
     common = dict(store=str(store), student=str(student), pred_epochs=run.pred_epochs, device=run.device,
-                  seed=run.seed, resume=False)
+                  seed=run.seed, resume=False, overwrite=True)
     with_hsk = train(TrainConfig(output=str(work / "run-hsk"), hsk_epochs=run.hsk_epochs, **common), progress=progress)
     pred_only = train(TrainConfig(output=str(work / "run-pred"), stages=("pred",), **common), progress=progress)
     key = "accuracy"

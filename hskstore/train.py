@@ -59,6 +59,7 @@ class TrainConfig:
     num_workers: int = 0                # DataLoader workers reading the store
     eval_batch_size: int = 128
     resume: bool = True                 # continue from output/checkpoint when it matches this run
+    overwrite: bool = False             # replace an existing run in output (when not resuming it)
 
     def __post_init__(self):
         problems = []
@@ -88,6 +89,7 @@ class TrainConfig:
 
 class Trainer:
     def __init__(self, config: TrainConfig, progress: bool = True):
+        self._check_output(config)  # before the store and student load
         self.config = config
         self.progress = progress
         self.device = resolve_device(config.device)
@@ -113,6 +115,16 @@ class Trainer:
         self.output = Path(config.output)
 
     # ------------------------------------------------------------------ setup checks
+    @staticmethod
+    def _check_output(config: TrainConfig) -> None:
+        """Resume a matching checkpoint, else refuse a non-empty output unless overwrite (only a run's)."""
+        from .outputs import check_output_dir
+
+        output = Path(config.output)
+        resumable = any((output / name / "state.json").is_file() for name in ("checkpoint", "checkpoint.old"))
+        if config.overwrite or not (config.resume and resumable):
+            check_output_dir(output, "run", config.overwrite)
+
     def _check_student(self):
         teacher, student, depth = self.store.teacher, self.student, self.resolved.depth
         problems = []
@@ -321,7 +333,7 @@ class Trainer:
             self._save_student(self.output / "student")
         result = {
             "mode": "online" if self.teacher is not None else "offline",
-            "store": self.config.store,
+            "store": os.path.abspath(self.config.store),
             "task": self.task["name"],
             "metric": self.task["metric"],
             "compression": self.store.compression.to_dict(),
@@ -329,7 +341,7 @@ class Trainer:
             "teacher_dev": self.teacher_metrics(),
             "student_dev": state.get("best") or (self.history[-1].get("dev") if self.history else None),
             "history": [{k: v for k, v in h.items() if k != "step_losses"} for h in self.history],
-            "config": asdict(self.config),
+            "config": _absolute_paths(asdict(self.config)),
         }
         (self.output / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
@@ -340,12 +352,7 @@ class Trainer:
             shutil.rmtree(directory)
         save_student(self.student, directory)
         self.store.save_tokenizer(directory)
-        attrs = self.store.attrs
-        (directory / "task.json").write_text(json.dumps({
-            "task": self.task, "max_length": self.resolved.max_length,
-            # Enough to reload the store's exact split: evaluating on another split would leak training rows.
-            "task_ref": attrs.get("task_ref", {"task": self.task["name"], "options": {}}),
-            "data_seed": attrs.get("data_seed", 0), "limit": attrs.get("limit")}))
+        (directory / "task.json").write_text(json.dumps(store_task_record(self.store)))
 
     def _run_key(self) -> dict:
         c = self.config
@@ -398,6 +405,20 @@ class Trainer:
         return state
 
 
+def store_task_record(store) -> dict:
+    """task.json of a student made from `store`: its task, max length, and how to reload its exact split.
+
+    Evaluating on another split would leak training rows; paths are absolute so any directory works.
+    """
+    from .data import absolute_task_ref
+
+    attrs = store.attrs
+    reference = attrs.get("task_ref") or {"task": store.task["name"], "options": {}}
+    return {"task": store.task, "max_length": store.resolved.max_length,
+            "task_ref": absolute_task_ref(reference["task"], reference.get("options")),
+            "data_seed": attrs.get("data_seed", 0), "limit": attrs.get("limit")}
+
+
 def _save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
     from safetensors.torch import save_file
 
@@ -423,6 +444,12 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _absolute_paths(config: dict) -> dict:
+    """The run's recorded config with its local paths absolute: metrics.json is read from anywhere."""
+    return config | {k: os.path.abspath(config[k]) for k in ("store", "student", "output", "teacher")
+                     if config.get(k) and Path(config[k]).exists()}
 
 
 def train(config: TrainConfig, progress: bool = True) -> dict:
