@@ -360,6 +360,23 @@ def predict(student_dir, texts, text_file, device):
 
 
 @cli.command()
+@click.argument("student_dir", metavar="STUDENT")
+@click.argument("output", metavar="OUT")
+@click.option("--format", "fmt", type=click.Choice(["transformers", "onnx"]), default="transformers",
+              show_default=True, help="transformers: BERT-shaped students; onnx: every student.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset.")
+@overwrite_option
+@json_option
+def export(student_dir, output, fmt, opset, overwrite, as_json):
+    """Write a student for use outside hskstore: a transformers directory or ONNX, with its tokenizer."""
+    from .export import export_student
+
+    summary = export_student(student_dir, output, fmt, overwrite=overwrite, opset=opset)
+    _echo_summary(summary, as_json, f"{summary['kind']} student exported to {output} ({fmt}): "
+                                    + ", ".join(summary["files"]))
+
+
+@cli.command()
 @click.option("--workdir", default="runs/default", show_default=True)
 @click.option("--limit", default=4000, show_default=True, help="Tweets used: LIMIT train, LIMIT//4 validation.")
 @click.option("--teacher-epochs", default=3, show_default=True)
