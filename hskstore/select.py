@@ -135,7 +135,7 @@ def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def round_mantissa(values: torch.Tensor, bits: int) -> torch.Tensor:
     """Round float16 values to `bits` of their 10 mantissa bits, to nearest, ties to even.
 
-    Lossy, but it lets the codec find the zeroed low bits: STORAGE.md measured 392 instead of 520
+    Lossy, but it lets the codec find the zeroed low bits: docs/storage-notes.md: 392 instead of 520
     bytes per row at 7 bits, with 0.39% worst relative error. numcodecs' BitRound rejects float16.
     """
     drop = 10 - bits
@@ -178,7 +178,7 @@ def select_hsk(
     sep_id: int,
     fixed_mask: torch.Tensor | None = None,
 ) -> Selection:
-    """Select the stored HSK of one batch, exactly as METHOD.md defines it.
+    """Select the stored HSK of one batch, exactly as docs/method.md defines it.
 
     Args:
         hidden_states: the teacher's L+1 tensors (B, T, d).

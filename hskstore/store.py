@@ -2,7 +2,7 @@
 
 Writer and reader live side by side so the format is defined in one place; `docs/store-format.md` is
 its spec. Arrays are created at their final size first and filled in whole, chunk-aligned row ranges
-(partial-chunk writes read, merge and rewrite the chunk: 20x slower, STORAGE.md). Each finished chunk
+(partial-chunk writes read, merge and rewrite the chunk: 20x slower, docs/storage-notes.md). Each finished chunk
 is recorded in its split group's attributes (zarr's local store writes metadata atomically), so an
 interrupted extraction resumes at the first unrecorded chunk. `complete` is set last.
 """
@@ -49,7 +49,7 @@ def _codec(name: str, itemsize: int):
     from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
     if name == "blosc-zstd1-byteshuffle":
-        # Byte shuffle with a large block: the best lossless option for float16 activations (STORAGE.md).
+        # Byte shuffle with a large block: the best lossless option for float16 activations (docs/storage-notes.md).
         return BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.shuffle, typesize=itemsize, blocksize=1 << 20)
     if name == "zstd3":
         return ZstdCodec(level=3)
