@@ -54,6 +54,7 @@ def test_every_documented_command_line_parses(line):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("block", [b for b in _blocks("python") if "README" in b.id])
 def test_readme_python_runs_as_written(block, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

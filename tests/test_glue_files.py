@@ -218,3 +218,21 @@ def test_a_validation_label_not_among_the_training_labels_is_an_error(tmp_path):
     validation.write_text(json.dumps({"text": "v", "label": "pos"}) + "\n" + json.dumps({"text": "w", "label": "meh"}))
     with pytest.raises(DataError, match=r"v.jsonl line 2: unknown label 'meh'"):
         load_task(str(train), validation_file=str(validation))
+
+
+def test_a_hub_id_in_the_local_cache_serves_a_glue_task(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+    cached = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1]}),
+        "validation": datasets.Dataset.from_dict({"sentence1": ["e"], "sentence2": ["f"], "label": [1]}),
+    })
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, datasets.config.HF_HUB_OFFLINE))
+        return cached
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    data = load_task("rte", data_dir="someone/rte-copy")
+    assert calls == [(("someone/rte-copy", "rte"), True)]  # offline (the tests' env): the cache only
+    assert data.spec == GLUE_TASKS["rte"] and data.num_examples("train") == 2
