@@ -161,7 +161,9 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
         echo(f"[1/4] fine-tuning the packaged MiniLM-L6 on {run.limit} tweets -> {teacher}")
         teacher_metrics = finetune(FinetuneConfig(model=packaged_teacher_path(), task="tweets", output=str(teacher),
                                                   max_length=run.max_length, epochs=run.teacher_epochs,
-                                                  limit=run.limit, seed=run.seed, device=run.device), progress=progress)
+                                                  limit=run.limit, seed=run.seed, device=run.device,
+                                                  overwrite=bool(recorded)),  # else resume a checkpoint
+                                   progress=progress)
     echo(f"[2/4] extracting {run.compression.depth, run.compression.length, run.compression.width} HSK -> {store}")
     try:
         attrs = open_store(store).attrs  # complete already: reuse it if it is this run's store
