@@ -67,3 +67,16 @@ def test_store_format_reader_runs_as_written_on_a_real_store(block, tiny_store, 
     os.symlink(tiny_store, tmp_path / "store.zarr")
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "store-format.md", "exec"), {})
+
+
+def test_module_names_stay_modules_and_every_public_name_resolves():
+    import inspect
+
+    import hskstore
+
+    for module in ("extract", "train", "finetune", "store", "export", "data"):
+        assert inspect.ismodule(getattr(hskstore, module)), module
+    for name in hskstore.__all__:
+        value = getattr(hskstore, name)
+        assert not inspect.ismodule(value), name  # no public name shadows a module
+    assert hskstore.run_extract is hskstore.extract.extract and hskstore.run_train is hskstore.train.train
