@@ -56,7 +56,7 @@ def rosita_as_bert(student, label_names: list[str]):
         problems.append(f"its word embedding is factorised to rank {c.embedding_rank}")
     if problems:
         raise ModelError(f"this ROSITA student has no transformers (BERT) equivalent of its size: "
-                         f"{' and '.join(problems)}. Export it with --format onnx")
+                         f"{'; '.join(problems)}. Export it with --format onnx")
     config = BertConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
         num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size, hidden_act=c.hidden_act,
@@ -159,7 +159,10 @@ def export_student(student_dir, output, fmt: str = "transformers", *, overwrite:
     check_output_dir(output, "export", overwrite)  # after the checks above: a refused export deletes nothing
     output.mkdir(parents=True, exist_ok=True)
     if fmt == "transformers":
-        model.save_pretrained(str(output), safe_serialization=True)
+        from .finetune import _quiet_transformers
+
+        with _quiet_transformers():  # transformers' own "Writing model shards" bar: one file, no bar needed
+            model.save_pretrained(str(output), safe_serialization=True)
     else:
         checked = _export_onnx(student, output / "model.onnx", opset)
     has_tokenizer = any((student_dir / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
