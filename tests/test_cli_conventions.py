@@ -111,6 +111,7 @@ def test_device_is_checked_before_any_work(tmp_path):
     assert typo.exit_code == 2 and "unknown device 'gpu'" in typo.output
 
 
+@pytest.mark.slow
 def test_finetune_interrupted_after_an_epoch_resumes_to_the_same_teacher(tiny_bert_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -144,3 +145,28 @@ def test_finetune_interrupted_after_an_epoch_resumes_to_the_same_teacher(tiny_be
     assert [h["accuracy"] for h in history[0]] == [h["accuracy"] for h in history[1]]
     refused = _run(*args, "--output", tmp_path / "resumed")
     assert refused.exit_code == 2 and "pass --overwrite" in refused.output
+
+
+def test_ctrl_c_during_extract_keeps_finished_chunks_and_the_rerun_completes(tiny_teacher, tmp_path, monkeypatch):
+    import hskstore.extract as extract_module
+    from hskstore.store import open_store
+
+    args = ["extract", "--teacher", tiny_teacher, "--task", "tweets", "--limit", 64, "--chunk-rows", 16,
+            "--student-layers", 2, "--depth", 1, "--length", 4, "--width", 4, "--device", "cpu", "--quiet",
+            "--output", tmp_path / "s.zarr"]
+    real, calls = extract_module._teacher_chunk, []
+
+    def stop_at_the_third_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(extract_module, "_teacher_chunk", stop_at_the_third_chunk)
+    stopped = _run(*args)
+    assert stopped.exit_code == 130 and "interrupted" in stopped.output
+    monkeypatch.setattr(extract_module, "_teacher_chunk", real)
+    resumed = _run(*args, "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.output)["examples_extracted"] == 64 + 16 - 2 * 16  # two chunks were kept
+    assert open_store(tmp_path / "s.zarr").attrs["complete"] is True
