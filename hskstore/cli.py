@@ -248,6 +248,28 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
 
 
 @cli.command()
+@click.argument("store")
+@click.option("--student", required=True, help="Student directory (`hskstore student`).")
+@click.option("--teacher", default=None, help="The store's teacher: also time online distillation.")
+@click.option("--steps", default=20, show_default=True, help="Timed steps per mode per round.")
+@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds; medians are reported.")
+@click.option("--batch-size", type=int, default=None, help="Step batch size [64 on GPU, 16 on CPU].")
+@click.option("--reader-batches", default=200, show_default=True, help="Batches per reader timing.")
+@click.option("--reader-batch-size", type=int, default=None, help="[the task's HSK-stage batch size]")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+def bench(store, student, teacher, steps, rounds, batch_size, reader_batches, reader_batch_size, device, as_json):
+    """Time HSK-stage steps student-only, offline and online, and the store reader alone."""
+    from .bench import BenchConfig, bench as run, format_bench
+
+    config = BenchConfig(store=store, student=student, teacher=teacher, steps=steps, rounds=rounds,
+                         batch_size=batch_size, reader_batches=reader_batches, reader_batch_size=reader_batch_size,
+                         device=device)
+    result = run(config, echo=None if as_json else lambda line: click.echo(line, err=True))
+    click.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
+
+
+@cli.command()
 @click.argument("student_dir", metavar="STUDENT")
 @click.option("--task", default=None, help="[default: the task the student was distilled on]")
 @click.option("--split", default="validation", show_default=True)

@@ -24,6 +24,7 @@ __all__ = [
     "unpack_bits",
     "unpack_bits_numpy",
     "densify",
+    "densify_packed",
     "full_width",
     "round_mantissa",
     "select_hsk",
@@ -130,6 +131,34 @@ def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     index = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :k]
     out = torch.zeros(*mask.shape, dtype=values.dtype, device=values.device)
     return out.scatter_(-1, index, values)
+
+
+def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`densify` for the CPU reader, straight from the stored bytes: one boolean scatter, no sort.
+
+    The stable argsort in `densify` is ~20x slower than this on CPU, where the reader must keep up with
+    training. Kept values fill the set bits in row-major order, which is ascending dimension order
+    within each vector: the same result as `densify`, bit for bit.
+
+    Args:
+        values: (..., k) kept values of the store (float16); empty slots hold zeros.
+        packed: (..., ceil(d/8)) uint8 bitpacked masks, all zero for an empty slot.
+    Returns:
+        (targets (..., d) float32, mask (..., d) bool)
+    Raises:
+        StoreError: a non-empty vector's mask does not have exactly k set bits.
+    """
+    mask = np.unpackbits(packed, axis=-1, count=hidden_size, bitorder="little").view(bool)  # (..., d)
+    targets = np.zeros(mask.shape, dtype=np.float32)
+    kept = values[packed.any(-1)]                                         # (vectors, k), empty slots dropped
+    try:
+        targets[mask] = kept.reshape(-1)
+    except ValueError:
+        from .errors import StoreError
+
+        raise StoreError(f"store masks hold {int(mask.sum())} set bits for {kept.size} stored values: the store "
+                         "is corrupt; re-extract it.") from None
+    return targets, mask
 
 
 def round_mantissa(values: torch.Tensor, bits: int) -> torch.Tensor:
