@@ -8,6 +8,7 @@ import sys
 import click
 
 from .errors import HskError
+from .strategies import length_choices, width_choices
 
 __all__ = ["main", "cli"]
 
@@ -107,12 +108,12 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @click.option("--width", default="0.1", show_default=True, help="N^W: activations kept, a count or fraction of d, or 'all'.")
 @click.option("--student-layers", default=3, show_default=True, help="L': student depth the layer mapping is for.")
 @click.option("--l-top", type=int, default=None, help="Teacher layer for the student's top layer [default: round(10L/12)].")
-@click.option("--length-strategy", type=click.Choice(["att-nosep", "att", "left"]), default="att-nosep", show_default=True)
+@click.option("--length-strategy", type=click.Choice(length_choices()), default="att-nosep", show_default=True)
 @click.option("--score-layer", type=click.Choice(["uniform", "same"]), default="uniform", show_default=True,
               help="Rank tokens with the attention of layer g(l, L) (uniform) or of the stored layer (same).")
 @click.option("--score-kind", type=click.Choice(["softmax", "logits"]), default="softmax", show_default=True,
               help="Average post-softmax attention (paper) or pre-softmax scores (released code).")
-@click.option("--width-strategy", type=click.Choice(["mag", "uniform", "rand"]), default="mag", show_default=True)
+@click.option("--width-strategy", type=click.Choice(width_choices()), default="mag", show_default=True)
 @click.option("--width-seed", default=0, show_default=True)
 @click.option("--full", is_flag=True, help="Full HSK: every mapped layer, token and activation (baseline).")
 @click.option("--value-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
