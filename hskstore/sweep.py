@@ -177,7 +177,8 @@ class _Progress:
                       f"{mean:.0f} s per run, ETA {eta / 60:.1f} min)")
 
 
-def _row(point: SweepPoint, seed: int, result: dict, metric: str, lr: float | None = None) -> dict:
+def _row(point: SweepPoint, seed: int, result: dict, metric: str, lr: float | None = None,
+         amount: float | None = None) -> dict:
     from .metrics import primary_metric
 
     key = primary_metric(metric)
@@ -185,7 +186,7 @@ def _row(point: SweepPoint, seed: int, result: dict, metric: str, lr: float | No
     return {"point": point.key, "kind": point.kind, "seed": seed,
             "depth": compression.depth if compression else 0, "length": compression.length if compression else 0,
             "width": compression.width if compression else 0,
-            "amount_hsk": result["amount_hsk"] if compression else 0.0,
+            "amount_hsk": (result["amount_hsk"] if amount is None else amount) if compression else 0.0,
             "pred_lr": lr, "metric": key, "dev": result["student_dev"][key],
             "teacher_dev": result["teacher_dev"][key], "seconds": result.get("seconds")}
 
@@ -194,6 +195,7 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     """Run (or resume) the sweep; returns {"points": [...], "rows": [...], "summary": [...], "files": {...}}."""
     from .extract import teacher_data_seed, teacher_max_length
     from .pipeline import build_student
+    from .report import store_info
 
     out = Path(config.output)
     max_length = config.max_length or teacher_max_length(config.teacher)
@@ -216,15 +218,17 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
         if not (Path(student) / "config.json").is_file():
             build_student("rosita", student, teacher=config.teacher, store=stores[hsk_points[0].key],
                           importance_examples=config.importance_examples, device="cpu", progress=False)
-    rows = []
+    rows, amounts = [], {}
     for point in hsk_points:
         if point.key not in stores:
             stores[point.key] = obtain_store(config, point.compression, out / "stores" / f"{point.key}.zarr",
                                              max_length, data_seed)
+        # As `hskstore info` counts it: full HSK keeps real tokens only, not the padded slots.
+        amounts[point.key] = store_info(stores[point.key])["amount_hsk"]
         for seed in config.seeds:
             result = _train(config, stores[point.key], student, out / "runs" / point.key / f"seed{seed}", seed,
                             ("hsk", "pred"))
-            rows.append(_row(point, seed, result, result["metric"]))
+            rows.append(_row(point, seed, result, result["metric"], amount=amounts[point.key]))
             progress.update(f"{point.key} seed {seed}", rows[-1]["dev"], None if result["reused"] else result["seconds"])
     if grid:
         rows += _prediction_only(config, [p for p in points if p.kind == "pred"][0], stores[hsk_points[0].key],
