@@ -119,8 +119,9 @@ def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> 
     """`densify` for the CPU reader, straight from the stored bytes: one boolean scatter, no sort.
 
     The stable argsort in `densify` made the CPU reader 4x slower per CPU-second at d=768
-    (benchmarks/reader.py), and there the reader must keep up with training. Kept values fill the set bits in row-major order, which is ascending dimension order
-    within each vector: the same result as `densify`, bit for bit.
+    (benchmarks/reader.py), and there the reader must keep up with training. Kept values fill the
+    set bits in row-major order, which is ascending dimension order within each vector: the same
+    result as `densify`, bit for bit.
 
     Args:
         values: (..., k) kept values of the store (float16); empty slots hold zeros.
