@@ -63,3 +63,14 @@ def test_sweep_end_to_end_on_the_tiny_teacher_is_resumable(tiny_teacher, tiny_st
     again = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert again.exit_code == 0 and again.output.count("reused") == 9
     assert json.loads((tmp_path / "sweep" / "results.json").read_text())["summary"] == results["summary"]
+
+
+def test_a_dry_run_prints_the_plan_and_writes_nothing(tiny_teacher, tmp_path):
+    result = CliRunner().invoke(cli, ["sweep", "--teacher", tiny_teacher, "--output", str(tmp_path / "s"),
+                                      "--level", "1", "--level", "3", "--student-layers", "2", "--dry-run"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0
+    plan_ = json.loads(result.output)
+    assert [p["kind"] for p in plan_["points"]] == ["hsk", "hsk", "full", "pred"]
+    assert plan_["runs"] == 3 * 3 + 4 + 2                 # 3 seeds per point; a 4-lr grid, then 2 more seeds
+    assert not (tmp_path / "s").exists()
