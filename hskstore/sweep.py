@@ -206,6 +206,7 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     total = len(hsk_points) * len(config.seeds) + (len(grid) + len(config.seeds) - 1 if grid else 0)
     if dry_run:
         return {"points": [{"key": p.key, "kind": p.kind} for p in points], "runs": total}
+    _check_recipe(out, config)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({"config": asdict(config), "max_length": max_length}, indent=2,
                                                default=str))
@@ -242,6 +243,25 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
         if echo:
             echo("plot skipped: matplotlib is not installed (pip install 'hskstore[plot]')")
     return {"points": [p.key for p in points], "rows": rows, "summary": summary, "files": files}
+
+
+# What finished runs depend on: a rerun may add points, levels or seeds, but not change these.
+_RECIPE = ("teacher", "task", "student", "student_layers", "pred_lr_grid", "hsk_epochs", "pred_epochs", "hsk_lr",
+           "pred_lr", "hsk_batch_size", "pred_batch_size", "limit", "max_length", "data_seed", "importance_examples",
+           "extract_options")
+
+
+def _check_recipe(out: Path, config: SweepConfig) -> None:
+    """Refuse to reuse finished runs made with another recipe (they would be silently mixed in)."""
+    saved = out / "sweep.json"
+    if not saved.is_file():
+        return
+    old = json.loads(saved.read_text()).get("config", {})
+    new = json.loads(json.dumps(asdict(config), default=str))
+    diffs = [f"{k}: {old.get(k)!r} then, {new[k]!r} now" for k in _RECIPE if old.get(k) != new[k]]
+    if diffs:
+        raise ConfigError(f"{out} holds a sweep with another recipe ({'; '.join(diffs[:3])}): use another --output, "
+                          "or the same options to resume it")
 
 
 def _prediction_only(config, point, store, student, out: Path, grid, progress) -> list[dict]:

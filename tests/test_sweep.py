@@ -74,3 +74,17 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(tiny_teacher, tmp_path):
     assert [p["kind"] for p in plan_["points"]] == ["hsk", "hsk", "full", "pred"]
     assert plan_["runs"] == 3 * 3 + 4 + 2                 # 3 seeds per point; a 4-lr grid, then 2 more seeds
     assert not (tmp_path / "s").exists()
+
+
+def test_a_rerun_with_another_recipe_is_refused_before_any_work(tiny_teacher, tmp_path):
+    from dataclasses import asdict
+
+    from hskstore.sweep import sweep
+
+    config = SweepConfig(teacher=tiny_teacher, task="tweets", output=str(tmp_path / "s"), points=((1, 3, 0.25),),
+                         hsk_epochs=1)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({"config": asdict(config) | {"hsk_epochs": 2}}))
+    with pytest.raises(ConfigError, match="another recipe.*hsk_epochs: 2 then, 1 now"):
+        sweep(config)
+    assert not (tmp_path / "s" / "stores").exists()
