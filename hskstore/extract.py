@@ -26,12 +26,12 @@ from . import __version__
 from .config import Compression
 from .device import resolve_device
 from .errors import ConfigError, ModelError, StoreError
-from .select import pack_bits, round_mantissa, select_hsk, static_mask
+from .select import Selector, pack_bits, round_mantissa
 from .preflight import check_writable
 from .store import (StoreWriter, array_specs, backend_for, create_store, delete_store, is_remote, replace_store,
                     reopen_store, root_attributes, staging_location, store_state)
 from .store.lock import WriterLock
-from .teacher import (CLSAttentionRecorder, check_bert_family, check_max_length, check_tokenizer_files, load_teacher,
+from .teacher import (check_bert_family, check_max_length, check_tokenizer_files, load_teacher,
                       load_tokenizer, teacher_fingerprint)
 
 __all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed", "teacher_task"]
@@ -242,8 +242,7 @@ def _tokenizer_files(tokenizer) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
 
 
-def _teacher_chunk(model, recorder_factory, encoded, rows, batch_size, device, compression, resolved, sep_id,
-                   fixed_mask) -> dict[str, np.ndarray]:
+def _teacher_chunk(model, selector, encoded, rows, batch_size, device, compression) -> dict[str, np.ndarray]:
     """Run the teacher over the rows of one chunk; return that chunk's arrays in row order."""
     lengths = encoded["lengths"][rows]
     order = np.argsort(-lengths, kind="stable")      # longest first: dynamic padding wastes little
@@ -254,12 +253,8 @@ def _teacher_chunk(model, recorder_factory, encoded, rows, batch_size, device, c
         width = int(encoded["lengths"][batch_rows].max())
         batch = {name: torch.from_numpy(encoded[name][batch_rows, :width]).to(device, non_blocking=True)
                  for name in ("input_ids", "attention_mask", "token_type_ids")}
-        with torch.inference_mode(), torch.autocast(device.type, enabled=use_autocast, dtype=torch.float16), \
-                recorder_factory() as recorder:
-            out = model(**batch, output_hidden_states=True)
-            scores = recorder.scores(batch["attention_mask"]) if recorder else {}
-            selection = select_hsk(out.hidden_states, scores, batch["input_ids"], batch["attention_mask"],
-                                   compression, resolved, sep_id, fixed_mask)
+        with torch.inference_mode(), torch.autocast(device.type, enabled=use_autocast, dtype=torch.float16):
+            out, selection = selector.run(model, **batch)
         pieces["logits"].append(out.logits.float())
         pieces["positions"].append(selection.positions.to(torch.int16))
         values = selection.values.to(getattr(torch, compression.value_dtype))
@@ -300,14 +295,6 @@ def _teacher_provenance(teacher: str, identity) -> dict:
     info.update(path=_absolute_if_file(teacher), name=path.resolve().name if path.exists() else teacher,
                 base_model=_absolute_if_file(base) if isinstance(base, str) else None)
     return info
-
-
-class _NoRecorder:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def extract(config: ExtractConfig, progress: bool = True) -> dict:
@@ -353,10 +340,8 @@ def _extract(config: ExtractConfig, progress: bool) -> dict:
     resolved = compression.resolve(identity.num_layers, identity.hidden_size, max_length)
     tokenizer = load_tokenizer(config.teacher)
     sep_id = tokenizer.sep_token_id
-    fixed_mask = None
-    if resolved.has_mask and compression.width_strategy != "mag":
-        fixed_mask = static_mask(resolved.hidden_size, resolved.width, compression.width_strategy,
-                                 compression.width_seed)
+    selector = Selector(compression, resolved, sep_id, model.bert.encoder.layer, identity.num_heads)
+    fixed_mask = selector.fixed_mask
     batch_size = config.batch_size or (256 if device.type == "cuda" else 64)
 
     encoded = {s: tokenize(tokenizer, columns[s], spec, max_length) for s in config.splits}
@@ -388,14 +373,6 @@ def _extract(config: ExtractConfig, progress: bool) -> dict:
     location = _write_location(config)
     writer = _prepare_store(config, location, meta, split_sizes, specs, fixed_mask, _tokenizer_files(tokenizer))
 
-    needs_scores = compression.length_strategy in ("att-nosep", "att")
-    layers = model.bert.encoder.layer
-
-    def recorder_factory():
-        if not needs_scores:
-            return _NoRecorder()
-        return CLSAttentionRecorder(layers, resolved.score_layer_ids, identity.num_heads, compression.score_kind)
-
     try:
         todo = {s: [k for k in range(-(-split_sizes[s] // config.chunk_rows)) if k not in writer.chunks_done(s)]
                 for s in config.splits}
@@ -407,8 +384,7 @@ def _extract(config: ExtractConfig, progress: bool) -> dict:
             for split in config.splits:
                 for k in todo[split]:
                     rows = np.arange(k * config.chunk_rows, min((k + 1) * config.chunk_rows, split_sizes[split]))
-                    arrays = _teacher_chunk(model, recorder_factory, encoded[split], rows, batch_size, device,
-                                            compression, resolved, sep_id, fixed_mask)
+                    arrays = _teacher_chunk(model, selector, encoded[split], rows, batch_size, device, compression)
                     chunk_writer.put(split, k, arrays)
                     bar.update(len(rows))
         finally:

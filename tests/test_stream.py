@@ -88,3 +88,27 @@ def test_the_batch_count_is_exact_even_when_shards_end_in_partial_batches(tiny_s
         stream.set_epoch(epoch)
         loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_numpy)
         assert stream.num_batches(workers) == sum(1 for _ in loader)
+
+
+@pytest.mark.parametrize("hidden_size, k", [(21, 5), (768, 77)])
+def test_the_numpy_reader_path_equals_the_sorting_densify_bit_for_bit(hidden_size, k):
+    from hskstore.select import densify_packed, pack_bits, top_magnitude
+
+    torch.manual_seed(0)
+    vectors = torch.randn(6, 2, 9, hidden_size).half()
+    values, mask = top_magnitude(vectors, k)                         # (6, 2, 9, k), (6, 2, 9, d)
+    empty = torch.rand(6, 2, 9) < 0.3                                # short texts leave slots empty
+    values, mask = values.masked_fill(empty[..., None], 0), mask & ~empty[..., None]
+    targets, unpacked = densify_packed(values.numpy(), pack_bits(mask).numpy(), hidden_size)
+    assert torch.equal(torch.from_numpy(unpacked), mask)
+    assert torch.equal(torch.from_numpy(targets), densify(values.float(), mask))
+
+
+def test_a_mask_that_disagrees_with_its_values_is_a_store_error():
+    from hskstore.errors import StoreError
+    from hskstore.select import densify_packed
+
+    packed = np.zeros((2, 1), dtype=np.uint8)
+    packed[0, 0] = 0b111                                             # 3 bits set, 2 values stored
+    with pytest.raises(StoreError, match="corrupt"):
+        densify_packed(np.ones((2, 2), dtype=np.float16), packed, 8)
