@@ -123,17 +123,49 @@ def plan(config: SweepConfig, max_length: int) -> list[SweepPoint]:
     return points
 
 
-def obtain_store(config: SweepConfig, compression: Compression, path: Path, max_length: int, data_seed: int) -> str:
-    """The store of one point: reused when complete, else extracted (or resumed) from the teacher.
+def cover_compression(points, teacher: str, max_length: int) -> Compression | None:
+    """The smallest store every sliceable point derives from: the largest N^D, N^L and N^W among the
+    points that share its strategies (full HSK and other strategies are extracted on their own)."""
+    from .teacher import check_bert_family
 
-    The one place a sweep gets its stores, so deriving them from the largest store instead of
-    re-running the teacher changes this function only.
-    """
+    sliceable = [p.compression for p in points if p.kind == "hsk" and p.compression.length is not None]
+    if len(sliceable) < 2:
+        return None
+    first = sliceable[0]
+    same = [c for c in sliceable if {**c.to_dict(), "depth": 0, "length": 0, "width": 0} ==
+            {**first.to_dict(), "depth": 0, "length": 0, "width": 0}]
+    if len(same) < 2 or first.width_strategy != "mag":
+        return None
+    config = check_bert_family(teacher)
+    resolved = [c.resolve(config["num_hidden_layers"], config["hidden_size"], max_length) for c in same]
+    return Compression.from_dict(first.to_dict() | {"depth": max(r.depth for r in resolved),
+                                                    "length": max(r.length for r in resolved),
+                                                    "width": max(r.width for r in resolved)})
+
+
+def obtain_store(config: SweepConfig, compression: Compression, path: Path, max_length: int, data_seed: int,
+                 cover: str | None = None) -> str:
+    """The store of one point: reused when complete, sliced from the cover store when it nests in it
+    (no teacher run), else extracted (or resumed) from the teacher."""
+    from .errors import StoreError
     from .extract import ExtractConfig, extract
-    from .store import read_attrs
+    from .store import store_state
 
-    if path.exists() and read_attrs(path).get("complete"):
+    if store_state(str(path))[0] == "complete":
         return str(path)
+    if cover is not None:
+        from .store import open_store
+        from .store.slicing import plan_slice, slice_store
+
+        with open_store(cover) as source:
+            try:
+                new_c, _ = plan_slice(source, compression.depth, compression.length, compression.width)
+            except StoreError:
+                new_c = None
+        if new_c is not None and new_c == compression:
+            slice_store(cover, str(path), depth=compression.depth, length=compression.length,
+                        width=compression.width, overwrite=True)
+            return str(path)
     extract(ExtractConfig(teacher=config.teacher, task=config.task, output=str(path), compression=compression,
                           max_length=max_length, limit=config.limit, data_seed=data_seed, device=config.device,
                           **config.extract_options), progress=False)
@@ -211,8 +243,13 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     (out / "sweep.json").write_text(json.dumps({"config": asdict(config), "max_length": max_length}, indent=2,
                                                default=str))
     progress = _Progress(total, echo)
-    stores = {p.key: obtain_store(config, p.compression, out / "stores" / f"{p.key}.zarr", max_length, data_seed)
-              for p in hsk_points[:1]}
+    # The teacher runs once for every point that nests in the cover store; the others are sliced from it.
+    covering = cover_compression(hsk_points, config.teacher, max_length)
+    cover = None
+    if covering is not None:
+        cover = obtain_store(config, covering, out / "stores" / "cover.zarr", max_length, data_seed)
+    stores = {p.key: obtain_store(config, p.compression, out / "stores" / f"{p.key}.zarr", max_length, data_seed,
+                                  cover) for p in hsk_points[:1]}
     student = config.student
     if student == "rosita":  # one initial student for every point and seed: only the HSK differs
         student = str(out / "student")
@@ -223,7 +260,7 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     for point in hsk_points:
         if point.key not in stores:
             stores[point.key] = obtain_store(config, point.compression, out / "stores" / f"{point.key}.zarr",
-                                             max_length, data_seed)
+                                             max_length, data_seed, cover)
         # As `hskstore info` counts it: full HSK keeps real tokens only, not the padded slots.
         amounts[point.key] = store_info(stores[point.key])["amount_hsk"]
         for seed in config.seeds:

@@ -43,6 +43,12 @@ def test_sweep_end_to_end_on_the_tiny_teacher_is_resumable(tiny_teacher, tiny_st
     assert list(summary) == ["hsk-1-3-0.25", "hsk-2-5-0.5", "full", "pred"]
     assert all(row["seeds"] == 2 for row in summary.values())
     assert summary["hsk-1-3-0.25"]["amount_hsk"] == pytest.approx(1 * 3 * 8 / 32)
+    # The teacher ran once for both points: a (2, 5, 16) cover store, each point sliced from it.
+    from hskstore.store import open_store
+
+    for key in ("hsk-1-3-0.25", "hsk-2-5-0.5"):
+        with open_store(str(tmp_path / "sweep" / "stores" / f"{key}.zarr")) as store:
+            assert store.attrs["derived_from"]["location"].endswith("cover.zarr")
     # Prediction-only KD: same total epochs (1 + 1), its lr the best of the grid on dev.
     pred_rows = [r for r in results["rows"] if r["kind"] == "pred"]
     grid = pred_rows[0]["grid"]
