@@ -1,4 +1,5 @@
-"""One conformance suite, run on every store backend: directory Zarr, Zarr on a real S3 server, HDF5.
+"""One conformance suite, run on every store backend: directory Zarr, Zarr on a real S3 server, Zarr in
+fsspec's memory filesystem, HDF5.
 
 Each backend must create a layout, take chunks in any order, resume, refuse an incomplete store, read
 chunks back exactly, keep static masks, attributes and the tokenizer, and report its bytes on disk.
@@ -13,7 +14,7 @@ from hskstore.extract import ExtractConfig, extract
 from hskstore.store import (array_specs, create_store, delete_store, open_store, reopen_store, root_attributes,
                             store_state)
 
-BACKENDS = ["zarr-dir", "zarr-s3", "hdf5"]
+BACKENDS = ["zarr-dir", "zarr-s3", "zarr-memory", "hdf5"]
 ROWS, CHUNK = 70, 16          # 5 chunks, the last one partial
 
 
@@ -24,6 +25,10 @@ def location(request, tmp_path):
         return str(tmp_path / "store.zarr"), {}
     if request.param == "hdf5":
         return str(tmp_path / "store.h5"), {}
+    if request.param == "zarr-memory":   # fsspec's in-process filesystem: any URL fsspec reaches works the same
+        import re
+
+        return f"memory://hsk-test/{re.sub(r'[^A-Za-z0-9-]', '-', request.node.name)}/store.zarr", {}
     _, options = request.getfixturevalue("s3_server")
     return request.getfixturevalue("s3_bucket_url") + "/store.zarr", options
 
