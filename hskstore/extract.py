@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import Compression
-from .device import resolve_device
+from .device import describe_device, inference_precision, resolve_device
 from .errors import ConfigError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
 from .store import StoreWriter, array_specs, read_attrs
-from .teacher import CLSAttentionRecorder, check_bert_family, load_teacher, load_tokenizer
+from .teacher import CLSAttentionRecorder, HiddenStateRecorder, check_bert_family, load_teacher, load_tokenizer
 
-__all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed"]
+__all__ = ["ExtractConfig", "extract", "batch_bounds", "resolve_device", "teacher_max_length", "teacher_data_seed"]
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -59,7 +59,8 @@ class ExtractConfig:
     output: str                           # store directory
     compression: Compression = field(default_factory=Compression)
     max_length: int | None = None         # None: the teacher's fine-tuning max length, else 128
-    batch_size: int | None = None         # None: 256 on GPU, 64 on CPU
+    batch_size: int | None = None         # rows per teacher batch; None: by tokens (batch_tokens)
+    batch_tokens: int | None = None       # padded tokens per batch; None: 32768 on GPU/mps, 8192 on CPU
     chunk_rows: int = 4096                # rows per store chunk (STORAGE.md: <= 1024 is slow to read)
     splits: tuple[str, ...] = ("train", "validation")
     limit: int | None = None              # cap examples per split (see hskstore.data.load_task)
@@ -74,6 +75,8 @@ class ExtractConfig:
             problems.append(f"chunk_rows must be >= 1, got {self.chunk_rows}")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            problems.append(f"batch_tokens must be >= 1, got {self.batch_tokens}")
         if self.max_length is not None and not 2 <= self.max_length <= 512:
             problems.append(f"max_length must be in 2..512, got {self.max_length}")
         if not self.splits:
@@ -114,11 +117,19 @@ class _ChunkWriter:
         if self.error:
             raise self.error
 
+    def abort(self, reason: BaseException) -> None:
+        """Stop after the chunks already queued, when the main loop failed: its error is the one raised;
+        a writer error is attached to it as a note, never raised in its place."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and self.error is not reason:
+            reason.add_note(f"the store writer had also failed: {type(self.error).__name__}: {self.error}")
+
 
 def _run_key(meta: dict) -> dict:
     """What must match for a partial store to be resumed by this run."""
     keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "data_seed", "numerics",
-            "batch_size")
+            "batch_size", "batch_tokens")
     return {k: meta.get(k) for k in keys} | {"teacher_path": meta["teacher"]["path"]}
 
 
@@ -175,34 +186,52 @@ def _tokenizer_files(tokenizer) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
 
 
-def _teacher_chunk(model, recorder_factory, encoded, rows, batch_size, device, compression, resolved, sep_id,
+def batch_bounds(sorted_lengths: np.ndarray, batch_size: int | None, batch_tokens: int) -> list[tuple[int, int]]:
+    """Batches over rows sorted longest first: `batch_size` rows each, or as many rows as fit in
+    `batch_tokens` padded tokens (rows x the batch's longest length), so short texts go in large batches
+    and long ones in small batches whatever the model and max length."""
+    bounds, start, total = [], 0, len(sorted_lengths)
+    while start < total:
+        rows = batch_size or max(1, batch_tokens // max(int(sorted_lengths[start]), 1))
+        bounds.append((start, min(start + rows, total)))
+        start += rows
+    return bounds
+
+
+def _teacher_chunk(model, recorder_factory, encoded, rows, batching, device, compression, resolved, sep_id,
                    fixed_mask) -> dict[str, np.ndarray]:
     """Run the teacher over the rows of one chunk; return that chunk's arrays in row order."""
     lengths = encoded["lengths"][rows]
     order = np.argsort(-lengths, kind="stable")      # longest first: dynamic padding wastes little
     pieces = {"logits": [], "positions": [], "values": [], "masks": []}
-    use_autocast = device.type == "cuda"
-    for start in range(0, len(order), batch_size):
-        batch_rows = rows[order[start:start + batch_size]]
+    precision = inference_precision(device.type)
+    accelerated = device.type != "cpu"
+    for start, stop in batch_bounds(lengths[order], *batching):
+        batch_rows = rows[order[start:stop]]
         width = int(encoded["lengths"][batch_rows].max())
         batch = {name: torch.from_numpy(encoded[name][batch_rows, :width]).to(device, non_blocking=True)
                  for name in ("input_ids", "attention_mask", "token_type_ids")}
-        with torch.inference_mode(), torch.autocast(device.type, enabled=use_autocast, dtype=torch.float16), \
-                recorder_factory() as recorder:
-            out = model(**batch, output_hidden_states=True)
+        with torch.inference_mode(), precision.autocast(device), recorder_factory() as recorder, \
+                HiddenStateRecorder(model.bert, resolved.teacher_layer_ids) as hidden:
+            out = model(**batch)
             scores = recorder.scores(batch["attention_mask"]) if recorder else {}
-            selection = select_hsk(out.hidden_states, scores, batch["input_ids"], batch["attention_mask"],
+            selection = select_hsk(hidden.states, scores, batch["input_ids"], batch["attention_mask"],
                                    compression, resolved, sep_id, fixed_mask)
-        pieces["logits"].append(out.logits.float())
-        pieces["positions"].append(selection.positions.to(torch.int16))
         values = selection.values.to(getattr(torch, compression.value_dtype))
         if compression.value_bits is not None:
             values = round_mantissa(values, compression.value_bits)
-        pieces["values"].append(values)
+        produced = {"logits": out.logits.float(), "positions": selection.positions.to(torch.int16), "values": values}
         if selection.mask is not None:
-            pieces["masks"].append(pack_bits(selection.mask))
-    # One device->host copy per array per chunk; the GPU ran ahead until here.
-    gathered = {name: torch.cat(parts).cpu().numpy() for name, parts in pieces.items() if parts}
+            produced["masks"] = pack_bits(selection.mask)
+        # Each batch leaves the accelerator as it is produced (into pinned memory, without waiting), so
+        # device memory holds one batch, not a whole chunk (8-32 GB for --full with a BERT-base teacher).
+        for name, tensor in produced.items():
+            pieces[name].append(tensor.to("cpu", non_blocking=accelerated))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the copies above were queued: wait once per chunk, not per batch
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    gathered = {name: torch.cat(parts).numpy() for name, parts in pieces.items() if parts}
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     arrays = {name: data[inverse] for name, data in gathered.items()}
@@ -250,7 +279,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     if resolved.has_mask and compression.width_strategy != "mag":
         fixed_mask = static_mask(resolved.hidden_size, resolved.width, compression.width_strategy,
                                  compression.width_seed)
-    batch_size = config.batch_size or (256 if device.type == "cuda" else 64)
+    batch_size = config.batch_size
+    batch_tokens = None if batch_size else (config.batch_tokens or (8192 if device.type == "cpu" else 32768))
 
     encoded = {s: tokenize(tokenizer, columns[s], spec, max_length) for s in config.splits}
     split_sizes = {s: int(len(encoded[s]["lengths"])) for s in config.splits}
@@ -268,13 +298,16 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         "max_length": max_length,
         "limit": config.limit,
         "data_seed": config.data_seed,
-        # CUDA runs the teacher under float16 autocast, CPU in float32: a resumed store must not mix them.
-        "numerics": "cuda-float16-autocast" if device.type == "cuda" else "cpu-float32",
+        # CUDA runs the teacher under float16 autocast, CPU and mps in float32: a resumed store must not mix them.
+        "numerics": f"{device.type}-{'float16-autocast' if device.type == 'cuda' else 'float32'}",
+        "device": describe_device(device),         # where the store was created (resumes may differ in model)
+        "precision": inference_precision(device.type).name,
         "tokenizer": {"source": config.teacher, "class": type(tokenizer).__name__,
                       "sep_token_id": sep_id, "pad_token_id": tokenizer.pad_token_id,
                       "cls_token_id": tokenizer.cls_token_id},
     }
-    meta["batch_size"] = batch_size  # batches are padded per batch: the same bytes need the same batching
+    # Batches are padded per batch: the same bytes need the same batching.
+    meta["batch_size"], meta["batch_tokens"] = batch_size, batch_tokens
     specs = array_specs(resolved, compression, identity.vocab_size, spec.num_labels)
     writer = _prepare_store(config, meta, split_sizes, specs, fixed_mask, _tokenizer_files(tokenizer))
 
@@ -296,16 +329,20 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         for split in config.splits:
             for k in todo[split]:
                 rows = np.arange(k * config.chunk_rows, min((k + 1) * config.chunk_rows, split_sizes[split]))
-                arrays = _teacher_chunk(model, recorder_factory, encoded[split], rows, batch_size, device,
+                arrays = _teacher_chunk(model, recorder_factory, encoded[split], rows, (batch_size, batch_tokens), device,
                                         compression, resolved, sep_id, fixed_mask)
                 chunk_writer.put(split, k, arrays)
                 bar.update(len(rows))
-    finally:
+    except BaseException as exc:
         bar.close()
-        chunk_writer.close()
+        chunk_writer.abort(exc)
+        raise
+    bar.close()
+    chunk_writer.close()
     seconds = time.perf_counter() - started
     summary = {"examples_extracted": remaining, "seconds": round(seconds, 3),
                "examples_per_second": round(remaining / seconds, 1) if seconds > 0 else None,
-               "device": str(device), "batch_size": batch_size}
+               "device": describe_device(device), "precision": inference_precision(device.type).name,
+               "batch_size": batch_size, "batch_tokens": batch_tokens}
     writer.mark_complete(summary)
     return summary | {"info": store_info(config.output)}

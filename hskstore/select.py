@@ -6,6 +6,7 @@ Empty token slots carry position -1, zero values and an all-zero mask.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -20,6 +21,7 @@ __all__ = [
     "gather_tokens",
     "top_magnitude",
     "static_mask",
+    "mask_index",
     "pack_bits",
     "unpack_bits",
     "unpack_bits_numpy",
@@ -94,6 +96,31 @@ def static_mask(hidden_size: int, k: int, strategy: str, seed: int = 0) -> torch
 
 
 _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+_ON_DEVICE: dict[str, torch.Tensor] = {}
+# Static-mask indices per mask object and device: boolean-mask indexing (x[..., mask]) waits for the
+# device to count the mask's set bits on every call; index_select with indices made once does not.
+_MASK_INDEX: dict[int, tuple[weakref.ref, dict[str, torch.Tensor]]] = {}
+
+
+def _bit_weights(device: torch.device) -> torch.Tensor:
+    """The bit weights on `device`, copied there once rather than on every pack/unpack."""
+    key = str(device)
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = _BIT_WEIGHTS.to(device)
+    return _ON_DEVICE[key]
+
+
+def mask_index(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(k,) int64 indices of a (d,) static mask's set bits on `device`, computed once per mask and device."""
+    entry = _MASK_INDEX.get(id(mask))
+    if entry is None or entry[0]() is not mask:  # keyed by identity: tensors compare elementwise
+        entry = _MASK_INDEX[id(mask)] = (weakref.ref(mask), {})
+        weakref.finalize(mask, _MASK_INDEX.pop, id(mask), None)
+    per_device = entry[1]
+    key = str(device)
+    if key not in per_device:
+        per_device[key] = mask.detach().cpu().nonzero().squeeze(1).to(device)
+    return per_device[key]
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -106,12 +133,12 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     if pad:
         mask = torch.nn.functional.pad(mask, (0, pad))
     grouped = mask.reshape(*mask.shape[:-1], -1, 8).to(torch.uint8)
-    return (grouped * _BIT_WEIGHTS.to(mask.device)).sum(-1, dtype=torch.uint8)
+    return (grouped * _bit_weights(mask.device)).sum(-1, dtype=torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, hidden_size: int) -> torch.Tensor:
     """(..., ceil(d/8)) uint8 -> (..., d) bool, on the tensor's device (use numpy on CPU: 20x faster)."""
-    bits = (packed.unsqueeze(-1) & _BIT_WEIGHTS.to(packed.device)) != 0  # (..., d/8, 8)
+    bits = (packed.unsqueeze(-1) & _bit_weights(packed.device)) != 0  # (..., d/8, 8)
     return bits.reshape(*packed.shape[:-1], -1)[..., :hidden_size]
 
 
@@ -163,7 +190,7 @@ def full_width(values: torch.Tensor, mask: torch.Tensor | None = None,
         return densify(values, mask), mask
     if fixed_mask is not None:
         targets = values.new_zeros(*values.shape[:-1], fixed_mask.shape[0])
-        targets[..., fixed_mask] = values
+        targets.index_copy_(values.dim() - 1, mask_index(fixed_mask, values.device), values)
         return targets, fixed_mask
     return values, None
 
@@ -201,7 +228,7 @@ def select_hsk(
             values.append(kept)
             masks.append(mask & ~empty)
         else:
-            values.append(tokens[..., fixed_mask.to(tokens.device)])
+            values.append(tokens.index_select(-1, mask_index(fixed_mask, tokens.device)))
     return Selection(
         positions=torch.stack(positions, 1),
         values=torch.stack(values, 1),

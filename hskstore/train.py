@@ -21,8 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed
+from .device import describe_device, precision_for
 from .errors import ConfigError, StoreError
-from .device import resolve_device
 from .losses import HSK_LOSSES, hsk_loss, prediction_loss
 from .metrics import compute_metrics, primary_metric
 from .schedules import StageSchedule, default_schedules
@@ -34,6 +35,7 @@ from .student import load_student, save_student
 __all__ = ["TrainConfig", "Trainer", "train", "STAGES"]
 
 STAGES = ("hsk", "pred")
+LOG_EVERY = 20  # steps between reads of the loss: each read waits for the accelerator to catch up
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_steps: int | None = None        # cap per stage (smoke runs, benchmarks)
     device: str = "auto"
-    amp: bool = True                    # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True                    # CUDA: bf16 autocast (capability >= 8.0) or fp16 + GradScaler; CPU/mps: fp32
     seed: int = 0
     num_workers: int = 0                # DataLoader workers reading the store
     eval_batch_size: int = 128
@@ -90,7 +92,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, progress: bool = True):
         self.config = config
         self.progress = progress
-        self.device = resolve_device(config.device)
+        # Under torchrun: this rank, its device (cuda:LOCAL_RANK) and an open process group.
+        self.world, self.device = distributed.setup(config.device)
         self.store = open_store(config.store)
         self.resolved = self.store.resolved
         self.task = self.store.task
@@ -107,8 +110,8 @@ class Trainer:
         self.teacher = None
         if config.teacher:
             self._load_online_teacher(config.teacher)
-        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16,
-                             enabled=config.amp and self.device.type == "cuda")
+        self.precision = precision_for(self.device, config.amp)
+        self._ddp = None  # the DistributedDataParallel wrapper of the running stage, under torchrun
         self.history: list[dict] = []
         self.output = Path(config.output)
 
@@ -161,14 +164,21 @@ class Trainer:
             arrays += HSK_ARRAYS
         if self.teacher is None and stage == "pred":
             arrays.append("logits")
-        return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed)
+        if stage is None:  # evaluation reads the whole split on one rank
+            return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed)
+        return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed,
+                           rank=self.world.rank, world_size=self.world.world_size)
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
         """A numpy batch on the device with its HSK targets: read from the store, or from the teacher online."""
-        moved = to_device(batch, self.device, self.resolved.hidden_size, self.static_mask)
-        if self.teacher is not None:
-            moved = self._online_targets(moved)
-        return moved
+        return self._with_targets(self._stage_batch(batch))
+
+    def _stage_batch(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
+        """Pin and copy a numpy batch to the device; runs in the prefetch thread during training."""
+        return to_device(batch, self.device, self.resolved.hidden_size, self.static_mask)
+
+    def _with_targets(self, moved: DeviceBatch) -> DeviceBatch:
+        return self._online_targets(moved) if self.teacher is not None else moved
 
     @torch.no_grad()
     def _online_targets(self, batch: DeviceBatch) -> DeviceBatch:
@@ -189,11 +199,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _loss_step(self, stage: str, batch: DeviceBatch) -> dict[str, torch.Tensor]:
-        with torch.autocast(**self.autocast):
+        with self.precision.autocast(self.device):
             out = self.student(batch.input_ids, batch.attention_mask, batch.token_type_ids)
         if stage == "hsk":
             hidden = [out.hidden_states[i] for i in self.student_layers]
-            with torch.autocast(**self.autocast):
+            with self.precision.autocast(self.device):
                 loss = hsk_loss(hidden, batch.positions, batch.targets, batch.mask, self.projection,
                                 self.config.hsk_loss)
         else:
@@ -202,11 +212,22 @@ class Trainer:
 
     def step(self, stage: str, optimizer: torch.optim.Optimizer, batch: dict[str, np.ndarray]) -> float:
         """One optimisation step on a numpy batch from the store; returns its loss."""
-        loss = self._loss_step(stage, self.device_batch(batch))["loss"]
+        scaler = self.precision.scaler(self.device)
+        return float(self._train_step(stage, optimizer, scaler, self.device_batch(batch), 1.0))
+
+    def _train_step(self, stage: str, optimizer, scaler, batch: DeviceBatch, weight: float) -> torch.Tensor:
+        """One step; returns the weighted loss as a device tensor (reading it would wait for the device).
+
+        `weight` is this rank's share of the global batch times the world size, so the mean of the
+        ranks' gradients that DDP takes is the gradient of the global batch's mean loss.
+        """
+        loss = self._ddp(batch) if self._ddp is not None else self._loss_step(stage, batch)["loss"]
+        loss = loss * weight if weight != 1.0 else loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
 
     def optimizer(self, stage: str, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self._parameters(stage), lr=lr, weight_decay=self.config.weight_decay)
@@ -224,7 +245,7 @@ class Trainer:
         logits, labels = [], []
         for batch in self.stream(split, self.config.eval_batch_size, stage=None, shuffle=False):
             moved = to_device(batch, self.device)
-            with torch.autocast(**self.autocast):
+            with self.precision.autocast(self.device):
                 out = self.student(moved.input_ids, moved.attention_mask, moved.token_type_ids)
             logits.append(out.logits.float().cpu().numpy())
             labels.append(batch["labels"])
@@ -245,69 +266,106 @@ class Trainer:
 
     def _run_stage(self, stage: str, state: dict) -> None:
         schedule = self.config.schedule(stage, self.task["name"])
-        stream = self.stream("train", schedule.batch_size, stage, seed=self.config.seed)
-        def loader():
-            if self.config.num_workers:
-                return DataLoader(stream, batch_size=None, num_workers=self.config.num_workers, collate_fn=keep_numpy)
-            return Prefetcher(stream)
+        world = self.world
+        if schedule.batch_size % world.world_size:
+            raise ConfigError(f"the {stage} batch size {schedule.batch_size} is per global batch and must split evenly "
+                              f"over {world.world_size} processes: pass --{stage}-batch-size as a multiple of "
+                              f"{world.world_size}")
+        # Each rank reads its own chunks in batches of B / world size; one step is one global batch of B.
+        stream = self.stream("train", schedule.batch_size // world.world_size, stage, seed=self.config.seed)
         workers = self.config.num_workers
 
-        def epoch_steps(epoch: int) -> int:
-            stream.set_epoch(epoch)
-            return stream.num_batches(workers)
+        def loader():
+            source = stream
+            if workers:
+                source = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_numpy)
+            return Prefetcher(source, transform=self._stage_batch)
 
-        steps = [epoch_steps(e) for e in range(schedule.epochs)]
-        total = sum(steps)
+        plans = []
+        for epoch in range(schedule.epochs):
+            stream.set_epoch(epoch)
+            plans.append(stream.batch_plan(workers))
+        steps = [_rank_steps(plan, world, workers) for plan in plans]
+        total = sum(len(s) for s in steps)
         if self.config.max_steps:
             total = min(total, self.config.max_steps)
         optimizer = self.optimizer(stage, schedule.lr)
+        scaler = self.precision.scaler(self.device)
         if state.get("stage") == stage and state.get("optimizer"):
             _load_optimizer(optimizer, state.pop("optimizer"))
         start_epoch = state.get("epoch", 0) if state.get("stage") == stage else 0
         step = state.get("step", 0) if state.get("stage") == stage else 0
         best = state.get("best")
         key = primary_metric(self.task["metric"])
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # The HSK stage leaves the classifier unused; the prediction stage the projection.
+            self._ddp = DistributedDataParallel(_StageLoss(self, stage),
+                                                device_ids=[self.device] if self.device.type == "cuda" else None,
+                                                find_unused_parameters=stage == "hsk")
         for epoch in range(start_epoch, schedule.epochs):
             if step >= total:
                 break
             stream.set_epoch(epoch)
             # Dropout draws from a per-epoch seed, so a run resumed at an epoch boundary is the same run.
-            torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch)
+            torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch + 100_000 * world.rank)
             self.student.train()
             self.projection.train()
+            weights = [rows * world.world_size / total_rows for rows, total_rows in steps[epoch]]
+            bar = tqdm(total=len(steps[epoch]), desc=f"{stage} {epoch + 1}/{schedule.epochs}",
+                       disable=not (self.progress and world.is_main), unit="step")
+            started, seen, losses, pending = time.perf_counter(), 0, [], []
+
+            def read_losses():
+                # One wait for the device every LOG_EVERY steps, not one per step; the global batch's loss
+                # is the sum of the ranks' weighted losses over the world size.
+                if pending:
+                    values = distributed.all_reduce_sum(torch.stack(pending).float(), world) / world.world_size
+                    losses.extend(values.tolist())
+                    pending.clear()
+
             batches = loader()
-            bar = tqdm(batches, total=steps[epoch], desc=f"{stage} {epoch + 1}/{schedule.epochs}",
-                       disable=not self.progress, unit="step")
-            started, seen, losses = time.perf_counter(), 0, []
-            for batch in bar:
-                factor = 1.0 if schedule.decay == "constant" else max(0.0, 1 - step / max(total, 1))
-                for group in optimizer.param_groups:
-                    group["lr"] = schedule.lr * factor
-                losses.append(self.step(stage, optimizer, batch))
-                step += 1
-                seen += len(batch["labels"])
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.0f}")
-                if step >= total:
-                    break
-            bar.close()
-            if isinstance(batches, Prefetcher):
-                batches.close()
+            try:
+                for i, moved in enumerate(batches):
+                    factor = 1.0 if schedule.decay == "constant" else max(0.0, 1 - step / max(total, 1))
+                    for group in optimizer.param_groups:
+                        group["lr"] = schedule.lr * factor
+                    moved = self._with_targets(moved)
+                    pending.append(self._train_step(stage, optimizer, scaler, moved, weights[i]))
+                    step += 1
+                    seen += len(moved.labels)
+                    bar.update(1)
+                    if len(pending) >= LOG_EVERY:
+                        read_losses()
+                        bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.0f}")
+                    if step >= total:
+                        break
+                read_losses()
+            finally:
+                batches.close()  # also when a step raises (out of memory...): no thread left reading
+                bar.close()
             record = {"stage": stage, "epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)),
                       "step_losses": losses, "seconds": time.perf_counter() - started,
                       "examples_per_second": seen / max(time.perf_counter() - started, 1e-9)}
-            if stage == "pred" or "pred" not in self.config.stages:
+            if world.is_main and (stage == "pred" or "pred" not in self.config.stages):
                 record["dev"] = self.evaluate()
                 if stage == "pred" and (best is None or record["dev"][key] > best[key]):
                     best = record["dev"]
                     self._save_student(self.output / "student")
             self.history.append(record)
-            self._save_checkpoint({"stage": stage, "epoch": epoch + 1, "step": step, "best": best,
-                                   "stages_done": state.get("stages_done", [])}, optimizer)
+            if world.is_main:
+                self._save_checkpoint({"stage": stage, "epoch": epoch + 1, "step": step, "best": best,
+                                       "stages_done": state.get("stages_done", [])}, optimizer)
+            distributed.barrier(world)  # no rank moves on before the epoch's checkpoint is on disk
+        self._ddp = None
         state.update(best=best)
 
     def train(self) -> dict:
-        """Run the configured stages; returns the metrics written to output/metrics.json."""
-        self.output.mkdir(parents=True, exist_ok=True)
+        """Run the configured stages; returns the metrics written to output/metrics.json (by rank 0)."""
+        main = self.world.is_main
+        if main:
+            self.output.mkdir(parents=True, exist_ok=True)
         state = self._maybe_resume()
         done = state.get("stages_done", [])
         for stage in self.config.stages:
@@ -316,8 +374,9 @@ class Trainer:
             self._run_stage(stage, state)
             done.append(stage)
             state = {"stages_done": done, "best": state.get("best")}
-            self._save_checkpoint({"stages_done": done, "best": state["best"]}, None)
-        if "pred" not in self.config.stages:
+            if main:
+                self._save_checkpoint({"stages_done": done, "best": state["best"]}, None)
+        if main and "pred" not in self.config.stages:
             self._save_student(self.output / "student")
         result = {
             "mode": "online" if self.teacher is not None else "offline",
@@ -330,8 +389,13 @@ class Trainer:
             "student_dev": state.get("best") or (self.history[-1].get("dev") if self.history else None),
             "history": [{k: v for k, v in h.items() if k != "step_losses"} for h in self.history],
             "config": asdict(self.config),
+            "device": describe_device(self.device),
+            "precision": self.precision.name,
+            "world_size": self.world.world_size,
         }
-        (self.output / "metrics.json").write_text(json.dumps(result, indent=2))
+        if main:
+            (self.output / "metrics.json").write_text(json.dumps(result, indent=2))
+        distributed.barrier(self.world)
         return result
 
     # ------------------------------------------------------------------ persistence (safetensors + JSON only)
@@ -353,6 +417,7 @@ class Trainer:
                 "teacher": c.teacher, "seed": c.seed, "hsk_loss": c.hsk_loss, "max_steps": c.max_steps,
                 "temperature": c.temperature, "weight_decay": c.weight_decay, "amp": c.amp,
                 "num_workers": c.num_workers,  # chunks are dealt per worker: another count, another order
+                **({"world_size": self.world.world_size} if self.world.distributed else {}),  # and per rank
                 "schedules": {s: asdict(c.schedule(s, self.task["name"])) for s in c.stages}}
 
     def _save_checkpoint(self, state: dict, optimizer) -> None:
@@ -380,8 +445,9 @@ class Trainer:
 
         checkpoint = self.output / "checkpoint"
         old = self.output / "checkpoint.old"
-        if not checkpoint.exists() and (old / "state.json").is_file():
+        if self.world.is_main and not checkpoint.exists() and (old / "state.json").is_file():
             old.rename(checkpoint)  # a crash between the two renames of _save_checkpoint: the old one stands
+        distributed.barrier(self.world)
         if not (self.config.resume and (checkpoint / "state.json").is_file()):
             return {}
         state = json.loads((checkpoint / "state.json").read_text())
@@ -425,5 +491,45 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _rank_steps(plan: list[list[int]], world, workers: int) -> list[tuple[int, int]]:
+    """(this rank's rows, the global batch's rows) per step of an epoch, from `StoreStream.batch_plan`.
+
+    A DataLoader takes batches from its workers in turn, so step i of a rank is batch i // w of its
+    worker i % w. Ranks yield equally many batches (batch_plan sees to it), so step i is one global batch.
+    """
+    w = max(workers, 1)
+
+    def steps_of(rank):
+        shards = plan[rank * w:(rank + 1) * w]
+        if w == 1:
+            return shards[0]
+        order, i = [], 0
+        while any(i < len(s) for s in shards):  # round robin, skipping workers that have finished
+            order += [s[i] for s in shards if i < len(s)]
+            i += 1
+        return order
+
+    per_rank = [steps_of(r) for r in range(world.world_size)]
+    mine = per_rank[world.rank]
+    return [(rows, sum(p[i] for p in per_rank)) for i, rows in enumerate(mine)]
+
+
+class _StageLoss(nn.Module):
+    """The student (and, in the HSK stage, the projection) behind one forward that returns the loss:
+    the module DistributedDataParallel wraps, so the gradients of both are averaged over the ranks."""
+
+    def __init__(self, trainer: "Trainer", stage: str):
+        super().__init__()
+        self.student = trainer.student
+        self.projection = trainer.projection if stage == "hsk" else None
+        self.stage = stage
+        self._loss_step = trainer._loss_step
+
+    def forward(self, batch: DeviceBatch) -> torch.Tensor:
+        return self._loss_step(self.stage, batch)["loss"]
+
+
 def train(config: TrainConfig, progress: bool = True) -> dict:
-    return Trainer(config, progress=progress).train()
+    """Train a student; under torchrun every rank runs this and rank 0 writes the outputs."""
+    with distributed.process_group(config.device):
+        return Trainer(config, progress=progress).train()
