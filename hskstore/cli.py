@@ -31,6 +31,31 @@ def _count_or_all(value: str | None):
         raise click.BadParameter(f"expected a whole number or 'all', got {value!r}") from None
 
 
+def _parse_storage_options(pairs) -> dict:
+    """`--storage-option key=value` (repeatable; `a.b=v` nests; JSON values: numbers, true, {...})."""
+    options: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--storage-option")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = key.split(".")
+        target = options
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return options
+
+
+storage_option = click.option(
+    "--storage-option", "storage_options", multiple=True, callback=lambda ctx, param, value: _parse_storage_options(value),
+    help="fsspec option for a store URL, KEY=VALUE (repeatable), e.g. endpoint_url=http://host:9000. "
+         "Credentials: the backend's usual environment (AWS_ACCESS_KEY_ID, ...).")
+
+
 class _Group(click.Group):
     """Turns HskError into one line on stderr and exit status 2: no traceback for user mistakes."""
 
@@ -101,7 +126,7 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @cli.command()
 @click.option("--teacher", required=True, help="Fine-tuned teacher directory.")
 @click.option("--task", default="tweets", show_default=True, help="GLUE name, 'tweets', or a CSV/TSV/JSONL file.")
-@click.option("--output", required=True, help="Store directory to create (or resume).")
+@click.option("--output", required=True, help="Store to create (or resume): a directory, x.h5, or a URL (s3://b/x.zarr).")
 @click.option("--depth", default="1", show_default=True, help="N^D: top student layers kept, or 'all'.")
 @click.option("--length", default="9", show_default=True, help="N^L: tokens kept per layer, or 'all'.")
 @click.option("--width", default="0.1", show_default=True, help="N^W: activations kept, a count or fraction of d, or 'all'.")
@@ -128,10 +153,11 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--dry-run", is_flag=True, help="Check the configuration and print what would be stored.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@storage_option
 @task_options
 def extract(teacher, task, output, depth, length, width, student_layers, l_top, length_strategy, score_layer,
             score_kind, width_strategy, width_seed, full, value_dtype, value_bits, max_length, batch_size, chunk_rows, limit,
-            data_seed, device, overwrite, dry_run, as_json, **task_kw):
+            data_seed, device, overwrite, dry_run, as_json, storage_options, **task_kw):
     """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
     from .config import Compression
     from .extract import ExtractConfig, extract as run, teacher_data_seed, teacher_max_length
@@ -150,7 +176,7 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
     config = ExtractConfig(teacher=teacher, task=task, output=output, compression=compression,
                            max_length=max_length, batch_size=batch_size, chunk_rows=chunk_rows, limit=limit,
                            data_seed=teacher_data_seed(teacher) if data_seed is None else data_seed, device=device,
-                           overwrite=overwrite, task_options=_task_kwargs(**task_kw))
+                           overwrite=overwrite, task_options=_task_kwargs(**task_kw), storage_options=storage_options)
     if dry_run:
         teacher_config = check_bert_family(teacher)
         resolved = compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"],
@@ -169,11 +195,12 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--allow-incomplete", is_flag=True, help="Describe a store whose extraction has not finished.")
-def info(store, as_json, allow_incomplete):
+@storage_option
+def info(store, as_json, allow_incomplete, storage_options):
     """What a store holds: config, counts, A^HSK, bytes per component."""
     from .report import format_info, store_info
 
-    result = store_info(store, allow_incomplete=allow_incomplete)
+    result = store_info(store, allow_incomplete=allow_incomplete, storage_options=storage_options)
     click.echo(json.dumps(result, indent=2, default=str) if as_json else format_info(result))
 
 
@@ -191,8 +218,9 @@ def info(store, as_json, allow_incomplete):
 @click.option("--importance-examples", type=int, default=None, help="ROSITA: examples scored [all].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@storage_option
 def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, hidden, importance_examples, seed,
-            device):
+            device, storage_options):
     """Build a student: ROSITA-style from the teacher, or TinyBERT-style (checkpoint or fresh config)."""
     from .device import resolve_device
     from .pipeline import build_student
@@ -206,7 +234,7 @@ def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, 
     summary = build_student(kind, output, teacher=teacher, store=store, checkpoint=checkpoint, num_layers=layers,
                             num_heads=heads, intermediate_size=ffn, embedding_rank=rank, hidden_size=hidden,
                             importance_examples=importance_examples, seed=seed,
-                            device=str(resolve_device(device)))
+                            device=str(resolve_device(device)), storage_options=storage_options)
     click.echo(f"student saved to {output}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
 
 
@@ -231,8 +259,10 @@ def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, 
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
 @click.option("--no-resume", is_flag=True, help="Ignore an existing checkpoint in --output.")
+@storage_option
 def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch_size, pred_epochs, pred_lr,
-          pred_batch_size, hsk_loss, temperature, weight_decay, max_steps, workers, seed, device, no_amp, no_resume):
+          pred_batch_size, hsk_loss, temperature, weight_decay, max_steps, workers, seed, device, no_amp, no_resume,
+          storage_options):
     """Distil a student from a store (HSK stage, then prediction stage); no teacher loaded."""
     from .train import TrainConfig, train as run
 
@@ -241,7 +271,7 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
                          hsk_lr=hsk_lr, hsk_batch_size=hsk_batch_size, pred_epochs=pred_epochs, pred_lr=pred_lr,
                          pred_batch_size=pred_batch_size, hsk_loss=hsk_loss, temperature=temperature,
                          weight_decay=weight_decay, max_steps=max_steps, num_workers=workers, seed=seed,
-                         device=device, amp=not no_amp, resume=not no_resume)
+                         device=device, amp=not no_amp, resume=not no_resume, storage_options=storage_options)
     result = run(config)
     teacher_dev, student_dev = result["teacher_dev"], result["student_dev"] or {}
     click.echo(f"{result['mode']} run in {output}: teacher dev {teacher_dev}  student dev {student_dev}")
@@ -255,13 +285,18 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
 @click.option("--data-seed", type=int, default=None, help="Split and --limit seed [default: the store's].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--store", default=None, help="Evaluate on a store's split (its tokens and labels): no dataset needed.")
+@storage_option
 @task_options
-def evaluate(student_dir, task, split, limit, data_seed, device, as_json, **task_kw):
+def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store, storage_options, **task_kw):
     """GLUE metrics of a saved student on a task split."""
-    from .evaluate import evaluate_student
+    from .evaluate import evaluate_on_store, evaluate_student
 
-    result = evaluate_student(student_dir, task, split, limit=limit, seed=data_seed, device=device,
-                              task_options=_task_kwargs(**task_kw))
+    if store is not None:
+        result = evaluate_on_store(student_dir, store, split, device=device, storage_options=storage_options)
+    else:
+        result = evaluate_student(student_dir, task, split, limit=limit, seed=data_seed, device=device,
+                                  task_options=_task_kwargs(**task_kw))
     click.echo(json.dumps(result, indent=2) if as_json else ", ".join(f"{k}={v}" for k, v in result.items()))
 
 
@@ -279,6 +314,48 @@ def predict(student_dir, texts, text_file, device):
         raise click.UsageError("give texts as arguments or --file")
     for row in predict_texts(student_dir, lines, device=device):
         click.echo(json.dumps(row))
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--overwrite", is_flag=True, help="Replace a complete store at DST.")
+@click.option("--src-option", "src_options", multiple=True, callback=lambda c, p, v: _parse_storage_options(v),
+              help="fsspec option for SRC, KEY=VALUE (repeatable).")
+@click.option("--dst-option", "dst_options", multiple=True, callback=lambda c, p, v: _parse_storage_options(v),
+              help="fsspec option for DST, KEY=VALUE (repeatable).")
+def convert(src, dst, overwrite, src_options, dst_options):
+    """Copy a store losslessly between backends: Zarr directory or URL <-> one HDF5 file (.h5)."""
+    from .store.convert import convert_store
+
+    summary = convert_store(src, dst, overwrite=overwrite, src_options=src_options, dst_options=dst_options)
+    click.echo(f"converted {summary['examples']} examples: {src} -> {dst}")
+
+
+@cli.command(name="slice")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--depth", default=None, help="N^D: top stored layers kept [the store's].")
+@click.option("--length", default=None, help="N^L: best tokens kept [the store's].")
+@click.option("--width", default=None, help="N^W: top-magnitude activations kept, a count or fraction of d [the store's].")
+@click.option("--limit", type=int, default=None, help="Keep the first LIMIT examples of every split.")
+@click.option("--overwrite", is_flag=True, help="Replace a complete store at DST.")
+@click.option("--src-option", "src_options", multiple=True, callback=lambda c, p, v: _parse_storage_options(v),
+              help="fsspec option for SRC, KEY=VALUE (repeatable).")
+@click.option("--dst-option", "dst_options", multiple=True, callback=lambda c, p, v: _parse_storage_options(v),
+              help="fsspec option for DST, KEY=VALUE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def slice_(src, dst, depth, length, width, limit, overwrite, src_options, dst_options, as_json):
+    """Derive a smaller store from SRC with no teacher: fewer layers, tokens or activations."""
+    from .store.slicing import slice_store
+
+    summary = slice_store(src, dst, depth=None if depth is None else int(depth),
+                          length=None if length is None else int(length),
+                          width=None if width is None else _width(width), limit=limit, overwrite=overwrite,
+                          src_options=src_options, dst_options=dst_options)
+    click.echo(json.dumps(summary, indent=2) if as_json else
+               f"sliced {src} -> {dst}: (N^D, N^L, N^W) = {tuple(summary['triple'])}, A^HSK {summary['amount_hsk']:.3f}, "
+               f"examples {summary['examples']}")
 
 
 @cli.command()

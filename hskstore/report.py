@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 from .store import open_store
+from .store.format import raw_hsk_bytes
 
 __all__ = ["store_info", "format_info", "COMPONENTS"]
 
@@ -22,24 +20,20 @@ COMPONENTS = {
 }
 
 
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    return total
-
-
-def store_info(path, allow_incomplete: bool = False) -> dict:
+def store_info(location, allow_incomplete: bool = False, storage_options: dict | None = None) -> dict:
     """Config, counts, A^HSK, and bytes on disk per component of a store (all splits together)."""
-    store = open_store(path, allow_incomplete=allow_incomplete)
-    root = Path(path)
+    with open_store(location, allow_incomplete=allow_incomplete, storage_options=storage_options) as store:
+        return _describe(store)
+
+
+def _describe(store) -> dict:
     resolved, compression = store.resolved, store.compression
-    per_array: dict[str, int] = {}
-    for split in store.splits:
-        for name in store.split(split).array_names:
-            per_array[name] = per_array.get(name, 0) + _dir_bytes(root / split / name)
-    if (root / "static_mask").exists():
-        per_array["static_mask"] = _dir_bytes(root / "static_mask")
+    on_disk = store.nbytes()
+    per_array: dict[str, int] = {"static_mask": on_disk["static_mask"]}
+    for key, size in on_disk.items():
+        if "/" in key:
+            name = key.split("/", 1)[1]
+            per_array[name] = per_array.get(name, 0) + size
     components = {c: sum(per_array.get(a, 0) for a in arrays) for c, arrays in COMPONENTS.items()}
     examples = {s: store.split(s).num_examples for s in store.splits}
     total_examples = sum(examples.values())
@@ -48,7 +42,7 @@ def store_info(path, allow_incomplete: bool = False) -> dict:
     tokens, counted = 0, 0
     for split in store.splits:
         reader = store.split(split)
-        for k in sorted(store.group[split].attrs["chunks_done"]):
+        for k in sorted(store.chunks_done(split)):
             lengths = reader.read_chunk(k, ["lengths"])["lengths"].astype(np.int64)
             tokens, counted = tokens + int(lengths.sum()), counted + len(lengths)
     student_layers = compression.student_layers
@@ -57,15 +51,15 @@ def store_info(path, allow_incomplete: bool = False) -> dict:
     # A^HSK = N^D * N^L * N^W / d; with every token kept (`all`), N^L is the real tokens, not the padding.
     length = tokens / max(counted, 1) if compression.length_strategy == "all" else resolved.length
     amount = resolved.depth * length * resolved.width / d
-    raw_hsk_bytes = total_examples * resolved.depth * resolved.length * (
-        resolved.width * np.dtype(compression.value_dtype).itemsize
-        + (resolved.mask_bytes if resolved.has_mask and compression.width_strategy == "mag" else 0) + 2)
+    raw_bytes = raw_hsk_bytes(resolved, compression, total_examples)
     # float16, every mapped layer, every real token (extrapolated to unwritten chunks of a partial store)
     full_hsk_bytes = (student_layers + 1) * tokens * total_examples / max(counted, 1) * d * 2
     hsk_bytes = components["values"] + components["masks"] + components["positions"]
-    total_bytes = _dir_bytes(root)
+    total_bytes = on_disk["total"]
     return {
-        "path": str(root),
+        "path": store.location,
+        "backend": store.backend,
+        "uuid": store.uuid,
         "complete": store.complete,
         "format_version": store.attrs["format_version"],
         "created_by": store.attrs.get("created_by"),
@@ -82,9 +76,10 @@ def store_info(path, allow_incomplete: bool = False) -> dict:
         "fraction_of_full": amount / full_units_per_example if full_units_per_example else None,
         "bytes": components | {"hsk": hsk_bytes, "total": total_bytes},
         "bytes_per_example": {c: b / max(total_examples, 1) for c, b in (components | {"hsk": hsk_bytes, "total": total_bytes}).items()},
-        "raw_hsk_bytes": int(raw_hsk_bytes),
+        "raw_hsk_bytes": int(raw_bytes),
         "full_hsk_bytes": int(full_hsk_bytes),
         "compression_ratio_vs_full": full_hsk_bytes / hsk_bytes if hsk_bytes else None,
+        "derived_from": store.attrs.get("derived_from"),
         "summary": store.attrs.get("summary"),
     }
 
@@ -101,7 +96,7 @@ def format_info(info: dict) -> str:
     """One screen of text for `hskstore info`."""
     c = info["compression"]
     lines = [
-        f"store       {info['path']}  ({'complete' if info['complete'] else 'INCOMPLETE'}, format v{info['format_version']}, {info['created_by']})",
+        f"store       {info['path']}  ({'complete' if info['complete'] else 'INCOMPLETE'}, {info.get('backend', 'zarr')}, format v{info['format_version']}, {info['created_by']})",
         f"teacher     {info['teacher']['path']}  ({info['teacher']['num_layers']} layers, d={info['teacher']['hidden_size']}, "
         f"{info['teacher']['num_heads']} heads, vocab {info['teacher']['vocab_size']})",
         f"task        {info['task']}  examples {info['examples']}  mean tokens {info['mean_tokens']:.1f} / max {info['max_length']}",

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from .config import Compression, ResolvedCompression
+# The bit layout and mantissa rounding are part of the store format; re-exported here for selection code.
+from .store.format import pack_bits, round_mantissa, unpack_bits, unpack_bits_numpy  # noqa: F401
 
 __all__ = [
     "Selection",
@@ -95,19 +97,9 @@ def static_mask(hidden_size: int, k: int, strategy: str, seed: int = 0) -> torch
     return mask
 
 
-_BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-_ON_DEVICE: dict[str, torch.Tensor] = {}
 # Static-mask indices per mask object and device: boolean-mask indexing (x[..., mask]) waits for the
 # device to count the mask's set bits on every call; index_select with indices made once does not.
 _MASK_INDEX: dict[int, tuple[weakref.ref, dict[str, torch.Tensor]]] = {}
-
-
-def _bit_weights(device: torch.device) -> torch.Tensor:
-    """The bit weights on `device`, copied there once rather than on every pack/unpack."""
-    key = str(device)
-    if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = _BIT_WEIGHTS.to(device)
-    return _ON_DEVICE[key]
 
 
 def mask_index(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -123,29 +115,6 @@ def mask_index(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
     return per_device[key]
 
 
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """(..., d) bool -> (..., ceil(d/8)) uint8, little bit order (bit j of byte i is dimension 8i+j).
-
-    Same bytes as `np.packbits(mask, axis=-1, bitorder="little")`, computed where the mask lives (GPU too).
-    """
-    d = mask.shape[-1]
-    pad = (-d) % 8
-    if pad:
-        mask = torch.nn.functional.pad(mask, (0, pad))
-    grouped = mask.reshape(*mask.shape[:-1], -1, 8).to(torch.uint8)
-    return (grouped * _bit_weights(mask.device)).sum(-1, dtype=torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, hidden_size: int) -> torch.Tensor:
-    """(..., ceil(d/8)) uint8 -> (..., d) bool, on the tensor's device (use numpy on CPU: 20x faster)."""
-    bits = (packed.unsqueeze(-1) & _bit_weights(packed.device)) != 0  # (..., d/8, 8)
-    return bits.reshape(*packed.shape[:-1], -1)[..., :hidden_size]
-
-
-def unpack_bits_numpy(packed: np.ndarray, hidden_size: int) -> np.ndarray:
-    return np.unpackbits(packed, axis=-1, count=hidden_size, bitorder="little").astype(bool)
-
-
 def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Scatter kept values back to full width: values (..., k), mask (..., d) -> (..., d), zeros elsewhere.
 
@@ -157,22 +126,6 @@ def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     index = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :k]
     out = torch.zeros(*mask.shape, dtype=values.dtype, device=values.device)
     return out.scatter_(-1, index, values)
-
-
-def round_mantissa(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """Round float16 values to `bits` of their 10 mantissa bits, to nearest, ties to even.
-
-    Lossy, but it lets the codec find the zeroed low bits: STORAGE.md measured 392 instead of 520
-    bytes per row at 7 bits, with 0.39% worst relative error. numcodecs' BitRound rejects float16.
-    """
-    drop = 10 - bits
-    raw = values.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
-    keep_lsb = (raw >> drop) & 1
-    rounded = (raw + (1 << (drop - 1)) - 1 + keep_lsb) & ~((1 << drop) - 1) & 0xFFFF
-    out = rounded.to(torch.uint16).view(torch.float16) if hasattr(torch, "uint16") else \
-        rounded.to(torch.int32).where(rounded < 0x8000, rounded - 0x10000).to(torch.int16).view(torch.float16)
-    # A carry into the exponent past the largest float16 would give inf: keep those values as they were.
-    return torch.where(torch.isinf(out) & ~torch.isinf(values.to(torch.float16)), values.to(torch.float16), out)
 
 
 def full_width(values: torch.Tensor, mask: torch.Tensor | None = None,

@@ -17,7 +17,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ConfigError
 from .select import full_width, unpack_bits, unpack_bits_numpy
-from .store import open_store
+from .store import is_remote, open_store
 
 __all__ = ["StoreStream", "DeviceBatch", "Prefetcher", "to_device", "keep_numpy", "TOKEN_ARRAYS", "HSK_ARRAYS"]
 
@@ -35,9 +35,13 @@ class StoreStream(IterableDataset):
     """
 
     def __init__(self, path, split: str, batch_size: int, *, arrays=None, shuffle: bool = True, seed: int = 0,
-                 buffer_chunks: int = 2, rank: int = 0, world_size: int = 1, drop_last: bool = False):
-        store = open_store(path)
-        reader = store.split(split)
+                 buffer_chunks: int = 2, rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                 storage_options: dict | None = None, read_ahead: int | None = None):
+        self.storage_options = dict(storage_options or {})
+        with open_store(path, storage_options=self.storage_options) as store:
+            reader = store.split(split)
+            chunk_rows = store.chunk_rows
+            remote = is_remote(str(path))
         self.path = str(path)
         self.split = split
         self.batch_size = batch_size
@@ -46,8 +50,10 @@ class StoreStream(IterableDataset):
         self.arrays = tuple(name for name in wanted if name in available)
         self.shuffle = shuffle
         self.seed = seed
-        self.chunk_rows = store.chunk_rows
-        self.buffer_rows = buffer_chunks * store.chunk_rows
+        self.chunk_rows = chunk_rows
+        self.buffer_rows = buffer_chunks * chunk_rows
+        # Chunks read ahead in a thread while batches are served: an object store answers in tens of ms.
+        self.read_ahead = (4 if remote else 1) if read_ahead is None else read_ahead
         self.rank, self.world_size = rank, world_size
         self.drop_last = drop_last
         self.num_examples = reader.num_examples
@@ -114,16 +120,38 @@ class StoreStream(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return self.rank * workers + worker, self.world_size * workers, workers
 
+    def _chunks_read_ahead(self, reader, chunks):
+        """Yield each chunk's arrays in order, reading up to `read_ahead` chunks ahead in a thread pool."""
+        if self.read_ahead < 1:
+            for chunk in chunks:
+                yield reader.read_chunk(chunk, self.arrays)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.read_ahead, thread_name_prefix="hskstore-read") as pool:
+            pending = [pool.submit(reader.read_chunk, c, self.arrays) for c in chunks[:self.read_ahead]]
+            for i in range(len(chunks)):
+                data = pending.pop(0).result()
+                if i + self.read_ahead < len(chunks):
+                    pending.append(pool.submit(reader.read_chunk, chunks[i + self.read_ahead], self.arrays))
+                yield data
+
     def __iter__(self):
-        reader = open_store(self.path).split(self.split)  # opened per worker: nothing shared across forks
+        # Opened per worker: nothing shared across forks.
+        store = open_store(self.path, storage_options=self.storage_options)
+        try:
+            yield from self._iterate(store.split(self.split))
+        finally:
+            store.close()
+
+    def _iterate(self, reader):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, get_worker_info().id if get_worker_info() else 0])
         buffer: dict[str, list[np.ndarray]] = {name: [] for name in self.arrays}
         buffered = 0
         shard, shards, workers = self._my_shard()
         chunks = self._shard_chunks(shard, shards)
         sizes = self.batch_plan(workers)[shard][::-1]  # popped from the end: next batch last
-        for i, chunk in enumerate(chunks):
-            data = reader.read_chunk(chunk, self.arrays)
+        for i, data in enumerate(self._chunks_read_ahead(reader, chunks)):
             for name in self.arrays:
                 buffer[name].append(data[name])
             buffered += len(data[self.arrays[0]])

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from .losses import HSK_LOSSES, hsk_loss, prediction_loss
 from .metrics import compute_metrics, primary_metric
 from .schedules import StageSchedule, default_schedules
 from .select import full_width, select_hsk, static_mask
-from .store import open_store
+from .store import normalize_location, open_store
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, Prefetcher, StoreStream, keep_numpy, to_device
 from .student import load_student, save_student
 
@@ -40,7 +40,7 @@ LOG_EVERY = 20  # steps between reads of the loss: each read waits for the accel
 
 @dataclass(frozen=True)
 class TrainConfig:
-    store: str                          # store written by `hskstore extract`
+    store: str                          # store written by `hskstore extract`: directory, .h5 file or URL
     student: str                        # student directory written by `hskstore student`
     output: str                         # run directory: checkpoint/, student/, metrics.json
     teacher: str | None = None          # online mode: run this teacher in the loop instead of reading HSK
@@ -61,6 +61,7 @@ class TrainConfig:
     num_workers: int = 0                # DataLoader workers reading the store
     eval_batch_size: int = 128
     resume: bool = True                 # continue from output/checkpoint when it matches this run
+    storage_options: dict = field(default_factory=dict)  # fsspec options for a store URL (endpoint_url, ...)
 
     def __post_init__(self):
         problems = []
@@ -94,7 +95,7 @@ class Trainer:
         self.progress = progress
         # Under torchrun: this rank, its device (cuda:LOCAL_RANK) and an open process group.
         self.world, self.device = distributed.setup(config.device)
-        self.store = open_store(config.store)
+        self.store = open_store(config.store, storage_options=config.storage_options)
         self.resolved = self.store.resolved
         self.task = self.store.task
         torch.manual_seed(config.seed)
@@ -165,9 +166,11 @@ class Trainer:
         if self.teacher is None and stage == "pred":
             arrays.append("logits")
         if stage is None:  # evaluation reads the whole split on one rank
-            return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed)
+            return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed,
+                               storage_options=self.config.storage_options)
         return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed,
-                           rank=self.world.rank, world_size=self.world.world_size)
+                           storage_options=self.config.storage_options, rank=self.world.rank,
+                           world_size=self.world.world_size)
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
         """A numpy batch on the device with its HSK targets: read from the store, or from the teacher online."""
@@ -380,7 +383,7 @@ class Trainer:
             self._save_student(self.output / "student")
         result = {
             "mode": "online" if self.teacher is not None else "offline",
-            "store": self.config.store,
+            "store": normalize_location(self.config.store),
             "task": self.task["name"],
             "metric": self.task["metric"],
             "compression": self.store.compression.to_dict(),
@@ -388,7 +391,8 @@ class Trainer:
             "teacher_dev": self.teacher_metrics(),
             "student_dev": state.get("best") or (self.history[-1].get("dev") if self.history else None),
             "history": [{k: v for k, v in h.items() if k != "step_losses"} for h in self.history],
-            "config": asdict(self.config),
+            # Option names only: storage options can hold credentials.
+            "config": asdict(self.config) | {"storage_options": sorted(self.config.storage_options)},
             "device": describe_device(self.device),
             "precision": self.precision.name,
             "world_size": self.world.world_size,
@@ -413,7 +417,7 @@ class Trainer:
 
     def _run_key(self) -> dict:
         c = self.config
-        return {"store": os.path.abspath(c.store), "student": os.path.abspath(c.student), "stages": list(c.stages),
+        return {"store": normalize_location(c.store), "student": os.path.abspath(c.student), "stages": list(c.stages),
                 "teacher": c.teacher, "seed": c.seed, "hsk_loss": c.hsk_loss, "max_steps": c.max_steps,
                 "temperature": c.temperature, "weight_decay": c.weight_decay, "amp": c.amp,
                 "num_workers": c.num_workers,  # chunks are dealt per worker: another count, another order

@@ -89,8 +89,10 @@ def test_store_layout_is_the_documented_one(store):
         "values": ("float16", (120, 2, 5, 8)),
         "masks": ("uint8", (120, 2, 5, 4)),
     }
-    assert {name: (str(train[name].dtype), train[name].shape) for name in train.array_keys()} == expected
+    arrays = {name: (str(train[name].dtype), train[name].shape) for name in train.array_keys()}
+    assert arrays == expected | {"chunks_written": ("uint8", (4,))}   # one record per 32-row chunk
     assert all(train[name].chunks[0] == 32 for name in expected)
+    assert train["chunks_written"][:].tolist() == [1, 1, 1, 1]
     assert group["validation"].attrs["num_examples"] == 30
     assert "tokenizer.json" in list(group["tokenizer"].array_keys())
 

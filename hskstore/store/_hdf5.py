@@ -1,0 +1,175 @@
+"""HDF5 backend: the same layout in one self-contained `.h5` file, written and read with h5py.
+
+Arrays are chunked along examples like the Zarr backend, compressed with the filters every h5py
+build has (shuffle + gzip, plus Fletcher-32 checksums), so plain `h5py` reads a store with no plugin.
+Root attributes are one JSON string attribute (`hskstore`): nested dicts survive, and a reader needs
+no HDF5 attribute type mapping. HDF5 is not crash-safe the way a directory of chunk objects is: the
+writer flushes after every chunk record, and a kill mid-write can still damage the file (see
+docs/store-format.md); a rerun of `extract` on a damaged file says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ..errors import StoreError
+from .base import Store, StoreWriter
+from .format import RECORD_ARRAY, ArraySpec, check_format
+
+__all__ = ["Hdf5Store", "Hdf5Writer", "is_hdf5", "hdf5_read_attrs", "ATTRS_KEY"]
+
+ATTRS_KEY = "hskstore"
+HDF5_SUFFIXES = (".h5", ".hdf5")
+_FILTERS = {
+    "blosc-zstd1-byteshuffle": dict(shuffle=True, compression="gzip", compression_opts=1),
+    "zstd3": dict(compression="gzip", compression_opts=4),
+    "zstd1": dict(compression="gzip", compression_opts=1),
+}
+
+
+def is_hdf5(location: str) -> bool:
+    return location.lower().endswith(HDF5_SUFFIXES)
+
+
+def _path(location: str) -> str:
+    if "://" in location and not location.startswith("file://"):
+        raise StoreError(f"{location}: HDF5 stores are local files; use a .zarr URL for object stores "
+                         "(or `hskstore convert` a local .h5 into one)")
+    return location[len("file://"):] if location.startswith("file://") else location
+
+
+def _open(location: str, mode: str):
+    import h5py
+
+    try:
+        return h5py.File(_path(location), mode)
+    except OSError as exc:
+        raise StoreError(f"cannot open HDF5 store {location} ({exc}); if an extraction into it was killed "
+                         "mid-write the file may be damaged: rerun with --overwrite") from None
+
+
+def hdf5_read_attrs(location: str) -> dict | None:
+    if not os.path.exists(_path(location)):
+        return None
+    with _open(location, "r") as file:
+        raw = file.attrs.get(ATTRS_KEY)
+        return None if raw is None else json.loads(raw)
+
+
+class Hdf5Store(Store):
+    backend = "hdf5"
+
+    def __init__(self, location: str, storage_options: dict | None = None):
+        self._file = None
+        self._pid = None
+        attrs = hdf5_read_attrs(location)
+        if attrs is None:
+            raise StoreError(f"{location} is not an hskstore store (no '{ATTRS_KEY}' attribute)")
+        super().__init__(location, attrs, storage_options)
+
+    @property
+    def file(self):
+        # Opened lazily and again in each process: a DataLoader worker must not use its parent's handle.
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = _open(self.location, "r"), os.getpid()
+        return self._file
+
+    def close(self):
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __getstate__(self):  # picklable (spawned workers) without the open handle
+        return self.__dict__ | {"_file": None, "_pid": None}
+
+    def _array_names(self, split):
+        import h5py
+
+        return [n for n, obj in self.file[split].items() if isinstance(obj, h5py.Dataset) and n != RECORD_ARRAY]
+
+    def _read(self, split, name, start, stop):
+        return self.file[split][name][start:stop]
+
+    def _records(self, split):
+        return self.file[split][RECORD_ARRAY][:]
+
+    def _root_array(self, name):
+        return self.file[name][...] if name in self.file else None
+
+    def _tokenizer(self):
+        group = self.file["tokenizer"]
+        return {name: group[name][...].tobytes() for name in group}
+
+    def nbytes(self):
+        out = {}
+        for split in self.splits:
+            for name in self._array_names(split):
+                out[f"{split}/{name}"] = int(self.file[split][name].id.get_storage_size())
+        out["static_mask"] = int(self.file["static_mask"].id.get_storage_size()) if "static_mask" in self.file else 0
+        out["tokenizer"] = sum(int(d.id.get_storage_size()) for d in self.file["tokenizer"].values())
+        out["total"] = os.path.getsize(_path(self.location))
+        return out
+
+
+class Hdf5Writer(StoreWriter):
+    def __init__(self, location, file, storage_options=None):
+        super().__init__(location, json.loads(file.attrs[ATTRS_KEY]), storage_options)
+        self.file = file
+
+    @classmethod
+    def create(cls, location, attrs, specs: list[ArraySpec], static_mask, tokenizer_files, storage_options=None):
+        path = _path(location)
+        if os.path.dirname(os.path.abspath(path)):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        file = _open(location, "w")
+        file.attrs[ATTRS_KEY] = json.dumps(attrs)
+        rows_per_chunk = attrs["chunk_rows"]
+        for split, rows in attrs["splits"].items():
+            group = file.create_group(split)
+            group.attrs["num_examples"] = rows
+            for spec in specs:
+                shape = (rows, *spec.row_shape)
+                chunks = (max(1, min(rows_per_chunk, rows)), *spec.row_shape) if rows else None
+                dataset = group.create_dataset(spec.name, shape=shape, dtype=spec.dtype, chunks=chunks,
+                                               fillvalue=spec.fill_value, fletcher32=bool(rows),
+                                               **(_FILTERS[spec.codec] if rows else {}))
+                dataset.attrs["dimension_names"] = json.dumps(list(spec.dims))
+            group.create_dataset(RECORD_ARRAY, shape=(-(-rows // rows_per_chunk),), dtype="uint8", fillvalue=0)
+        if static_mask is not None:
+            file.create_dataset("static_mask", data=static_mask)
+        tokenizer = file.create_group("tokenizer")
+        for name, data in tokenizer_files.items():
+            tokenizer.create_dataset(name, data=np.frombuffer(data, dtype=np.uint8), fletcher32=True,
+                                     chunks=True, compression="gzip", compression_opts=4)
+        writer = cls(location, file, storage_options)
+        writer._update_attrs({"layout_complete": True})
+        writer.attrs["layout_complete"] = True
+        return writer
+
+    @classmethod
+    def reopen(cls, location, storage_options=None):
+        file = _open(location, "r+")
+        check_format(json.loads(file.attrs[ATTRS_KEY]), location)
+        return cls(location, file, storage_options)
+
+    def _write_array(self, split, name, start, data):
+        self.file[split][name][start:start + len(data)] = data
+
+    def _record(self, split, index):
+        self.file[split][RECORD_ARRAY][index] = 1
+        self.file.flush()
+
+    def chunks_done(self, split):
+        return {int(i) for i in np.flatnonzero(self.file[split][RECORD_ARRAY][:])}
+
+    def _update_attrs(self, changes):
+        attrs = json.loads(self.file.attrs[ATTRS_KEY]) | changes
+        self.file.attrs[ATTRS_KEY] = json.dumps(attrs)
+        self.file.flush()
+
+    def close(self):
+        if self.file.id.valid:
+            self.file.close()

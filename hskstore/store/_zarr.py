@@ -1,0 +1,240 @@
+"""Zarr v3 backend: a directory, or any URL fsspec reaches (s3://, gs://, memory://, file://).
+
+Local paths use zarr's LocalStore; URLs go through zarr's FsspecStore with the caller's storage
+options (endpoint, credentials), so an extraction on a cloud GPU writes straight into a bucket and a
+laptop streams from it. Every chunk is its own object: parallel writers of disjoint chunks never
+touch the same object, and each chunk's record (`chunks_written[k]`) is one more such object.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+
+import numpy as np
+
+from ..errors import StoreError
+from .base import Store, StoreWriter
+from .format import RECORD_ARRAY, ArraySpec, check_format, default_dims
+
+__all__ = ["ZarrStore", "ZarrWriter", "is_remote", "zarr_exists", "zarr_read_attrs", "zarr_delete"]
+
+
+def is_remote(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def _local_path(location: str) -> str:
+    return location[len("file://"):] if location.startswith("file://") else location
+
+
+def _store(location: str, storage_options: dict | None, read_only: bool):
+    from zarr.storage import FsspecStore, LocalStore
+
+    if is_remote(location):
+        try:
+            return FsspecStore.from_url(location, storage_options=dict(storage_options or {}), read_only=read_only)
+        except (ImportError, ValueError) as exc:
+            protocol = location.split("://", 1)[0]
+            hint = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(protocol, "")
+            raise StoreError(f"cannot open {location} ({exc}); install the fsspec driver for {protocol}://"
+                             + (f" (pip install {hint})" if hint else "")) from None
+    path = _local_path(location)
+    if not read_only:
+        os.makedirs(path, exist_ok=True)
+    return LocalStore(path, read_only=read_only)
+
+
+def _filesystem(location: str, storage_options: dict | None):
+    import fsspec
+
+    if is_remote(location):
+        return fsspec.core.url_to_fs(location, **dict(storage_options or {}))
+    return fsspec.filesystem("file"), os.path.abspath(_local_path(location))
+
+
+def _quiet():
+    """zarr warns that consolidated metadata is not yet in the v3 spec; we rely on zarr-python's own reading of it."""
+    manager = warnings.catch_warnings()
+    manager.__enter__()
+    warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    return manager
+
+
+def _consolidate(store) -> None:
+    import zarr
+
+    manager = _quiet()
+    try:
+        group = zarr.open_group(store, mode="r", use_consolidated=False)
+        for split in list(group.group_keys()):
+            zarr.consolidate_metadata(store, path=split)  # xarray.open_zarr(..., group=split) reads these
+        zarr.consolidate_metadata(store)
+    finally:
+        manager.__exit__(None, None, None)
+
+
+def zarr_read_attrs(location: str, storage_options: dict | None = None) -> dict | None:
+    """Root attributes of whatever Zarr group is at `location`, or None when there is none."""
+    import zarr
+
+    try:
+        store = _store(location, storage_options, read_only=True)
+        manager = _quiet()
+        try:
+            group = zarr.open_group(store, mode="r", zarr_format=3)
+        finally:
+            manager.__exit__(None, None, None)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+    return group.attrs.asdict()
+
+
+def zarr_exists(location: str, storage_options: dict | None = None) -> bool:
+    """Anything at all at `location` (a store, a half-made one, or some other file)."""
+    if not is_remote(location):
+        return os.path.exists(_local_path(location))
+    fs, root = _filesystem(location, storage_options)
+    return fs.exists(root)
+
+
+def zarr_delete(location: str, storage_options: dict | None = None) -> None:
+    if not is_remote(location):
+        shutil.rmtree(_local_path(location))
+        return
+    fs, root = _filesystem(location, storage_options)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def _codecs(codec: str, itemsize: int) -> list:
+    from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
+
+    if codec == "blosc-zstd1-byteshuffle":
+        first = BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.shuffle, typesize=itemsize, blocksize=1 << 20)
+    elif codec == "zstd3":
+        first = ZstdCodec(level=3)
+    elif codec == "zstd1":
+        first = ZstdCodec(level=1)
+    else:
+        raise ValueError(f"unknown codec {codec!r}")
+    return [first, Crc32cCodec()]
+
+
+class ZarrStore(Store):
+    backend = "zarr"
+
+    def __init__(self, location: str, storage_options: dict | None = None):
+        import zarr
+
+        self._zstore = _store(location, storage_options, read_only=True)
+        manager = _quiet()
+        try:
+            self.group = zarr.open_group(self._zstore, mode="r", zarr_format=3)
+        finally:
+            manager.__exit__(None, None, None)
+        super().__init__(location, self.group.attrs.asdict(), storage_options)
+        self._arrays: dict[tuple[str, str], object] = {}
+
+    def _array(self, split: str, name: str):
+        key = (split, name)
+        if key not in self._arrays:  # opened once: each open is a metadata read, a round trip on S3
+            self._arrays[key] = self.group[split][name]
+        return self._arrays[key]
+
+    def _array_names(self, split: str) -> list[str]:
+        return [n for n in self.group[split].array_keys() if n != RECORD_ARRAY]
+
+    def _read(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
+        return self._array(split, name)[start:stop]
+
+    def _records(self, split: str):
+        if self.format_version == 1:
+            return None
+        return self._array(split, RECORD_ARRAY)[:]
+
+    def _v1_chunks_done(self, split: str) -> list[int]:
+        return list(self.group[split].attrs["chunks_done"])
+
+    def _root_array(self, name: str):
+        return self.group[name][...] if name in self.group.array_keys() else None
+
+    def _tokenizer(self) -> dict[str, bytes]:
+        tokenizer = self.group["tokenizer"]
+        return {name: tokenizer[name][...].tobytes() for name in tokenizer.array_keys()}
+
+    def nbytes(self) -> dict[str, int]:
+        fs, root = _filesystem(self.location, self.storage_options)
+        out = {}
+        for split in self.splits:
+            for name in self._array_names(split):
+                out[f"{split}/{name}"] = int(fs.du(f"{root}/{split}/{name}", total=True))
+        out["static_mask"] = int(fs.du(f"{root}/static_mask", total=True)) if self._root_array("static_mask") is not None else 0
+        out["tokenizer"] = int(fs.du(f"{root}/tokenizer", total=True))
+        out["total"] = int(fs.du(root, total=True))
+        return out
+
+
+class ZarrWriter(StoreWriter):
+    def __init__(self, location, group, storage_options=None):
+        super().__init__(location, group.attrs.asdict(), storage_options)
+        self.group = group
+        self._arrays: dict[tuple[str, str], object] = {}
+
+    @classmethod
+    def create(cls, location, attrs, specs: list[ArraySpec], static_mask, tokenizer_files, storage_options=None):
+        import zarr
+
+        store = _store(location, storage_options, read_only=False)
+        # All root attributes in one metadata write, with layout_complete False until every array exists.
+        group = zarr.create_group(store, attributes=attrs, overwrite=True, zarr_format=3)
+        for split, rows in attrs["splits"].items():
+            sub = group.create_group(split, attributes={"num_examples": rows})
+            for spec in specs:
+                sub.create_array(spec.name, shape=(rows, *spec.row_shape), dtype=spec.dtype,
+                                 chunks=(attrs["chunk_rows"], *spec.row_shape),
+                                 compressors=_codecs(spec.codec, np.dtype(spec.dtype).itemsize),
+                                 fill_value=spec.fill_value, dimension_names=spec.dims)
+            sub.create_array(RECORD_ARRAY, shape=(-(-rows // attrs["chunk_rows"]),), chunks=(1,), dtype="uint8",
+                             fill_value=0, compressors=None, dimension_names=("chunk",))
+        if static_mask is not None:
+            group.create_array("static_mask", data=static_mask, compressors=None, dimension_names=("mask_byte",))
+        tokenizer = group.create_group("tokenizer")
+        for name, data in tokenizer_files.items():
+            tokenizer.create_array(name, data=np.frombuffer(data, dtype=np.uint8), compressors=_codecs("zstd3", 1),
+                                   dimension_names=("byte",))
+        writer = cls(location, group, storage_options)
+        writer._update_attrs({"layout_complete": True})
+        writer.attrs["layout_complete"] = True
+        return writer
+
+    @classmethod
+    def reopen(cls, location, storage_options=None):
+        import zarr
+
+        store = _store(location, storage_options, read_only=False)
+        group = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
+        if check_format(group.attrs.asdict(), location) != 2:
+            raise StoreError(f"{location} is a partial version-1 store, which this hskstore cannot finish: "
+                             "pass --overwrite to extract it anew")
+        return cls(location, group, storage_options)
+
+    def _array(self, split, name):
+        key = (split, name)
+        if key not in self._arrays:
+            self._arrays[key] = self.group[split][name]
+        return self._arrays[key]
+
+    def _write_array(self, split, name, start, data):
+        self._array(split, name)[start:start + len(data)] = data
+
+    def _record(self, split, index):
+        self._array(split, RECORD_ARRAY)[index] = 1
+
+    def chunks_done(self, split):
+        return {int(i) for i in np.flatnonzero(self._array(split, RECORD_ARRAY)[:])}
+
+    def _update_attrs(self, changes):
+        self.group.attrs.update(changes)
+        _consolidate(self.group.store)

@@ -1,0 +1,237 @@
+"""The store interface: a `StoreWriter` that commits whole chunks and a `Store` that reads them.
+
+Backends (`_zarr.py`, `_hdf5.py`) implement a handful of primitives; the rules every backend keeps are
+written once here: arrays are created at their final size, a chunk is written whole and then recorded
+(so a rerun resumes at the first unrecorded chunk and a missing chunk is an error, never fill values),
+`complete` is set last, and root attributes are validated against the schema on open.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Compression, ResolvedCompression
+from ..errors import StoreError
+from .format import TOKENIZER_FILE_NAMES, ArraySpec
+
+__all__ = ["StoreWriter", "Store", "SplitReader"]
+
+
+class SplitReader:
+    """One split of a store: whole-chunk reads (row-by-row reads are ~150 rows/s: never do that)."""
+
+    def __init__(self, store: "Store", name: str):
+        self.store = store
+        self.name = name
+        self.chunk_rows = store.chunk_rows
+        self.num_examples: int = int(store.attrs["splits"][name])
+        self.num_chunks: int = -(-self.num_examples // self.chunk_rows)
+        self.array_names: tuple[str, ...] = tuple(sorted(store._array_names(name)))
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def chunk_bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.num_examples)
+
+    def chunks_done(self) -> set[int]:
+        return self.store.chunks_done(self.name)
+
+    def read_chunk(self, index: int, names=None) -> dict[str, np.ndarray]:
+        start, stop = self.chunk_bounds(index)
+        return self.read_rows(start, stop, names)
+
+    def read_rows(self, start: int, stop: int, names=None) -> dict[str, np.ndarray]:
+        names = tuple(names or self.array_names)
+        unknown = [n for n in names if n not in self.array_names]
+        if unknown:
+            raise StoreError(f"{self.store.location} split {self.name!r} has no array {unknown[0]!r}; "
+                             f"it has {list(self.array_names)}")
+        return {name: self.store._read(self.name, name, start, stop) for name in names}
+
+
+class Store(ABC):
+    """A store opened for reading. Subclasses read; this class interprets the attributes."""
+
+    backend: str = ""
+
+    def __init__(self, location: str, attrs: dict, storage_options: dict | None = None):
+        self.location = location
+        self.storage_options = dict(storage_options or {})
+        self.attrs = attrs
+        self.format_version: int = attrs["format_version"]
+        self.compression = Compression.from_dict(attrs["compression"])
+        self.resolved = ResolvedCompression(**attrs["resolved"])
+        self.teacher: dict = attrs["teacher"]
+        self.task: dict = attrs["task"]
+        self.chunk_rows: int = attrs["chunk_rows"]
+
+    # -- what every backend provides
+    @abstractmethod
+    def _array_names(self, split: str) -> list[str]:
+        """Per-example arrays of a split (records excluded)."""
+
+    @abstractmethod
+    def _read(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of one array."""
+
+    @abstractmethod
+    def _records(self, split: str) -> np.ndarray | None:
+        """The split's chunk records (uint8 per chunk), or None for a version-1 store."""
+
+    @abstractmethod
+    def _root_array(self, name: str) -> np.ndarray | None:
+        """A root-level array (static_mask), or None."""
+
+    @abstractmethod
+    def _tokenizer(self) -> dict[str, bytes]:
+        """Tokenizer file name -> bytes, as stored."""
+
+    @abstractmethod
+    def nbytes(self) -> dict[str, int]:
+        """Bytes on disk: "<split>/<array>" for every array, plus "static_mask", "tokenizer" and "total"."""
+
+    def close(self) -> None:
+        """Release file handles (HDF5); a no-op where there are none."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- interpreted
+    @property
+    def uuid(self) -> str | None:
+        return self.attrs.get("uuid")
+
+    @property
+    def complete(self) -> bool:
+        return self.attrs.get("complete") is True
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.attrs["splits"])
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.attrs["num_labels"])
+
+    def split(self, name: str) -> SplitReader:
+        if name not in self.attrs["splits"]:
+            raise StoreError(f"{self.location} has no split {name!r}; it has {self.splits}")
+        return SplitReader(self, name)
+
+    def chunks_done(self, split: str) -> set[int]:
+        """Chunks of a split whose every array is written."""
+        records = self._records(split)
+        if records is None:  # version 1 kept the list in the split group's attributes
+            return set(self._v1_chunks_done(split))
+        return {int(i) for i in np.flatnonzero(records)}
+
+    def _v1_chunks_done(self, split: str) -> list[int]:
+        raise StoreError(f"{self.location} is a version-1 store, which only the Zarr backend reads")
+
+    def static_mask_packed(self) -> np.ndarray | None:
+        """The static width mask as stored (bitpacked uint8), or None."""
+        return self._root_array("static_mask")
+
+    def static_mask(self) -> np.ndarray | None:
+        """(d,) bool static width mask, or None when masks are per vector or absent."""
+        packed = self._root_array("static_mask")
+        if packed is None:
+            return None
+        return np.unpackbits(packed, count=self.resolved.hidden_size, bitorder="little").astype(bool)
+
+    def tokenizer_files(self) -> dict[str, bytes]:
+        return self._tokenizer()
+
+    def save_tokenizer(self, directory) -> Path:
+        """Write the stored tokenizer files, under the tokenizer's own file names only.
+
+        Raises:
+            StoreError: an entry named like anything else (`model.safetensors`, `../x`): a crafted store.
+        """
+        files = self.tokenizer_files()
+        bad = [n for n in files if n not in TOKENIZER_FILE_NAMES and not re.fullmatch(r"[\w.-]+\.(txt|json|model)", n)]
+        bad += [n for n in files if n in ("config.json", "student.json", "task.json") or "/" in n or n.startswith(".")]
+        if bad:
+            raise StoreError(f"{self.location} holds a tokenizer entry {bad[0]!r} that is not a tokenizer file name: "
+                             "refusing to write it; re-extract the store")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+        return directory
+
+    def describe_location(self) -> str:
+        return self.location
+
+
+class StoreWriter(ABC):
+    """Creates a store (or reopens a partial one) and commits whole chunks, each recorded once written."""
+
+    def __init__(self, location: str, attrs: dict, storage_options: dict | None = None):
+        self.location = location
+        self.attrs = attrs
+        self.storage_options = dict(storage_options or {})
+        self.chunk_rows: int = attrs["chunk_rows"]
+
+    # -- what every backend provides
+    @classmethod
+    @abstractmethod
+    def create(cls, location: str, attrs: dict, specs: list[ArraySpec], static_mask: np.ndarray | None,
+               tokenizer_files: dict[str, bytes], storage_options: dict | None = None) -> "StoreWriter":
+        """Make the layout: root attributes (one write), every array at final size, then layout_complete."""
+
+    @classmethod
+    @abstractmethod
+    def reopen(cls, location: str, storage_options: dict | None = None) -> "StoreWriter":
+        """Open a partial store of this format version to write its remaining chunks."""
+
+    @abstractmethod
+    def _write_array(self, split: str, name: str, start: int, data: np.ndarray) -> None:
+        ...
+
+    @abstractmethod
+    def _record(self, split: str, index: int) -> None:
+        """Mark chunk `index` of `split` as written (each chunk's record is its own object: writers never race)."""
+
+    @abstractmethod
+    def _update_attrs(self, changes: dict) -> None:
+        """One metadata write of the root attributes."""
+
+    @abstractmethod
+    def chunks_done(self, split: str) -> set[int]:
+        ...
+
+    def close(self) -> None:
+        """Flush and release handles."""
+
+    # -- the rules
+    def write_chunk(self, split: str, index: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write one whole chunk of every array of a split, then record it as done."""
+        start = index * self.chunk_rows
+        for name, data in arrays.items():
+            self._write_array(split, name, start, data)
+        self._record(split, index)
+
+    def missing_chunks(self) -> dict[str, list[int]]:
+        out = {}
+        for split, rows in self.attrs["splits"].items():
+            done = self.chunks_done(split)
+            out[split] = [k for k in range(-(-rows // self.chunk_rows)) if k not in done]
+        return out
+
+    def mark_complete(self, summary: dict) -> None:
+        """Set `complete` after checking every chunk of every split is recorded."""
+        missing = {s: m for s, m in self.missing_chunks().items() if m}
+        if missing:
+            raise StoreError(f"{self.location} cannot be marked complete: chunks not written {missing}")
+        self._update_attrs({"complete": True, "summary": summary})
+        self.attrs.update(complete=True, summary=summary)

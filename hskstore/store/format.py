@@ -1,0 +1,255 @@
+"""The store format, backend-neutral: version, arrays, codecs, root attributes, bit layout, sizes.
+
+Everything a reader must agree on with a writer lives here, so the Zarr and HDF5 backends (and any
+outside reader following `docs/store-format.md`) share one definition.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid as _uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import StoreError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "BIT_ORDER",
+    "RECORD_ARRAY",
+    "CODECS",
+    "ArraySpec",
+    "array_specs",
+    "root_attributes",
+    "validate_root",
+    "pack_bits",
+    "unpack_bits",
+    "unpack_bits_numpy",
+    "round_mantissa",
+    "raw_hsk_bytes",
+    "TOKENIZER_FILE_NAMES",
+]
+
+FORMAT_NAME = "hskstore"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)      # version 1 (no chunk records, no checksums) opens read-only
+BIT_ORDER = "little"            # bit j of mask byte i is dimension 8i+j (np.packbits(bitorder="little"))
+RECORD_ARRAY = "chunks_written"  # per split, one uint8 per chunk, 1 once every array of that chunk is written
+
+# Codecs by name. Every chunk also carries a CRC-32C (Zarr) or Fletcher-32 (HDF5) checksum, so a flipped
+# byte is an error on read, never a silently different number.
+CODECS = {
+    # Byte shuffle with a large block: the best lossless choice for float16 activations (docs/benchmarks.md).
+    "blosc-zstd1-byteshuffle": {"zarr": "blosc(zstd, clevel=1, shuffle, blocksize=1MiB) + crc32c",
+                                "hdf5": "shuffle + gzip(1) + fletcher32"},
+    "zstd3": {"zarr": "zstd(3) + crc32c", "hdf5": "gzip(4) + fletcher32"},
+    "zstd1": {"zarr": "zstd(1) + crc32c", "hdf5": "gzip(1) + fletcher32"},
+}
+
+# The files `train` may copy out of a store's tokenizer group: a crafted store must not be able to name
+# one `model.safetensors` and overwrite a student's weights.
+TOKENIZER_FILE_NAMES = frozenset({
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+    "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
+})
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    name: str
+    row_shape: tuple[int, ...]     # shape of one example's entry
+    dtype: str
+    codec: str                     # a key of CODECS
+    fill_value: int = 0            # what an unwritten chunk would read as (never read: chunks are recorded)
+    dims: tuple[str, ...] = ()     # dimension names, "example" first (xarray reads them)
+
+
+def array_specs(resolved, compression, vocab_size: int, num_labels: int) -> list[ArraySpec]:
+    """Every per-example array of a split, with its dtype, codec and dimension names."""
+    T, D, n, k = resolved.max_length, resolved.depth, resolved.length, resolved.width
+    specs = [
+        ArraySpec("input_ids", (T,), "uint16" if vocab_size <= 1 << 16 else "int32", "zstd3", dims=("example", "token")),
+        ArraySpec("token_type_ids", (T,), "uint8", "zstd3", dims=("example", "token")),
+        ArraySpec("lengths", (), "int16", "zstd3", dims=("example",)),
+        ArraySpec("labels", (), "float32" if num_labels == 1 else "int64", "zstd3", dims=("example",)),
+        ArraySpec("logits", (num_labels,), "float32", "zstd3", dims=("example", "class")),
+        ArraySpec("positions", (D, n), "int16", "zstd3", fill_value=-1, dims=("example", "layer", "slot")),
+        ArraySpec("values", (D, n, k), compression.value_dtype, "blosc-zstd1-byteshuffle",
+                  dims=("example", "layer", "slot", "kept")),
+    ]
+    if resolved.has_mask and compression.width_strategy == "mag":
+        specs.append(ArraySpec("masks", (D, n, resolved.mask_bytes), "uint8", "zstd1",
+                               dims=("example", "layer", "slot", "mask_byte")))
+    return specs
+
+
+def default_dims(name: str, ndim: int) -> tuple[str, ...]:
+    """Dimension names of a stored array (for backends and stores that do not record them)."""
+    known = {"input_ids": ("example", "token"), "token_type_ids": ("example", "token"), "lengths": ("example",),
+             "labels": ("example",), "logits": ("example", "class"), "positions": ("example", "layer", "slot"),
+             "values": ("example", "layer", "slot", "kept"), "masks": ("example", "layer", "slot", "mask_byte")}
+    dims = known.get(name, ("example",) + tuple(f"dim_{i}" for i in range(1, ndim)))
+    return dims[:ndim]
+
+
+# ---------------------------------------------------------------------------------------------- root attributes
+# name -> (accepted types, required in version 2). Types are checked on open: a crafted or damaged store
+# gets a one-line error naming the attribute, not a KeyError or a string "false" read as true.
+_DICT, _LIST, _STR, _INT, _BOOL = (dict,), (list,), (str,), (int,), (bool,)
+ROOT_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
+    "format": (_STR, True),
+    "format_version": (_INT, True),
+    "uuid": (_STR, True),
+    "created_at": (_STR, True),
+    "created_by": (_STR, True),
+    "layout_complete": (_BOOL, True),
+    "complete": (_BOOL, True),
+    "chunk_rows": (_INT, True),
+    "splits": (_DICT, True),
+    "codecs": (_DICT, True),
+    "compression": (_DICT, True),
+    "resolved": (_DICT, True),
+    "amount_hsk": ((int, float), True),
+    "teacher": (_DICT, True),
+    "task": (_DICT, True),
+    "task_ref": (_DICT, True),
+    "label_names": (_LIST, True),
+    "num_labels": (_INT, True),
+    "max_length": (_INT, True),
+    "limit": ((int, type(None)), True),
+    "data_seed": (_INT, True),
+    "numerics": (_STR, True),
+    "batch_size": ((int, type(None)), True),      # rows per teacher batch; None when batched by tokens
+    "batch_tokens": ((int, type(None)), False),   # padded tokens per teacher batch (absent before batching by tokens)
+    "device": (_STR, False),                      # the device that created the store, e.g. "cuda:0 (NVIDIA ..., capability 8.0)"
+    "precision": (_STR, False),                   # the teacher's precision: "fp16-autocast" (CUDA) or "fp32"
+    "tokenizer": (_DICT, True),
+    "summary": ((dict, type(None)), False),
+    "derived_from": ((dict, type(None)), False),
+}
+# Version 1 wrote no uuid, and layout_complete only once its arrays existed.
+_V1_OPTIONAL = {"uuid", "layout_complete", "task_ref", "batch_size", "numerics"}
+
+
+def root_attributes(meta: dict, split_sizes: dict[str, int], chunk_rows: int, specs: list[ArraySpec]) -> dict:
+    """The root attributes of a new store, built in one place and written in one metadata write."""
+    attrs = dict(meta)
+    attrs.update(
+        format=FORMAT_NAME,
+        format_version=FORMAT_VERSION,
+        uuid=str(_uuid.uuid4()),
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        layout_complete=False,   # set once every array exists: a store without it is half-created, and remade
+        complete=False,          # set once every chunk of every split is recorded
+        chunk_rows=chunk_rows,
+        splits={s: int(n) for s, n in split_sizes.items()},
+        codecs={s.name: s.codec for s in specs},
+        summary=None,
+    )
+    validate_root(attrs, "<new store>")
+    return attrs
+
+
+def check_format(attrs: dict, location) -> int:
+    """The format version of a store's root attributes, after checking it is an hskstore store."""
+    if attrs.get("format") != FORMAT_NAME:
+        raise StoreError(f"{location} is not an hskstore store (format={attrs.get('format')!r}). "
+                         "Create one with `hskstore extract`.")
+    version = attrs.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise StoreError(f"unsupported hskstore format version {version!r} in {location}: expected one of "
+                         f"{list(READABLE_VERSIONS)}. Re-extract with this hskstore, or install the version that wrote it.")
+    return version
+
+
+def validate_root(attrs: dict, location) -> None:
+    """Check every root attribute's presence and type against the schema (raises StoreError, one line)."""
+    version = check_format(attrs, location)
+    problems = []
+    for name, (types, required) in ROOT_SCHEMA.items():
+        if name not in attrs:
+            if required and not (version == 1 and name in _V1_OPTIONAL):
+                problems.append(f"{name} is missing")
+            continue
+        value = attrs[name]
+        if isinstance(value, bool) and bool not in types:   # bool is an int in Python: keep them apart
+            problems.append(f"{name} should be {'/'.join(t.__name__ for t in types)}, got {value!r}")
+        elif not isinstance(value, types):
+            problems.append(f"{name} should be {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r:.40}")
+    if not problems:
+        for split, rows in attrs["splits"].items():
+            if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+                problems.append(f"splits.{split} should be a row count, got {rows!r}")
+        if attrs["chunk_rows"] < 1:
+            problems.append(f"chunk_rows should be >= 1, got {attrs['chunk_rows']}")
+    if problems:
+        raise StoreError(f"{location} has invalid root attributes ({'; '.join(problems[:4])}): "
+                         "it was damaged or not written by hskstore; re-extract it.")
+
+
+# ---------------------------------------------------------------------------------------------- bit layout
+_BIT_WEIGHTS: dict = {}
+
+
+def _bit_weights(device):
+    """The bit weights on `device`, made there once: a new tensor per call is a host->device copy per batch."""
+    import torch
+
+    key = str(device)
+    if key not in _BIT_WEIGHTS:
+        _BIT_WEIGHTS[key] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
+    return _BIT_WEIGHTS[key]
+
+
+def pack_bits(mask):
+    """(..., d) bool tensor -> (..., ceil(d/8)) uint8, little bit order (bit j of byte i is dimension 8i+j).
+
+    Same bytes as `np.packbits(mask, axis=-1, bitorder="little")`, computed where the mask lives (GPU too).
+    """
+    import torch
+
+    d = mask.shape[-1]
+    pad = (-d) % 8
+    if pad:
+        mask = torch.nn.functional.pad(mask, (0, pad))
+    grouped = mask.reshape(*mask.shape[:-1], -1, 8).to(torch.uint8)
+    return (grouped * _bit_weights(mask.device)).sum(-1, dtype=torch.uint8)
+
+
+def unpack_bits(packed, hidden_size: int):
+    """(..., ceil(d/8)) uint8 tensor -> (..., d) bool, on the tensor's device (use numpy on CPU: 20x faster)."""
+    bits = (packed.unsqueeze(-1) & _bit_weights(packed.device)) != 0  # (..., d/8, 8)
+    return bits.reshape(*packed.shape[:-1], -1)[..., :hidden_size]
+
+
+def unpack_bits_numpy(packed: np.ndarray, hidden_size: int) -> np.ndarray:
+    return np.unpackbits(packed, axis=-1, count=hidden_size, bitorder=BIT_ORDER).astype(bool)
+
+
+def round_mantissa(values, bits: int):
+    """Round float16 values to `bits` of their 10 mantissa bits, to nearest, ties to even.
+
+    Lossy, but it lets the codec find the zeroed low bits: 392 instead of 520 bytes per row at 7 bits,
+    0.39% worst relative error (docs/benchmarks.md). numcodecs' BitRound rejects float16.
+    """
+    import torch
+
+    drop = 10 - bits
+    raw = values.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
+    keep_lsb = (raw >> drop) & 1
+    rounded = (raw + (1 << (drop - 1)) - 1 + keep_lsb) & ~((1 << drop) - 1) & 0xFFFF
+    out = rounded.to(torch.uint16).view(torch.float16) if hasattr(torch, "uint16") else \
+        rounded.to(torch.int32).where(rounded < 0x8000, rounded - 0x10000).to(torch.int16).view(torch.float16)
+    # A carry into the exponent past the largest float16 would give inf: keep those values as they were.
+    return torch.where(torch.isinf(out) & ~torch.isinf(values.to(torch.float16)), values.to(torch.float16), out)
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+def raw_hsk_bytes(resolved, compression, examples: int) -> int:
+    """Uncompressed bytes of the stored HSK: values, per-vector bitpacked masks, int16 positions."""
+    per_slot = (resolved.width * np.dtype(compression.value_dtype).itemsize
+                + (resolved.mask_bytes if resolved.has_mask and compression.width_strategy == "mag" else 0) + 2)
+    return int(examples * resolved.depth * resolved.length * per_slot)

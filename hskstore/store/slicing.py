@@ -1,0 +1,148 @@
+"""`hskstore slice`: derive a smaller store from a larger one, with no teacher.
+
+The stored order makes each dimension nest: layers are the top N^D student layers (a smaller N^D is a
+suffix), token positions are stored best first (a smaller N^L is a prefix), and under `mag` the kept
+activations of a vector are its top-k by magnitude (a smaller k is the top of those). Static width masks
+(`uniform`, `rand`) nest only when the smaller mask is a subset of the larger one; that is checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import uuid as _uuid
+
+import numpy as np
+
+from ..errors import StoreError
+from . import create_store, open_store
+from .convert import prepare_output
+from .format import array_specs, unpack_bits_numpy
+
+__all__ = ["slice_store", "plan_slice"]
+
+
+def plan_slice(store, depth=None, length=None, width=None):
+    """The smaller (Compression, ResolvedCompression), or a one-line StoreError when it cannot be derived.
+
+    `None` keeps the store's own value for that dimension.
+    """
+    from ..config import Compression
+    from ..errors import ConfigError
+
+    c, r = store.compression, store.resolved
+    if c.length_strategy == "all" and length is not None:
+        # Every token in left order: a prefix of it is exactly `left` with N^L tokens.
+        c = dataclasses.replace(c, length_strategy="left", length=r.length)
+    changes = {"depth": r.depth if depth is None else depth,
+               "length": c.length if length is None else length,
+               "width": (r.width if c.width is not None else None) if width is None else width}
+    try:
+        new_c = Compression.from_dict(c.to_dict() | changes)
+        new_r = new_c.resolve(store.teacher["num_layers"], r.hidden_size, r.max_length)
+    except ConfigError as exc:
+        raise StoreError(f"cannot slice to (depth, length, width) = {depth, length, width}: {exc}") from None
+    larger = [f"{name} {new} > stored {old}" for name, new, old in
+              (("N^D", new_r.depth, r.depth), ("N^L", new_r.length, r.length), ("N^W", new_r.width, r.width))
+              if new > old]
+    if larger:
+        raise StoreError(f"cannot derive a larger store by slicing ({', '.join(larger)}): "
+                         "extract it from the teacher instead")
+    if new_r.teacher_layer_ids != r.teacher_layer_ids[r.depth - new_r.depth:] or \
+            new_r.score_layer_ids != r.score_layer_ids[r.depth - new_r.depth:]:
+        raise StoreError("the sliced layers are not the top layers of the stored ones: slicing keeps L' and L_top")
+    if new_r.has_mask and new_c.width_strategy != "mag":
+        from ..select import static_mask
+
+        smaller = static_mask(r.hidden_size, new_r.width, new_c.width_strategy, new_c.width_seed).numpy()
+        stored = store.static_mask()
+        stored = np.ones(r.hidden_size, bool) if stored is None else stored
+        if not np.all(stored[smaller]):
+            raise StoreError(f"the {new_c.width_strategy} mask of {new_r.width} activations is not a subset of the "
+                             f"stored {r.width}: static masks of these widths do not nest; extract it from the teacher")
+    return new_c, new_r
+
+
+def _retop(values: np.ndarray, masks: np.ndarray | None, hidden: int, k: int, positions: np.ndarray):
+    """Per vector, the k largest-magnitude of the kept values: (..., k_old) -> values (..., k), packed masks."""
+    import torch
+
+    values_t = torch.from_numpy(values)
+    if masks is None:  # every activation stored: dims are 0..d-1
+        dims = torch.arange(hidden).expand(*values.shape[:-1], hidden)
+    else:
+        bits = torch.from_numpy(unpack_bits_numpy(masks, hidden))
+        # The kept dims of each vector, ascending (as the values are stored): stable sort of the 0/1 mask.
+        dims = bits.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :values.shape[-1]]
+    # Rank by magnitude in float32, as extraction does; the winners go back to ascending dimension order.
+    index = values_t.float().abs().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    new_values = values_t.gather(-1, index)
+    new_dims = dims.gather(-1, index)
+    mask = torch.zeros(*values.shape[:-1], hidden, dtype=torch.bool).scatter_(-1, new_dims, True)
+    mask &= torch.from_numpy(positions >= 0).unsqueeze(-1)
+    empty = torch.from_numpy(positions < 0).unsqueeze(-1)
+    new_values = new_values.masked_fill(empty, 0)
+    return new_values.numpy(), np.packbits(mask.numpy(), axis=-1, bitorder="little")
+
+
+def slice_store(src: str, dst: str, *, depth=None, length=None, width=None, limit: int | None = None,
+                overwrite: bool = False, src_options: dict | None = None, dst_options: dict | None = None) -> dict:
+    """Write the (depth, length, width) sub-store of `src` to `dst`; `limit` keeps each split's first rows."""
+    if limit is not None and limit < 1:
+        raise StoreError(f"--limit must be >= 1, got {limit}")
+    with open_store(src, storage_options=src_options) as store:
+        new_c, new_r = plan_slice(store, depth, length, width)
+        prepare_output(dst, overwrite, dst_options)
+        old_c, old_r = store.compression, store.resolved
+        d = old_r.hidden_size
+        drop = old_r.depth - new_r.depth
+        splits = {s: min(n, limit) if limit else n for s, n in store.attrs["splits"].items()}
+        specs = array_specs(new_r, new_c, store.teacher["vocab_size"], store.num_labels)
+        names = {s.name for s in specs}
+        static = None
+        column_index = None  # static masks: which stored value columns the smaller mask keeps
+        if new_r.has_mask and new_c.width_strategy != "mag":
+            from ..select import static_mask
+
+            smaller = static_mask(d, new_r.width, new_c.width_strategy, new_c.width_seed).numpy()
+            stored = store.static_mask()
+            stored = np.ones(d, bool) if stored is None else stored
+            column_index = np.flatnonzero(smaller[np.flatnonzero(stored)])
+            static = np.packbits(smaller, bitorder="little")
+        attrs = dict(store.attrs)
+        attrs.update(
+            uuid=str(_uuid.uuid4()),
+            created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            compression=new_c.to_dict(), resolved=new_r.to_dict(), amount_hsk=new_r.amount(),
+            splits=splits, codecs={s.name: s.codec for s in specs}, complete=False, layout_complete=False,
+            summary=None, format_version=2,
+            derived_from={"uuid": store.uuid, "location": store.location, "compression": old_c.to_dict(),
+                          "limit": limit},
+        )
+        attrs.pop("chunks_done", None)
+        writer = create_store(dst, attrs, specs, static, store.tokenizer_files(), dst_options)
+        try:
+            for split, rows in splits.items():
+                reader = store.split(split)
+                for k in range(-(-rows // store.chunk_rows)):
+                    start = k * store.chunk_rows
+                    data = reader.read_rows(start, min(start + store.chunk_rows, rows))
+                    positions = data["positions"][:, drop:, :new_r.length]
+                    values = data["values"][:, drop:, :new_r.length]
+                    out = {n: a for n, a in data.items() if n not in ("positions", "values", "masks")}
+                    out["positions"] = np.ascontiguousarray(positions)
+                    if column_index is not None:
+                        values = values[..., column_index]
+                    elif "masks" in names:
+                        masks = data["masks"][:, drop:, :new_r.length] if "masks" in data else None
+                        if new_r.width < values.shape[-1] or masks is None:
+                            values, out["masks"] = _retop(values, masks, d, new_r.width, positions)
+                        else:
+                            out["masks"] = np.ascontiguousarray(masks)
+                    out["values"] = np.ascontiguousarray(values)
+                    writer.write_chunk(split, k, out)
+            writer.mark_complete({"sliced_from": store.location, "examples": sum(splits.values())})
+        finally:
+            writer.close()
+    return {"source": str(src), "destination": str(dst), "triple": [new_r.depth, new_r.length, new_r.width],
+            "amount_hsk": new_r.amount(), "examples": splits}
