@@ -56,6 +56,13 @@ storage_option = click.option(
          "Credentials: the backend's usual environment (AWS_ACCESS_KEY_ID, ...).")
 
 
+def _is_main_rank() -> bool:
+    """Under torchrun only rank 0 prints the summary (every rank prints its own errors)."""
+    from .distributed import world_from_env
+
+    return world_from_env().is_main
+
+
 class _Group(click.Group):
     """Turns HskError into one line on stderr and exit status 2: no traceback for user mistakes."""
 
@@ -144,7 +151,9 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @click.option("--value-bits", type=int, default=None,
               help="Lossy: keep this many of float16's 10 mantissa bits (7: ~0.4% error, smaller store).")
 @click.option("--max-length", type=int, default=None, help="[default: the teacher's fine-tuning length, else 128]")
-@click.option("--batch-size", type=int, default=None, help="[default: 256 on GPU, 64 on CPU]")
+@click.option("--batch-size", type=int, default=None, help="Rows per teacher batch [default: batch by tokens].")
+@click.option("--batch-tokens", type=int, default=None,
+              help="Padded tokens per teacher batch [default: 32768 on GPU/mps, 8192 on CPU].")
 @click.option("--chunk-rows", default=4096, show_default=True)
 @click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
 @click.option("--data-seed", default=None, type=int,
@@ -156,8 +165,8 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @storage_option
 @task_options
 def extract(teacher, task, output, depth, length, width, student_layers, l_top, length_strategy, score_layer,
-            score_kind, width_strategy, width_seed, full, value_dtype, value_bits, max_length, batch_size, chunk_rows, limit,
-            data_seed, device, overwrite, dry_run, as_json, storage_options, **task_kw):
+            score_kind, width_strategy, width_seed, full, value_dtype, value_bits, max_length, batch_size, batch_tokens,
+            chunk_rows, limit, data_seed, device, overwrite, dry_run, as_json, storage_options, **task_kw):
     """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
     from .config import Compression
     from .extract import ExtractConfig, extract as run, teacher_data_seed, teacher_max_length
@@ -174,7 +183,8 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
                                   score_layer=score_layer, score_kind=score_kind, width_strategy=width_strategy,
                                   width_seed=width_seed, value_dtype=value_dtype, value_bits=value_bits)
     config = ExtractConfig(teacher=teacher, task=task, output=output, compression=compression,
-                           max_length=max_length, batch_size=batch_size, chunk_rows=chunk_rows, limit=limit,
+                           max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
+                           chunk_rows=chunk_rows, limit=limit,
                            data_seed=teacher_data_seed(teacher) if data_seed is None else data_seed, device=device,
                            overwrite=overwrite, task_options=_task_kwargs(**task_kw), storage_options=storage_options)
     if dry_run:
@@ -185,6 +195,8 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
                                "amount_hsk": resolved.amount()}, indent=2))
         return
     summary = run(config)
+    if not _is_main_rank():
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -273,6 +285,8 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
                          weight_decay=weight_decay, max_steps=max_steps, num_workers=workers, seed=seed,
                          device=device, amp=not no_amp, resume=not no_resume, storage_options=storage_options)
     result = run(config)
+    if not _is_main_rank():
+        return
     teacher_dev, student_dev = result["teacher_dev"], result["student_dev"] or {}
     click.echo(f"{result['mode']} run in {output}: teacher dev {teacher_dev}  student dev {student_dev}")
 

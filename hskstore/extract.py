@@ -23,14 +23,15 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import Compression
-from .device import describe_device, inference_precision, resolve_device
+from .device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
+from . import distributed
 from .errors import ConfigError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
 from .store import (StoreWriter, array_specs, create_store, delete_store, normalize_location, reopen_store,
                     root_attributes, store_state)
 from .teacher import CLSAttentionRecorder, HiddenStateRecorder, check_bert_family, load_teacher, load_tokenizer
 
-__all__ = ["ExtractConfig", "extract", "batch_bounds", "resolve_device", "teacher_max_length", "teacher_data_seed"]
+__all__ = ["ExtractConfig", "extract", "batch_bounds", "rank_chunks", "resolve_device", "teacher_max_length", "teacher_data_seed"]
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -290,16 +291,32 @@ class _NoRecorder:
         return False
 
 
+def rank_chunks(num_chunks: int, world) -> range:
+    """The chunks one rank extracts: a contiguous, chunk-aligned range, ranks in order, sizes within one."""
+    return range(num_chunks * world.rank // world.world_size, num_chunks * (world.rank + 1) // world.world_size)
+
+
 def extract(config: ExtractConfig, progress: bool = True) -> dict:
     """Extract a store. Returns the run summary (examples, seconds, examples/s, bytes on disk).
+
+    Under torchrun every rank runs this: rank 0 creates (or reopens) the store, each rank writes only
+    the chunks of its `rank_chunks` range, and rank 0 marks the store complete once all have finished.
 
     Raises:
         ConfigError / ModelError / DataError / StoreError with a one-line message naming the fix.
     """
+    with distributed.process_group(config.device) as (world, device):
+        return _extract(config, progress, world, device)
+
+
+def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
     from .data import load_task, tokenize
     from .report import store_info
+    from .store import backend_for
 
-    device = resolve_device(config.device)
+    if world.distributed and backend_for(config.output) == "hdf5":
+        raise ConfigError(f"{config.output} is an HDF5 file, which takes one writer: extract with torchrun into a "
+                          "Zarr store (a directory or URL), then `hskstore convert` it")
     _check_output(config)
     compression = config.compression
     max_length = config.max_length or teacher_max_length(config.teacher)
@@ -349,7 +366,15 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
     # Batches are padded per batch: the same bytes need the same batching.
     meta["batch_size"], meta["batch_tokens"] = batch_size, batch_tokens
     specs = array_specs(resolved, compression, identity.vocab_size, spec.num_labels)
-    writer = _prepare_store(config, meta, split_sizes, specs, fixed_mask, _tokenizer_files(tokenizer))
+    error = None
+    if world.is_main:  # one creator; the others open the store once it exists
+        try:
+            writer = _prepare_store(config, meta, split_sizes, specs, fixed_mask, _tokenizer_files(tokenizer))
+        except Exception as exc:
+            error = exc
+    distributed.raise_if_any_failed(world, error, "preparing the store", device)
+    if not world.is_main:
+        writer = reopen_store(config.output, config.storage_options)
 
     needs_scores = compression.length_strategy in ("att-nosep", "att")
     layers = model.bert.encoder.layer
@@ -360,12 +385,13 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
         return CLSAttentionRecorder(layers, resolved.score_layer_ids, identity.num_heads, compression.score_kind)
 
     try:
-        todo = {s: [k for k in range(-(-split_sizes[s] // config.chunk_rows)) if k not in writer.chunks_done(s)]
-                for s in config.splits}
+        todo = {s: [k for k in rank_chunks(-(-split_sizes[s] // config.chunk_rows), world)
+                    if k not in writer.chunks_done(s)] for s in config.splits}
         remaining = sum(min(config.chunk_rows, split_sizes[s] - k * config.chunk_rows) for s in todo for k in todo[s])
         started = time.perf_counter()
         chunk_writer = _ChunkWriter(writer)
-        bar = tqdm(total=remaining, unit="ex", desc="extract", disable=not progress, smoothing=0.1)
+        bar = tqdm(total=remaining, unit="ex", desc=f"extract{f' rank {world.rank}' if world.distributed else ''}",
+                   disable=not progress, smoothing=0.1, position=world.rank if world.distributed else None)
         try:
             for split in config.splits:
                 for k in todo[split]:
@@ -379,13 +405,24 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
             chunk_writer.abort(exc)
             raise
         bar.close()
-        chunk_writer.close()
+        error = None
+        try:
+            chunk_writer.close()
+        except Exception as exc:  # every rank must hear of it, or they would wait at the next collective
+            error = exc
+        # A barrier too: no rank's chunks are missing once this returns.
+        distributed.raise_if_any_failed(world, error, "writing its chunks", device)
+        total = torch.tensor([remaining], dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+        distributed.all_reduce_sum(total, world)
+        extracted = int(total.item())
         seconds = time.perf_counter() - started
-        summary = {"examples_extracted": remaining, "seconds": round(seconds, 3),
-                   "examples_per_second": round(remaining / seconds, 1) if seconds > 0 else None,
+        summary = {"examples_extracted": extracted, "seconds": round(seconds, 3),
+                   "examples_per_second": round(extracted / seconds, 1) if seconds > 0 else None,
                    "device": describe_device(device), "precision": inference_precision(device.type).name,
-                   "batch_size": batch_size, "batch_tokens": batch_tokens}
-        writer.mark_complete(summary)
+                   "batch_size": batch_size, "batch_tokens": batch_tokens, "processes": world.world_size}
+        if world.is_main:
+            writer.mark_complete(summary)
     finally:
         writer.close()
+    distributed.barrier(world)  # the others return once the store is complete
     return summary | {"info": store_info(config.output, storage_options=config.storage_options)}

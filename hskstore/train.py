@@ -216,16 +216,26 @@ class Trainer:
     def step(self, stage: str, optimizer: torch.optim.Optimizer, batch: dict[str, np.ndarray]) -> float:
         """One optimisation step on a numpy batch from the store; returns its loss."""
         scaler = self.precision.scaler(self.device)
-        return float(self._train_step(stage, optimizer, scaler, self.device_batch(batch), 1.0))
+        return float(self._train_step(stage, optimizer, scaler, self.device_batch(batch)))
 
-    def _train_step(self, stage: str, optimizer, scaler, batch: DeviceBatch, weight: float) -> torch.Tensor:
-        """One step; returns the weighted loss as a device tensor (reading it would wait for the device).
+    def _train_step(self, stage: str, optimizer, scaler, batch: DeviceBatch) -> torch.Tensor:
+        """One step; returns the loss as a device tensor (reading it would wait for the device).
 
-        `weight` is this rank's share of the global batch times the world size, so the mean of the
-        ranks' gradients that DDP takes is the gradient of the global batch's mean loss.
+        Under DDP each rank's loss is weighted by its share of what the global batch's loss averages
+        over (examples; filled token slots in the HSK stage) times the world size, so the mean of the
+        ranks' gradients that DDP takes is the gradient of the global batch's loss even when ranks hold
+        a different number of examples. The shares are summed on the device: no wait for the host.
         """
-        loss = self._ddp(batch) if self._ddp is not None else self._loss_step(stage, batch)["loss"]
-        loss = loss * weight if weight != 1.0 else loss
+        if self._ddp is None:
+            loss = self._loss_step(stage, batch)["loss"]
+        else:
+            loss = self._ddp(batch)
+            if stage == "hsk":
+                count = (batch.positions[:, 0] >= 0).sum().float()       # filled slots, the same in every layer
+            else:
+                count = torch.full((), float(len(batch.labels)), device=loss.device)
+            total = distributed.all_reduce_sum(count.clone(), self.world)
+            loss = loss * (count * self.world.world_size / total.clamp(min=1))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -284,12 +294,12 @@ class Trainer:
                 source = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_numpy)
             return Prefetcher(source, transform=self._stage_batch)
 
-        plans = []
-        for epoch in range(schedule.epochs):
+        def epoch_steps(epoch: int) -> int:
             stream.set_epoch(epoch)
-            plans.append(stream.batch_plan(workers))
-        steps = [_rank_steps(plan, world, workers) for plan in plans]
-        total = sum(len(s) for s in steps)
+            return stream.num_batches(workers)  # the same on every rank (StoreStream.batch_plan)
+
+        steps = [epoch_steps(e) for e in range(schedule.epochs)]
+        total = sum(steps)
         if self.config.max_steps:
             total = min(total, self.config.max_steps)
         optimizer = self.optimizer(stage, schedule.lr)
@@ -315,8 +325,7 @@ class Trainer:
             torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch + 100_000 * world.rank)
             self.student.train()
             self.projection.train()
-            weights = [rows * world.world_size / total_rows for rows, total_rows in steps[epoch]]
-            bar = tqdm(total=len(steps[epoch]), desc=f"{stage} {epoch + 1}/{schedule.epochs}",
+            bar = tqdm(total=steps[epoch], desc=f"{stage} {epoch + 1}/{schedule.epochs}",
                        disable=not (self.progress and world.is_main), unit="step")
             started, seen, losses, pending = time.perf_counter(), 0, [], []
 
@@ -330,12 +339,12 @@ class Trainer:
 
             batches = loader()
             try:
-                for i, moved in enumerate(batches):
+                for moved in batches:
                     factor = 1.0 if schedule.decay == "constant" else max(0.0, 1 - step / max(total, 1))
                     for group in optimizer.param_groups:
                         group["lr"] = schedule.lr * factor
                     moved = self._with_targets(moved)
-                    pending.append(self._train_step(stage, optimizer, scaler, moved, weights[i]))
+                    pending.append(self._train_step(stage, optimizer, scaler, moved))
                     step += 1
                     seen += len(moved.labels)
                     bar.update(1)
@@ -493,29 +502,6 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _rank_steps(plan: list[list[int]], world, workers: int) -> list[tuple[int, int]]:
-    """(this rank's rows, the global batch's rows) per step of an epoch, from `StoreStream.batch_plan`.
-
-    A DataLoader takes batches from its workers in turn, so step i of a rank is batch i // w of its
-    worker i % w. Ranks yield equally many batches (batch_plan sees to it), so step i is one global batch.
-    """
-    w = max(workers, 1)
-
-    def steps_of(rank):
-        shards = plan[rank * w:(rank + 1) * w]
-        if w == 1:
-            return shards[0]
-        order, i = [], 0
-        while any(i < len(s) for s in shards):  # round robin, skipping workers that have finished
-            order += [s[i] for s in shards if i < len(s)]
-            i += 1
-        return order
-
-    per_rank = [steps_of(r) for r in range(world.world_size)]
-    mine = per_rank[world.rank]
-    return [(rows, sum(p[i] for p in per_rank)) for i, rows in enumerate(mine)]
 
 
 class _StageLoss(nn.Module):
