@@ -76,9 +76,26 @@ def gather_tokens(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
     return gathered.masked_fill((positions < 0).unsqueeze(-1), 0)
 
 
-def top_magnitude(vectors: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-vector top-k by |h|: (..., d) -> values (..., k) in ascending dimension order, mask (..., d) bool."""
-    index = vectors.abs().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values  # (..., k)
+def magnitude_order(stored: torch.Tensor) -> torch.Tensor:
+    """(..., m) -> (..., m) indices by descending |value|, ties to the lower index (a stable sort).
+
+    Ranking the values as they are stored, with a fixed tie rule, makes a smaller k exactly the top of a
+    larger one: `hskstore slice` re-ranks stored float16 values and gets what extraction would have kept.
+    """
+    return stored.abs().float().sort(dim=-1, descending=True, stable=True).indices
+
+
+def top_magnitude(vectors: torch.Tensor, k: int, value_dtype: str | None = None,
+                  value_bits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-vector top-k by |h|: (..., d) -> values (..., k) in ascending dimension order, mask (..., d) bool.
+
+    Ranked by the magnitude of the value as the store keeps it (`value_dtype`, `value_bits` rounding),
+    ties to the lower dimension.
+    """
+    stored = vectors if value_dtype is None else vectors.to(getattr(torch, value_dtype))
+    if value_bits is not None:
+        stored = round_mantissa(stored, value_bits)
+    index = magnitude_order(stored)[..., :k].sort(dim=-1).values  # (..., k)
     values = vectors.gather(-1, index)
     mask = torch.zeros(vectors.shape, dtype=torch.bool, device=vectors.device).scatter_(-1, index, True)
     return values, mask
@@ -176,7 +193,7 @@ def select_hsk(
         if not resolved.has_mask:
             values.append(tokens)
         elif compression.width_strategy == "mag":
-            kept, mask = top_magnitude(tokens, resolved.width)
+            kept, mask = top_magnitude(tokens, resolved.width, compression.value_dtype, compression.value_bits)
             empty = (pos < 0).unsqueeze(-1)
             values.append(kept)
             masks.append(mask & ~empty)

@@ -62,3 +62,45 @@ def tiny_student(tmp_path_factory) -> str:
                                  num_heads=2, seed=0)
     save_student(student, directory)
     return str(directory)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's server mode) on loopback, started by the suite, stopped after it.
+
+    Yields (endpoint_url, storage_options). Dummy credentials go in the environment, as for any S3 client.
+    """
+    import logging
+
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ[key] = value
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    options = {"endpoint_url": endpoint}
+    s3fs.S3FileSystem(**options).mkdir("hsk-test")
+    try:
+        yield endpoint, options
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket_url(s3_server, request):
+    """A fresh prefix in the test bucket for one test: s3://hsk-test/<test name>."""
+    import re
+
+    return f"s3://hsk-test/{re.sub(r'[^A-Za-z0-9-]', '-', request.node.name)}"

@@ -74,8 +74,10 @@ def _retop(values: np.ndarray, masks: np.ndarray | None, hidden: int, k: int, po
         bits = torch.from_numpy(unpack_bits_numpy(masks, hidden))
         # The kept dims of each vector, ascending (as the values are stored): stable sort of the 0/1 mask.
         dims = bits.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :values.shape[-1]]
-    # Rank by magnitude in float32, as extraction does; the winners go back to ascending dimension order.
-    index = values_t.float().abs().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    from ..select import magnitude_order
+
+    # Ranked as extraction ranks: stored magnitudes, ties to the lower dimension; back to ascending order.
+    index = magnitude_order(values_t)[..., :k].sort(dim=-1).values
     new_values = values_t.gather(-1, index)
     new_dims = dims.gather(-1, index)
     mask = torch.zeros(*values.shape[:-1], hidden, dtype=torch.bool).scatter_(-1, new_dims, True)
