@@ -149,3 +149,17 @@ def test_ddp_training_sees_every_example_once_matches_one_process_and_resumes(ti
     saved = load_student(run / "student").state_dict()
     for name, value in trainer.student.state_dict().items():
         torch.testing.assert_close(saved[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_two_processes_extract_into_an_object_store(tiny_teacher, tiny_store, s3_server, s3_bucket_url):
+    endpoint, options = s3_server
+    result = torchrun(["extract", "--teacher", tiny_teacher, "--output", s3_bucket_url, *TINY_EXTRACT,
+                       "--storage-option", f"endpoint_url={endpoint}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = open_store(s3_bucket_url, storage_options=options)
+    assert remote.attrs["summary"]["processes"] == 2
+    local = open_store(tiny_store)
+    for split in local.splits:
+        for name in local.split(split).array_names:
+            np.testing.assert_array_equal(remote.split(split).read_rows(0, len(local.split(split)), [name])[name],
+                                          local.split(split).read_rows(0, len(local.split(split)), [name])[name])
