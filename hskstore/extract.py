@@ -339,8 +339,14 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
     batch_size = config.batch_size
     batch_tokens = None if batch_size else (config.batch_tokens or (8192 if device.type == "cpu" else 32768))
 
-    encoded = {s: tokenize(tokenizer, columns[s], spec, max_length) for s in config.splits}
-    split_sizes = {s: int(len(encoded[s]["lengths"])) for s in config.splits}
+    split_sizes = {s: len(columns[s].get(spec.label_column, ())) for s in config.splits}
+    # Each rank tokenises only the rows of its own chunks (tokenising is ~2k examples/s a core here:
+    # the whole of a 10M-sentence corpus on every rank would take longer than extracting it on 64 GPUs).
+    chunk_rows = config.chunk_rows
+    mine = {s: rank_chunks(-(-split_sizes[s] // chunk_rows), world) for s in config.splits}
+    offset = {s: mine[s].start * chunk_rows for s in config.splits}
+    encoded = {s: tokenize(tokenizer, {c: v[offset[s]:mine[s].stop * chunk_rows] for c, v in columns[s].items()},
+                           spec, max_length) for s in config.splits}
     meta = {
         "created_by": f"hskstore {__version__}",
         "compression": compression.to_dict(),
@@ -385,8 +391,7 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
         return CLSAttentionRecorder(layers, resolved.score_layer_ids, identity.num_heads, compression.score_kind)
 
     try:
-        todo = {s: [k for k in rank_chunks(-(-split_sizes[s] // config.chunk_rows), world)
-                    if k not in writer.chunks_done(s)] for s in config.splits}
+        todo = {s: [k for k in mine[s] if k not in writer.chunks_done(s)] for s in config.splits}
         remaining = sum(min(config.chunk_rows, split_sizes[s] - k * config.chunk_rows) for s in todo for k in todo[s])
         started = time.perf_counter()
         chunk_writer = _ChunkWriter(writer)
@@ -396,7 +401,8 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
             for split in config.splits:
                 for k in todo[split]:
                     rows = np.arange(k * config.chunk_rows, min((k + 1) * config.chunk_rows, split_sizes[split]))
-                    arrays = _teacher_chunk(model, recorder_factory, encoded[split], rows, (batch_size, batch_tokens),
+                    arrays = _teacher_chunk(model, recorder_factory, encoded[split], rows - offset[split],
+                                            (batch_size, batch_tokens),
                                             device, compression, resolved, sep_id, fixed_mask)
                     chunk_writer.put(split, k, arrays)
                     bar.update(len(rows))
