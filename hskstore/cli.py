@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import sys
 
 import click
@@ -55,6 +58,26 @@ storage_option = click.option(
     help="fsspec option for a store URL, KEY=VALUE (repeatable), e.g. endpoint_url=http://host:9000. "
          "Credentials: the backend's usual environment (AWS_ACCESS_KEY_ID, ...).")
 
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _as_os_error(exc: Exception) -> OSError | None:
+    """The OSError behind `exc`, or None. safetensors' Rust writer reports a failed write (a full disk
+    included) as SafetensorError('... I/O error: No space left on device (os error 28)'), not as OSError."""
+    if isinstance(exc, OSError):
+        return exc
+    match = _RUST_OS_ERROR.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
+    return OSError(int(match.group(1)), os.strerror(int(match.group(1)))) if match else None
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An OSError met while reading or writing (disk full, permissions) as one line naming the file and the fix."""
+    where = f": {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return (f"no space left on device{where}; free some space or choose an --output on another disk, then "
+                "rerun (extract and train resume from their last recorded chunk or checkpoint)")
+    return f"{exc.strerror or exc}{where}; check the path, its permissions and free space, then rerun"
+
 
 def _is_main_rank() -> bool:
     """Under torchrun only rank 0 prints the summary (every rank prints its own errors)."""
@@ -64,13 +87,23 @@ def _is_main_rank() -> bool:
 
 
 class _Group(click.Group):
-    """Turns HskError into one line on stderr and exit status 2: no traceback for user mistakes."""
+    """Turns HskError, usage errors and OSError into one line on stderr and exit status 2: no traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except HskError as exc:
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except click.UsageError as exc:  # click's own would print the usage block around it
+            command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
+            ctx.exit(2)
+        except Exception as exc:  # an OSError, or one that a library wraps (see _as_os_error); anything else is a bug
+            os_error = _as_os_error(exc)
+            if os_error is None:
+                raise
+            click.echo(f"error: {' '.join(_os_error_line(os_error).split())}", err=True)
             ctx.exit(2)
 
 
@@ -113,8 +146,10 @@ def _task_kwargs(text_columns, label_column, validation_file) -> dict:
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--lr", default=1e-4, show_default=True, help="Peak AdamW learning rate (1e-4 beat 5e-5 on MiniLM).")
 @click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
-@click.option("--seed", default=0, show_default=True, help="Classifier init, dropout and batch order.")
-@click.option("--data-seed", default=0, show_default=True, help="Train/validation split and --limit subset.")
+@click.option("--seed", default=0, type=click.IntRange(0, 2**32 - 1), show_default=True,
+              help="Classifier init, dropout and batch order.")
+@click.option("--data-seed", default=0, type=click.IntRange(0, 2**32 - 1), show_default=True,
+              help="Train/validation split and --limit subset.")
 @click.option("--device", default="auto", show_default=True)
 @task_options
 def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, seed, data_seed, device, **task_kw):
@@ -156,7 +191,7 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
               help="Padded tokens per teacher batch [default: 32768 on GPU/mps, 8192 on CPU].")
 @click.option("--chunk-rows", default=4096, show_default=True)
 @click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
-@click.option("--data-seed", default=None, type=int,
+@click.option("--data-seed", default=None, type=click.IntRange(0, 2**32 - 1),
               help="Train/validation split and --limit seed [default: the teacher's, from finetune, else 0].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
@@ -171,7 +206,7 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
     from .config import Compression
     from .extract import ExtractConfig, extract as run, teacher_data_seed, teacher_max_length
     from .report import format_info
-    from .teacher import check_bert_family
+    from .teacher import check_bert_family, check_max_length
 
     if full:
         compression = Compression.full(student_layers=student_layers, l_top=l_top, value_dtype=value_dtype)
@@ -189,6 +224,7 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
                            overwrite=overwrite, task_options=_task_kwargs(**task_kw), storage_options=storage_options)
     if dry_run:
         teacher_config = check_bert_family(teacher)
+        check_max_length(max_length or teacher_max_length(teacher), teacher_config, "the teacher", teacher)
         resolved = compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"],
                                        max_length or teacher_max_length(teacher))
         click.echo(json.dumps({"compression": compression.to_dict(), "resolved": resolved.to_dict(),
@@ -264,9 +300,10 @@ def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, 
 @click.option("--pred-batch-size", type=int, default=None)
 @click.option("--hsk-loss", type=click.Choice(["masked-zero", "kept"]), default="masked-zero", show_default=True)
 @click.option("--temperature", default=1.0, show_default=True)
-@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--weight-decay", default=0.0, type=click.FloatRange(min=0), show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Stop each stage after this many steps.")
-@click.option("--workers", default=0, show_default=True, help="DataLoader workers reading the store.")
+@click.option("--workers", default=0, type=click.IntRange(min=0), show_default=True,
+              help="DataLoader workers reading the store.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
@@ -296,7 +333,8 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
 @click.option("--task", default=None, help="[default: the task the student was distilled on]")
 @click.option("--split", default="validation", show_default=True)
 @click.option("--limit", type=int, default=None, help="[default: the store's]")
-@click.option("--data-seed", type=int, default=None, help="Split and --limit seed [default: the store's].")
+@click.option("--data-seed", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="Split and --limit seed [default: the store's].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--store", default=None, help="Evaluate on a store's split (its tokens and labels): no dataset needed.")
@@ -344,6 +382,20 @@ def convert(src, dst, overwrite, src_options, dst_options):
 
     summary = convert_store(src, dst, overwrite=overwrite, src_options=src_options, dst_options=dst_options)
     click.echo(f"converted {summary['examples']} examples: {src} -> {dst}")
+
+
+@cli.command()
+@click.argument("store")
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def verify(store, storage_options, as_json):
+    """Read every chunk of a store and name the first damaged or missing one (exit 2 if any)."""
+    from .store.verify import verify_store
+
+    summary = verify_store(store, storage_options=storage_options)
+    click.echo(json.dumps(summary, indent=2) if as_json else
+               f"{store}: {summary['chunks_checked']} array chunks read, checksums match, none missing"
+               + ("" if summary["complete"] else " (store incomplete)"))
 
 
 @cli.command(name="slice")

@@ -11,6 +11,7 @@ produces the same bytes an uninterrupted run writes.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -23,34 +24,53 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import Compression
-from .device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
 from . import distributed
-from .errors import ConfigError, StoreError
+from .device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
+from .errors import ConfigError, ModelError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
-from .store import (StoreWriter, array_specs, create_store, delete_store, normalize_location, reopen_store,
-                    root_attributes, store_state)
-from .teacher import CLSAttentionRecorder, HiddenStateRecorder, check_bert_family, load_teacher, load_tokenizer
+from .preflight import check_output_dir
+from .store import (StoreWriter, array_specs, backend_for, create_store, delete_store, is_remote, replace_store,
+                    reopen_store, root_attributes, staging_location, store_state)
+from .store.lock import WriterLock
+from .teacher import (CLSAttentionRecorder, HiddenStateRecorder, check_bert_family, check_max_length,
+                      check_tokenizer_files, load_teacher, load_tokenizer, teacher_fingerprint)
 
 __all__ = ["ExtractConfig", "extract", "batch_bounds", "rank_chunks", "resolve_device", "teacher_max_length", "teacher_data_seed"]
 
 DEFAULT_MAX_LENGTH = 128
 
 
+def _teacher_info(teacher: str) -> dict:
+    """hskstore_teacher.json (written by finetune), or {} for a teacher made elsewhere; one-line error if broken."""
+    meta = Path(teacher) / "hskstore_teacher.json"
+    if not meta.is_file():
+        return {}
+    try:
+        info = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{meta} is not valid JSON ({exc}); delete it (extract then needs --max-length and "
+                         "--data-seed) or fine-tune the teacher again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config", {}), dict):
+        raise ModelError(f"{meta} is not an object of fine-tuning settings; delete it or fine-tune the teacher again")
+    return info
+
+
+def _info_int(teacher: str, value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(f"{Path(teacher) / 'hskstore_teacher.json'} has {name}={value!r}, expected an integer; "
+                         f"pass --{name.replace('_', '-')} or fine-tune the teacher again")
+    return value
+
+
 def teacher_max_length(teacher: str) -> int:
     """The max length the teacher was fine-tuned with (hskstore_teacher.json), else 128."""
-    meta = Path(teacher) / "hskstore_teacher.json"
-    if meta.is_file():
-        return int(json.loads(meta.read_text()).get("max_length", DEFAULT_MAX_LENGTH))
-    return DEFAULT_MAX_LENGTH
+    return _info_int(teacher, _teacher_info(teacher).get("max_length", DEFAULT_MAX_LENGTH), "max_length")
 
 
 def teacher_data_seed(teacher: str) -> int:
     """The data seed the teacher was fine-tuned with (hskstore_teacher.json), else 0: same split everywhere."""
-    meta = Path(teacher) / "hskstore_teacher.json"
-    if meta.is_file():
-        info = json.loads(meta.read_text())
-        return int(info.get("config", {}).get("data_seed", info.get("data_seed", 0)))
-    return 0
+    info = _teacher_info(teacher)
+    return _info_int(teacher, info.get("config", {}).get("data_seed", info.get("data_seed", 0)), "data_seed")
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,10 @@ class ExtractConfig:
             problems.append(f"batch_tokens must be >= 1, got {self.batch_tokens}")
         if self.max_length is not None and not 2 <= self.max_length <= 512:
             problems.append(f"max_length must be in 2..512, got {self.max_length}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"limit must be >= 1 (or None for every example), got {self.limit}")
+        if not 0 <= self.data_seed < 2**32:
+            problems.append(f"data_seed must be in 0..2**32-1 (a numpy seed), got {self.data_seed}")
         if not self.splits:
             problems.append("splits must name at least one split")
         if problems:
@@ -129,10 +153,14 @@ class _ChunkWriter:
 
 
 def _run_key(meta: dict) -> dict:
-    """What must match for a partial store to be resumed by this run."""
+    """What must match for a partial store to be resumed by this run.
+
+    The teacher is compared by content (its fingerprint), not by path: a teacher re-fine-tuned into the
+    same directory must not finish a store whose first chunks came from the old weights.
+    """
     keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "data_seed", "numerics",
-            "batch_size", "batch_tokens")
-    return {k: meta.get(k) for k in keys} | {"teacher_path": meta["teacher"]["path"]}
+            "batch_size", "batch_tokens", "teacher_fingerprint")
+    return {k: meta.get(k) for k in keys}
 
 
 def _differences(old: dict, new: dict, prefix="") -> list[str]:
@@ -157,20 +185,45 @@ def _check_output(config: ExtractConfig) -> None:
                          "or choose another output.")
 
 
-def _prepare_store(config: ExtractConfig, meta: dict, split_sizes, specs, fixed_mask, tokenizer_files) -> StoreWriter:
-    location, options = config.output, config.storage_options
+def _check_writable(config: ExtractConfig) -> None:
+    if not is_remote(config.output):  # an object store is checked by _check_output's first request instead
+        check_output_dir(config.output if backend_for(config.output) == "zarr"
+                         else os.path.dirname(os.path.abspath(config.output)))
+
+
+def _write_location(config: ExtractConfig) -> str:
+    """Where this run writes: the output itself, or, to replace a store on local disk, a staging place
+    beside it, so the old store is lost only once the new one is complete."""
+    state, _ = store_state(config.output, config.storage_options)
+    if config.overwrite and state in ("partial", "complete") and not is_remote(config.output):
+        return staging_location(config.output)
+    return config.output
+
+
+def _prepare_store(config: ExtractConfig, location: str, meta: dict, split_sizes, specs, fixed_mask,
+                   tokenizer_files) -> StoreWriter:
+    options = config.storage_options
     state, attrs = store_state(location, options)
-    if state == "half" or (state != "absent" and config.overwrite):
-        delete_store(location, options)  # half-created: nothing in it to keep
+    staged = location != config.output
+    if state == "foreign" and staged:
+        raise StoreError(f"{location} (where --overwrite builds the new store) exists and is not a store; remove it")
+    if state == "half" or (state != "absent" and config.overwrite and not staged):
+        delete_store(location, options)  # half-created: nothing to keep; or --overwrite on an object store
+        state = "absent"
+    if state == "complete" and staged:  # a previous --overwrite finished but did not swap: remake it
+        delete_store(location, options)
         state = "absent"
     if state == "partial":  # a complete one was refused by _check_output without --overwrite
         old = _run_key(attrs)
         new = _run_key(json.loads(json.dumps(meta | {"splits": split_sizes, "chunk_rows": config.chunk_rows})))
         diffs = _differences(old, new)
-        if diffs:
+        if diffs and staged:
+            delete_store(location, options)  # an abandoned --overwrite attempt with other options
+        elif diffs:
             raise StoreError(f"{location} is a partial store from a different run ({'; '.join(diffs[:3])}); "
                              "rerun with its original options to resume, or pass --overwrite.")
-        return reopen_store(location, options)
+        else:
+            return reopen_store(location, options)
     packed_mask = None if fixed_mask is None else np.packbits(fixed_mask.numpy(), bitorder="little")
     attrs = root_attributes(meta, split_sizes, config.chunk_rows, specs)
     return create_store(location, attrs, specs, packed_mask, tokenizer_files, options)
@@ -249,24 +302,8 @@ def _absolute_files(options: dict) -> dict:
     return {k: _absolute_if_file(v) if k.endswith("_file") and isinstance(v, str) else v for k, v in options.items()}
 
 
-def _weights_sha256(directory) -> str | None:
-    """SHA-256 over the teacher's weight files (name and bytes, in name order): who made this store, exactly."""
-    import hashlib
-
-    files = sorted(p for p in Path(directory).glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def _teacher_provenance(teacher: str, identity) -> dict:
-    """The teacher by absolute path, name (its fine-tuning base, else the directory) and weights' SHA-256."""
+    """The teacher by absolute path and name (plus its fine-tuning base); its SHA-256s are `teacher_fingerprint`."""
     info = identity.to_dict()
     path = Path(teacher)
     meta_file = path / "hskstore_teacher.json"
@@ -278,8 +315,7 @@ def _teacher_provenance(teacher: str, identity) -> dict:
         except ValueError:
             base = None
     info.update(path=_absolute_if_file(teacher), name=path.resolve().name if path.exists() else teacher,
-                base_model=_absolute_if_file(base) if isinstance(base, str) else None,
-                weights_sha256=_weights_sha256(path) if path.is_dir() else None)
+                base_model=_absolute_if_file(base) if isinstance(base, str) else None)
     return info
 
 
@@ -301,26 +337,33 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
 
     Under torchrun every rank runs this: rank 0 creates (or reopens) the store, each rank writes only
     the chunks of its `rank_chunks` range, and rank 0 marks the store complete once all have finished.
+    Holds the store's writer lock for the whole run (under torchrun, rank 0 holds it for the job).
 
     Raises:
         ConfigError / ModelError / DataError / StoreError with a one-line message naming the fix.
     """
     with distributed.process_group(config.device) as (world, device):
-        return _extract(config, progress, world, device)
+        if not world.is_main:
+            return _extract(config, progress, world, device)
+        _check_writable(config)  # before the lock file is made beside the output
+        with WriterLock(config.output, config.storage_options):
+            return _extract(config, progress, world, device)
 
 
 def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
     from .data import load_task, tokenize
     from .report import store_info
-    from .store import backend_for
 
     if world.distributed and backend_for(config.output) == "hdf5":
         raise ConfigError(f"{config.output} is an HDF5 file, which takes one writer: extract with torchrun into a "
                           "Zarr store (a directory or URL), then `hskstore convert` it")
+    _check_writable(config)
     _check_output(config)
     compression = config.compression
     max_length = config.max_length or teacher_max_length(config.teacher)
     teacher_config = check_bert_family(config.teacher)  # fail fast: before data and weights are loaded
+    check_tokenizer_files(config.teacher)
+    check_max_length(max_length, teacher_config, "the teacher", config.teacher)
     compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"], max_length)
     task = load_task(config.task, limit=config.limit, seed=config.data_seed, **config.task_options)
     spec = task.spec
@@ -353,6 +396,8 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
         "resolved": resolved.to_dict(),
         "amount_hsk": resolved.amount(),
         "teacher": _teacher_provenance(config.teacher, identity),
+        # SHA-256 of the weights and tokenizer files: what a resumed extraction must be run with.
+        "teacher_fingerprint": teacher_fingerprint(config.teacher),
         "task": asdict(spec),
         # How to load the same data again (evaluate, predict): the task name or file, and its options.
         "task_ref": {"task": _absolute_if_file(config.task), "options": _absolute_files(config.task_options)},
@@ -372,15 +417,17 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
     # Batches are padded per batch: the same bytes need the same batching.
     meta["batch_size"], meta["batch_tokens"] = batch_size, batch_tokens
     specs = array_specs(resolved, compression, identity.vocab_size, spec.num_labels)
+    location = _write_location(config)  # the output, or the staging place an --overwrite builds in
     error = None
     if world.is_main:  # one creator; the others open the store once it exists
         try:
-            writer = _prepare_store(config, meta, split_sizes, specs, fixed_mask, _tokenizer_files(tokenizer))
+            writer = _prepare_store(config, location, meta, split_sizes, specs, fixed_mask,
+                                    _tokenizer_files(tokenizer))
         except Exception as exc:
             error = exc
     distributed.raise_if_any_failed(world, error, "preparing the store", device)
     if not world.is_main:
-        writer = reopen_store(config.output, config.storage_options)
+        writer = reopen_store(location, config.storage_options)
 
     needs_scores = compression.length_strategy in ("att-nosep", "att")
     layers = model.bert.encoder.layer
@@ -430,5 +477,7 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
             writer.mark_complete(summary)
     finally:
         writer.close()
-    distributed.barrier(world)  # the others return once the store is complete
+    if world.is_main and location != config.output:
+        replace_store(location, config.output)
+    distributed.barrier(world)  # the others return once the store is complete (and in place)
     return summary | {"info": store_info(config.output, storage_options=config.storage_options)}

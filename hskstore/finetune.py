@@ -22,7 +22,8 @@ from .data import TaskSpec, load_task, tokenize
 from .device import precision_for, resolve_device
 from .errors import ConfigError
 from .metrics import compute_metrics, primary_metric
-from .teacher import check_bert_family, load_teacher, load_tokenizer
+from .preflight import check_output_dir
+from .teacher import check_bert_family, check_max_length, check_tokenizer_files, load_teacher, load_tokenizer
 
 __all__ = ["FinetuneConfig", "finetune", "evaluate", "TEACHER_INFO_FILE"]
 
@@ -66,6 +67,11 @@ class FinetuneConfig:
             problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.max_grad_norm > 0:
+            problems.append(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        for name in ("seed", "data_seed"):  # numpy and torch generators take 0..2**32-1
+            if not isinstance(getattr(self, name), int) or not 0 <= getattr(self, name) < 2**32:
+                problems.append(f"{name} must be an integer in 0..2**32-1, got {getattr(self, name)!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             problems.append(f"limit must be a positive integer or None, got {self.limit!r}")
         if self.keep not in KEEP:
@@ -107,10 +113,14 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
         the kept epoch's validation metrics (`compute_metrics` keys) plus "train_loss" (that epoch's mean),
         "epoch" and "train_seconds" (the whole loop, evaluation included). Every epoch's are in `hskstore_teacher.json` under "history".
     Raises:
-        ModelError: the model is not BERT-family or cannot be loaded. DataError: the task cannot be loaded.
+        ModelError: the model is not BERT-family, has no tokenizer, cannot take max_length tokens, or cannot
+            be loaded. DataError: the task cannot be loaded. ConfigError: the output cannot be written.
     """
-    # Setup: fail on a wrong model before the (slower) data loading.
-    check_bert_family(config.model)
+    # Setup: fail on a wrong output or model before the (slower) data loading, not after training.
+    check_output_dir(config.output)
+    model_config = check_bert_family(config.model)
+    check_tokenizer_files(config.model)
+    check_max_length(config.max_length, model_config, "the model", config.model)
     device = resolve_device(config.device)
     data = load_task(config.task, **config.task_options())
     spec = data.spec

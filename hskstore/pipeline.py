@@ -52,11 +52,15 @@ def store_batches(store_path, batch_size: int = 32, limit: int | None = None, st
 def _check_store_matches_teacher(store: str, teacher: str, storage_options: dict | None = None) -> None:
     from .errors import StoreError
     from .store import open_store
-    from .teacher import check_bert_family
+    from .teacher import check_bert_family, teacher_fingerprint
 
     with open_store(store, storage_options=storage_options) as opened:
-        stored = opened.teacher
+        stored, recorded = opened.teacher, opened.attrs.get("teacher_fingerprint")  # older stores have none
     config = check_bert_family(teacher)
+    if recorded is not None and teacher_fingerprint(teacher) != recorded:
+        raise StoreError(f"store {store} was extracted from another teacher than {teacher}: the SHA-256 of its "
+                         "weights or tokenizer differs from the store's teacher_fingerprint; pass the store's own "
+                         "teacher")
     given = (config["vocab_size"], len(config.get("id2label") or {}) or config.get("num_labels", 2),
              config["hidden_size"], config["num_hidden_layers"])
     expected = (stored["vocab_size"], stored["num_labels"], stored["hidden_size"], stored["num_layers"])
@@ -71,10 +75,12 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
                   hidden_size: int | None = None, importance_examples: int | None = None, seed: int = 0,
                   device: str = "cpu", progress: bool = True, storage_options: dict | None = None) -> dict:
     """Build and save a student; returns its summary. ROSITA scores importance on the store's train split."""
+    from .preflight import check_output_dir
     from .store import open_store
     from .student import ROSITA_DEFAULTS, build_bert_student, build_rosita, save_student, student_summary
     from .teacher import load_tokenizer
 
+    check_output_dir(output)  # before the teacher loads and importance is scored
     if kind == "rosita":
         if teacher is None or store is None:
             raise ModelError("a ROSITA student needs --teacher (the fine-tuned teacher) and --store (its training "
@@ -93,6 +99,10 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
             raise ModelError("a BERT student needs --store, whose teacher fixes the vocabulary and label count")
         opened = open_store(store, storage_options=storage_options)
         opened.close()  # only its attributes are needed
+        if checkpoint is not None:  # a fresh student has 512 positions, the most a store holds
+            from .teacher import check_bert_family, check_max_length
+
+            check_max_length(opened.resolved.max_length, check_bert_family(checkpoint), "the checkpoint", checkpoint)
         student = build_bert_student(checkpoint, num_labels=opened.num_labels,
                                      vocab_size=None if checkpoint else opened.teacher["vocab_size"],
                                      num_layers=num_layers, hidden_size=hidden_size,
@@ -127,6 +137,7 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
     from .finetune import FinetuneConfig, finetune
     from .report import format_info, store_info
     from .store import open_store
+    from .teacher import teacher_fingerprint
     from .train import TrainConfig, train
 
     work = Path(run.workdir)
@@ -148,7 +159,8 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
     try:
         attrs = open_store(store).attrs  # complete already: reuse it if it is this run's store
         same = (attrs["compression"] == run.compression.to_dict() and attrs["limit"] == run.limit
-                and attrs["max_length"] == run.max_length and not recorded_changed)
+                and attrs["max_length"] == run.max_length and not recorded_changed
+                and attrs.get("teacher_fingerprint") == teacher_fingerprint(str(teacher)))  # this teacher's bytes
     except StoreError:
         same = False
     if same:

@@ -30,6 +30,7 @@ __all__ = [
     "build_bert_student",
     "save_student",
     "load_student",
+    "read_student_meta",
     "student_summary",
     "STUDENT_FORMAT",
     "STUDENT_VERSION",
@@ -334,33 +335,50 @@ def save_student(student: nn.Module, directory: str | os.PathLike, tokenizer=Non
     return directory
 
 
-def load_student(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a student written by save_student, in eval mode (reads JSON and safetensors only)."""
-    from safetensors.torch import load_file
-
+def read_student_meta(directory: str | os.PathLike) -> dict:
+    """student.json of a student directory, checked (format, version, kind, a config object); no weights read."""
     directory = Path(directory)
     meta_file = directory / "student.json"
     if not meta_file.is_file():
         raise ModelError(f"{directory} is not an hskstore student (no student.json). Build one with `hskstore student ...`")
     try:
         meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{meta_file} is not valid JSON ({exc}); rebuild the student with `hskstore student ...`") from None
-    if meta.get("format") != STUDENT_FORMAT:
-        raise ModelError(f"{meta_file} has format {meta.get('format')!r}, expected {STUDENT_FORMAT!r}; "
+    if not isinstance(meta, dict) or meta.get("format") != STUDENT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelError(f"{meta_file} has format {found!r}, expected {STUDENT_FORMAT!r}; "
                          "point at a directory written by `hskstore student`")
     if meta.get("version") != STUDENT_VERSION:
         raise ModelError(f"Unsupported hskstore student version: {meta.get('version')!r}. "
                          f"Expected version {STUDENT_VERSION}; rebuild the student with this hskstore")
-    kind = meta.get("kind")
-    if kind == "rosita":
-        student = RositaStudent(RositaConfig.from_dict(meta["config"]))
-    elif kind == "bert":
-        from transformers import BertConfig, BertForSequenceClassification
+    if meta.get("kind") not in ("rosita", "bert"):
+        raise ModelError(f"{meta_file} has kind {meta.get('kind')!r}, expected 'rosita' or 'bert'")
+    if not isinstance(meta.get("config"), dict):
+        raise ModelError(f"{meta_file} has no config object; rebuild the student with `hskstore student ...`")
+    return meta
 
-        student = BertStudent(BertForSequenceClassification(BertConfig.from_dict(meta["config"])))
-    else:
-        raise ModelError(f"{meta_file} has kind {kind!r}, expected 'rosita' or 'bert'")
+
+def load_student(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a student written by save_student, in eval mode (reads JSON and safetensors only)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = read_student_meta(directory)
+    meta_file = directory / "student.json"
+    kind = meta["kind"]
+    try:
+        if kind == "rosita":
+            student = RositaStudent(RositaConfig.from_dict(meta["config"]))
+        else:
+            from transformers import BertConfig, BertForSequenceClassification
+
+            student = BertStudent(BertForSequenceClassification(BertConfig.from_dict(meta["config"])))
+    except ConfigError:
+        raise
+    except Exception as exc:  # transformers' config validation raises its own classes, not ValueError
+        raise ModelError(f"{meta_file} has an invalid {kind} config ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                         "rebuild the student with `hskstore student ...`") from None
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise ModelError(f"{directory} has student.json but no model.safetensors; save the student again")

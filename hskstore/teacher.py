@@ -7,6 +7,7 @@ layers whose scores are needed capture the [CLS] query (B, d) and all keys (B, T
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -16,11 +17,28 @@ import torch
 
 from .errors import ModelError
 
-__all__ = ["TeacherIdentity", "load_teacher", "load_tokenizer", "CLSAttentionRecorder", "HiddenStateRecorder",
-           "BERT_FAMILY"]
+__all__ = [
+    "TeacherIdentity",
+    "load_teacher",
+    "load_tokenizer",
+    "check_bert_family",
+    "check_tokenizer_files",
+    "check_max_length",
+    "teacher_fingerprint",
+    "CLSAttentionRecorder",
+    "HiddenStateRecorder",
+    "BERT_FAMILY",
+    "TOKENIZER_FILES",
+]
 
 # model_type values whose encoder is BertModel-compatible (embeddings + encoder.layer[i].attention.self).
 BERT_FAMILY = ("bert",)
+# What `save_pretrained` writes for a BERT tokenizer; one of the first two holds the vocabulary.
+VOCAB_FILES = ("vocab.txt", "tokenizer.json")
+TOKENIZER_FILES = VOCAB_FILES + ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+# config.json fields hskstore reads: each must be a positive integer (max_position_embeddings when present).
+_CONFIG_INTS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+_BLOCK = 1 << 20  # fingerprint read size: constant memory whatever the checkpoint's size
 
 
 @dataclass(frozen=True)
@@ -44,11 +62,23 @@ def _read_config(path: str | os.PathLike) -> dict:
             f"{path} is not a model directory: no config.json. "
             "Pass a directory written by `hskstore finetune` or `save_pretrained`."
         )
-    return json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{config_file} is not valid JSON ({exc}); restore it from the checkpoint it came "
+                         "from, or save the model again with `save_pretrained`.") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{config_file} holds a JSON {type(config).__name__}, expected an object of model "
+                         "settings; restore it from the checkpoint it came from.")
+    return config
 
 
 def check_bert_family(path: str | os.PathLike) -> dict:
-    """Raise a one-line ModelError unless `path` holds a BERT-family checkpoint; return its config dict."""
+    """Raise a one-line ModelError unless `path` holds a BERT-family checkpoint; return its config dict.
+
+    The sizes hskstore reads from config.json are checked here, so a mistyped file fails before any
+    weights load instead of deep inside transformers or torch.
+    """
     config = _read_config(path)
     model_type = config.get("model_type")
     if model_type not in BERT_FAMILY:
@@ -56,16 +86,83 @@ def check_bert_family(path: str | os.PathLike) -> dict:
             f"{path} holds a '{model_type}' model; hskstore distils BERT-family models "
             f"(model_type in {list(BERT_FAMILY)}). Fine-tune a BERT checkpoint first."
         )
+    names = _CONFIG_INTS + (("max_position_embeddings",) if "max_position_embeddings" in config else ())
+    bad = [f"{name}={config.get(name)!r}" for name in names
+           if isinstance(config.get(name), bool) or not isinstance(config.get(name), int) or config[name] < 1]
+    if bad:
+        raise ModelError(f"{Path(path) / 'config.json'} has invalid sizes ({', '.join(bad)}): expected positive "
+                         "integers; restore config.json from the checkpoint it came from.")
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise ModelError(f"{Path(path) / 'config.json'}: hidden_size {config['hidden_size']} is not a multiple of "
+                         f"num_attention_heads {config['num_attention_heads']}; restore config.json.")
     return config
+
+
+def check_tokenizer_files(path: str | os.PathLike) -> None:
+    """Raise a one-line ModelError unless `path` holds a tokenizer vocabulary (vocab.txt or tokenizer.json).
+
+    Without one, transformers builds a tokenizer of the five special tokens and every word becomes [UNK]:
+    a store of such tokens is useless, and nothing would fail until the student is evaluated.
+    """
+    if not any((Path(path) / name).is_file() for name in VOCAB_FILES):
+        raise ModelError(f"{path} has no tokenizer vocabulary (none of {list(VOCAB_FILES)}): copy the tokenizer "
+                         "files of the base model into it, or save the tokenizer beside the model "
+                         "(`hskstore finetune` does).")
+
+
+def check_max_length(max_length: int, config: dict, what: str, path) -> None:
+    """A max length the model's position embeddings cannot take fails here, not as an index error in a forward."""
+    limit = config.get("max_position_embeddings", 512)  # BertConfig's default when the file has none
+    if max_length > limit:
+        raise ModelError(f"max length {max_length} is larger than the {limit} positions {what} {path} has "
+                         f"(max_position_embeddings): use --max-length {limit} or less.")
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        while block := handle.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_fingerprint(path: str | os.PathLike) -> dict:
+    """SHA-256 of a teacher's model files (config.json, *.safetensors) and of its tokenizer files.
+
+    Contents, not paths or times: re-fine-tuning into the same directory gives another fingerprint.
+    Files are streamed in 1 MiB blocks and nothing is cached (a cache keyed on path and mtime would
+    miss a rewrite within the filesystem's time resolution).
+
+    Returns:
+        {"algorithm": "sha256", "weights": {file: hex}, "tokenizer": {file: hex}}
+    Raises:
+        ModelError: no safetensors weights in `path`.
+    """
+    root = Path(path)
+    weights = sorted(p for p in root.iterdir() if p.is_file() and (p.name == "config.json" or
+                                                                   p.name.endswith(".safetensors") or
+                                                                   p.name.endswith(".safetensors.index.json")))
+    if not any(p.name.endswith(".safetensors") for p in weights):
+        raise ModelError(f"{path} has no safetensors weights (model.safetensors); save the teacher with "
+                         "`hskstore finetune` or `save_pretrained(safe_serialization=True)`.")
+    tokenizer = sorted(root / name for name in TOKENIZER_FILES if (root / name).is_file())
+    return {"algorithm": "sha256",
+            "weights": {p.name: _sha256(p) for p in weights},
+            "tokenizer": {p.name: _sha256(p) for p in tokenizer}}
 
 
 def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
+    check_tokenizer_files(path)
     try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a tokenizer from {path}: {exc}. Save the tokenizer beside the model.") from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise ModelError(f"the tokenizer in {path} has only its {len(tokenizer)} special tokens: every word would be "
+                         "[UNK]. Copy the base model's vocab.txt / tokenizer.json into it.")
+    return tokenizer
 
 
 def load_teacher(path: str | os.PathLike, num_labels: int | None = None, device: str | torch.device = "cpu"):
@@ -98,8 +195,9 @@ def load_teacher(path: str | os.PathLike, num_labels: int | None = None, device:
         model = BertForSequenceClassification.from_pretrained(
             str(path), trust_remote_code=False, use_safetensors=True, **kwargs
         )
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a BERT teacher from {path}: {exc}") from None
+    except Exception as exc:  # OSError, ValueError, and transformers' own config validation errors
+        raise ModelError(f"cannot load a BERT teacher from {path}: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}") from None
     model.to(device).eval()
     identity = TeacherIdentity(
         path=str(path),

@@ -26,13 +26,14 @@ from .device import describe_device, precision_for
 from .errors import ConfigError, StoreError
 from .losses import HSK_LOSSES, hsk_loss, prediction_loss
 from .metrics import compute_metrics, primary_metric
+from .preflight import check_output_dir
 from .schedules import StageSchedule, default_schedules
 from .select import full_width, select_hsk, static_mask
 from .store import normalize_location, open_store
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, Prefetcher, StoreStream, keep_numpy, to_device
-from .student import load_student, save_student
+from .student import load_student, read_student_meta, save_student
 
-__all__ = ["TrainConfig", "Trainer", "train", "STAGES"]
+__all__ = ["TrainConfig", "Trainer", "train", "store_identity", "STAGES"]
 
 STAGES = ("hsk", "pred")
 LOG_EVERY = 20  # steps between reads of the loss: each read waits for the accelerator to catch up
@@ -80,6 +81,14 @@ class TrainConfig:
                 problems.append(f"{name} must be > 0, got {value}")
         if self.temperature <= 0:
             problems.append(f"temperature must be > 0, got {self.temperature}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.num_workers < 0:
+            problems.append(f"num_workers must be >= 0 (0 reads in the main process), got {self.num_workers}")
+        if not 0 <= self.seed < 2**32:
+            problems.append(f"seed must be in 0..2**32-1, got {self.seed}")
+        if self.eval_batch_size < 1:
+            problems.append(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if problems:
             raise ConfigError(problems)
 
@@ -95,9 +104,11 @@ class Trainer:
         self.progress = progress
         # Under torchrun: this rank, its device (cuda:LOCAL_RANK) and an open process group.
         self.world, self.device = distributed.setup(config.device)
+        check_output_dir(config.output)  # before the store and the student load, not when the first file is saved
         self.store = open_store(config.store, storage_options=config.storage_options)
         self.resolved = self.store.resolved
         self.task = self.store.task
+        self._check_student_positions()
         torch.manual_seed(config.seed)
         self.student = load_student(config.student, device=self.device)
         self._check_student()
@@ -117,6 +128,14 @@ class Trainer:
         self.output = Path(config.output)
 
     # ------------------------------------------------------------------ setup checks
+    def _check_student_positions(self):
+        """The store's max length must fit the student's position embeddings (read from student.json, no weights)."""
+        positions = read_student_meta(self.config.student)["config"].get("max_position_embeddings", 512)
+        if self.resolved.max_length > positions:
+            raise StoreError(f"store {self.config.store} holds sequences of up to {self.resolved.max_length} tokens but "
+                             f"the student {self.config.student} has {positions} positions (max_position_embeddings): "
+                             "build a student with more positions, or extract with a smaller --max-length")
+
     def _check_student(self):
         teacher, student, depth = self.store.teacher, self.student, self.resolved.depth
         problems = []
@@ -135,8 +154,13 @@ class Trainer:
             raise StoreError("store/student mismatch: " + "; ".join(problems))
 
     def _load_online_teacher(self, path):
-        from .teacher import CLSAttentionRecorder, load_teacher, load_tokenizer
+        from .teacher import CLSAttentionRecorder, load_teacher, load_tokenizer, teacher_fingerprint
 
+        recorded = self.store.attrs.get("teacher_fingerprint")  # stores from before fingerprints have none
+        if recorded is not None and teacher_fingerprint(path) != recorded:
+            raise StoreError(f"online teacher {path} is not the store's teacher: the SHA-256 of its weights or "
+                             f"tokenizer differs from the fingerprint recorded in {self.config.store}; pass the "
+                             "teacher the store was extracted from")
         model, identity = load_teacher(path, device=self.device)
         stored = self.store.teacher
         same = (identity.num_layers, identity.hidden_size, identity.vocab_size, identity.num_labels) == (
@@ -431,7 +455,9 @@ class Trainer:
                 "temperature": c.temperature, "weight_decay": c.weight_decay, "amp": c.amp,
                 "num_workers": c.num_workers,  # chunks are dealt per worker: another count, another order
                 **({"world_size": self.world.world_size} if self.world.distributed else {}),  # and per rank
-                "schedules": {s: asdict(c.schedule(s, self.task["name"])) for s in c.stages}}
+                "schedules": {s: asdict(c.schedule(s, self.task["name"])) for s in c.stages},
+                # The same path can hold another store (re-extracted with --overwrite): compare contents' identity.
+                "store_identity": store_identity(self.store.attrs), "compression": self.store.attrs.get("compression")}
 
     def _save_checkpoint(self, state: dict, optimizer) -> None:
         from safetensors.torch import save_file
@@ -464,8 +490,16 @@ class Trainer:
         if not (self.config.resume and (checkpoint / "state.json").is_file()):
             return {}
         state = json.loads((checkpoint / "state.json").read_text())
-        if state.get("run") != json.loads(json.dumps(self._run_key())):
-            raise ConfigError(f"{checkpoint} belongs to a different run (other store, student, stages or schedule); "
+        old, new = state.get("run") or {}, json.loads(json.dumps(self._run_key()))
+        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if changed:
+            if old and "store_identity" not in old:
+                why = "written by an hskstore that did not record the store's identity"
+            elif {"store_identity", "compression"} & set(changed):
+                why = "the store was replaced or re-extracted since"
+            else:
+                why = "other store, student, stages or schedule"
+            raise ConfigError(f"{checkpoint} belongs to a different run ({why}: {', '.join(changed)} differ); "
                               "use another --output, or --no-resume to start over")
         resumed = load_student(checkpoint / "student", device=self.device)
         self.student.load_state_dict(resumed.state_dict())
@@ -502,6 +536,14 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def store_identity(attrs: dict) -> dict:
+    """What names a store's contents: its UUID, else its creation time, compression and teacher fingerprint."""
+    if attrs.get("uuid"):
+        return {"uuid": attrs["uuid"]}
+    return {"created_at": attrs.get("created_at"), "compression": attrs.get("compression"),
+            "teacher_fingerprint": attrs.get("teacher_fingerprint")}
 
 
 class _StageLoss(nn.Module):

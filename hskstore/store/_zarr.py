@@ -136,6 +136,7 @@ class ZarrStore(Store):
             manager.__exit__(None, None, None)
         super().__init__(location, self.group.attrs.asdict(), storage_options)
         self._arrays: dict[tuple[str, str], object] = {}
+        self._present: set[str] | None = None   # chunk keys on disk, listed once (one LIST on an object store)
 
     def _array(self, split: str, name: str):
         key = (split, name)
@@ -146,8 +147,45 @@ class ZarrStore(Store):
     def _array_names(self, split: str) -> list[str]:
         return [n for n in self.group[split].array_keys() if n != RECORD_ARRAY]
 
+    def _listing(self, refresh: bool = False) -> set[str]:
+        if self._present is None or refresh:
+            fs, root = _filesystem(self.location, self.storage_options)
+            fs.invalidate_cache()
+            root = root.rstrip("/")
+            self._present = {path[len(root):].lstrip("/") for path in fs.find(root)}
+        return self._present
+
+    def _chunk_key(self, split: str, name: str, index: int) -> str:
+        ndim = len(self._array(split, name).shape)
+        return "/".join([split, name, "c", str(index)] + ["0"] * (ndim - 1))
+
+    def missing_chunk(self, split: str, name: str, start: int, stop: int) -> int | None:
+        """The first chunk in rows [start, stop) of an array whose object is absent, else None.
+
+        Version 2 writes every chunk object, empty ones included, so an absent object is a deleted one
+        (zarr alone would read it back as fill values).
+        """
+        if self.format_version == 1 or stop <= start:
+            return None
+        chunks = range(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1)
+        for refresh in (False, True):   # a store still being written may have gained chunks since the listing
+            present = self._listing(refresh)
+            missing = [k for k in chunks if self._chunk_key(split, name, k) not in present]
+            if not missing:
+                return None
+        return missing[0]
+
     def _read(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
-        return self._array(split, name)[start:stop]
+        missing = self.missing_chunk(split, name, start, stop)
+        if missing is not None:
+            raise StoreError(f"{self.location}: chunk {missing} of {split}/{name} is missing although recorded as "
+                             f"written; run `hskstore verify {self.location}`, then re-extract the store")
+        try:
+            return self._array(split, name)[start:stop]
+        except (ValueError, RuntimeError, OSError, TypeError) as exc:
+            chunk = start // self.chunk_rows
+            raise StoreError(f"{self.location}: chunk {chunk} of {split}/{name} is damaged ({str(exc)[:80]}); "
+                             f"run `hskstore verify {self.location}` to list every bad chunk, then re-extract") from None
 
     def _records(self, split: str):
         if self.format_version == 1:
@@ -166,13 +204,19 @@ class ZarrStore(Store):
 
     def nbytes(self) -> dict[str, int]:
         fs, root = _filesystem(self.location, self.storage_options)
-        out = {}
-        for split in self.splits:
-            for name in self._array_names(split):
-                out[f"{split}/{name}"] = int(fs.du(f"{root}/{split}/{name}", total=True))
-        out["static_mask"] = int(fs.du(f"{root}/static_mask", total=True)) if self._root_array("static_mask") is not None else 0
-        out["tokenizer"] = int(fs.du(f"{root}/tokenizer", total=True))
-        out["total"] = int(fs.du(root, total=True))
+        fs.invalidate_cache()  # fsspec caches listings per process: chunks written since would be missed
+        sizes: dict[str, int] = {}
+        root = root.rstrip("/")
+        for path, detail in fs.find(root, detail=True).items():  # one listing, not one per array
+            relative = path[len(root):].lstrip("/")  # find() answers in the same protocol-less form as root
+            parts = relative.split("/")
+            key = "/".join(parts[:2]) if parts[0] in self.splits and len(parts) > 2 else parts[0]
+            sizes[key] = sizes.get(key, 0) + int(detail.get("size") or 0)
+        out = {f"{split}/{name}": sizes.get(f"{split}/{name}", 0)
+               for split in self.splits for name in self._array_names(split)}
+        out["static_mask"] = sizes.get("static_mask", 0)
+        out["tokenizer"] = sizes.get("tokenizer", 0)
+        out["total"] = sum(sizes.values())
         return out
 
 
@@ -223,7 +267,8 @@ class ZarrWriter(StoreWriter):
     def _array(self, split, name):
         key = (split, name)
         if key not in self._arrays:
-            self._arrays[key] = self.group[split][name]
+            # Every chunk object is written, all-fill ones too: then a missing object is always an error.
+            self._arrays[key] = self.group[split][name].with_config({"write_empty_chunks": True})
         return self._arrays[key]
 
     def _write_array(self, split, name, start, data):

@@ -31,6 +31,7 @@ class SplitReader:
         self.num_examples: int = int(store.attrs["splits"][name])
         self.num_chunks: int = -(-self.num_examples // self.chunk_rows)
         self.array_names: tuple[str, ...] = tuple(sorted(store._array_names(name)))
+        self._done: set[int] | None = None
 
     def __len__(self) -> int:
         return self.num_examples
@@ -52,7 +53,20 @@ class SplitReader:
         if unknown:
             raise StoreError(f"{self.store.location} split {self.name!r} has no array {unknown[0]!r}; "
                              f"it has {list(self.array_names)}")
+        if not self.store.complete and stop > start:
+            self._check_written(range(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1))
         return {name: self.store._read(self.name, name, start, stop) for name in names}
+
+    def _check_written(self, chunks) -> None:
+        """An unwritten chunk of an incomplete store is an error, never fill values read as data."""
+        for refresh in (False, True):   # the writer may have recorded more since the last look
+            if self._done is None or refresh:
+                self._done = self.store.chunks_done(self.name)
+            missing = [k for k in chunks if k not in self._done]
+            if not missing:
+                return
+        raise StoreError(f"{self.store.location}: chunk {missing[0]} of split {self.name!r} has not been written yet "
+                         "(the store is incomplete); rerun the same `hskstore extract` command to finish it")
 
 
 class Store(ABC):

@@ -114,6 +114,7 @@ ROOT_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "resolved": (_DICT, True),
     "amount_hsk": ((int, float), True),
     "teacher": (_DICT, True),
+    "teacher_fingerprint": (_DICT, True),
     "task": (_DICT, True),
     "task_ref": (_DICT, True),
     "label_names": (_LIST, True),
@@ -131,7 +132,7 @@ ROOT_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "derived_from": ((dict, type(None)), False),
 }
 # Version 1 wrote no uuid, and layout_complete only once its arrays existed.
-_V1_OPTIONAL = {"uuid", "layout_complete", "task_ref", "batch_size", "numerics"}
+_V1_OPTIONAL = {"uuid", "layout_complete", "task_ref", "batch_size", "numerics", "teacher_fingerprint"}
 
 
 def root_attributes(meta: dict, split_sizes: dict[str, int], chunk_rows: int, specs: list[ArraySpec]) -> dict:

@@ -1,0 +1,87 @@
+"""The cloud workflow against a real S3-compatible server: extract into a bucket, SIGKILL, resume, info, train.
+
+The endpoint is given the standard ways: AWS_ENDPOINT_URL in the environment (the killed run) and
+`--storage-option endpoint_url=...` on the command line (everything after it).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hskstore.cli import cli
+from hskstore.store import open_store
+
+pytestmark = pytest.mark.slow
+
+EXTRACT = ["--task", "tweets", "--limit", "120", "--chunk-rows", "8", "--depth", "2", "--length", "5",
+           "--width", "0.25", "--student-layers", "2", "--batch-size", "8"]
+
+
+def _written_chunks(url, options) -> int:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**options)
+    fs.invalidate_cache()
+    return len(fs.glob(url.removeprefix("s3://") + "/train/chunks_written/c/*"))
+
+
+def test_extract_into_a_bucket_survives_sigkill_then_info_train_evaluate(s3_server, s3_bucket_url, tiny_teacher,
+                                                                        tiny_student, tmp_path):
+    endpoint, options = s3_server
+    url = s3_bucket_url + "/tweets.zarr"
+    env = os.environ | {"AWS_ENDPOINT_URL": endpoint, "TQDM_DISABLE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "hskstore", "extract", "--teacher", tiny_teacher,
+                                "--output", url, *EXTRACT], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _written_chunks(url, options) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = _written_chunks(url, options)
+    assert 3 <= killed_at < 15, f"the run was killed after {killed_at} of 15 train chunks"
+
+    runner = CliRunner()
+    option = ["--storage-option", f"endpoint_url={endpoint}"]
+    partial = runner.invoke(cli, ["info", url, "--json", "--allow-incomplete", *option])
+    assert partial.exit_code == 0, partial.output
+    assert json.loads(partial.output)["complete"] is False
+    resumed = runner.invoke(cli, ["extract", "--teacher", tiny_teacher, "--output", url, "--json", *EXTRACT, *option])
+    assert resumed.exit_code == 0, resumed.output
+
+    local = str(tmp_path / "local.zarr")
+    reference = runner.invoke(cli, ["extract", "--teacher", tiny_teacher, "--output", local, *EXTRACT])
+    assert reference.exit_code == 0, reference.output
+    with open_store(url, storage_options=options) as remote, open_store(local) as here:
+        for split in here.splits:
+            a = remote.split(split).read_rows(0, here.split(split).num_examples)
+            b = here.split(split).read_rows(0, here.split(split).num_examples)
+            for name in b:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=f"{split}/{name}")
+
+    info = runner.invoke(cli, ["info", url, "--json", *option])
+    assert info.exit_code == 0 and json.loads(info.output)["bytes"]["total"] > 0
+    run = str(tmp_path / "run")
+    trained = runner.invoke(cli, ["train", url, "--student", tiny_student, "--output", run, "--device", "cpu",
+                                  "--hsk-epochs", "1", "--pred-epochs", "1", "--max-steps", "3", *option])
+    assert trained.exit_code == 0, trained.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["store"] == url and metrics["config"]["storage_options"] == ["endpoint_url"]
+    evaluated = runner.invoke(cli, ["evaluate", str(tmp_path / "run" / "student"), "--store", url, "--json",
+                                    "--device", "cpu", *option])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["examples"] == 30
+
+
+def test_a_missing_bucket_driver_or_store_is_a_one_line_error(s3_server):
+    _, options = s3_server
+    result = CliRunner().invoke(cli, ["info", "s3://hsk-test/nothing-here.zarr",
+                                      "--storage-option", f"endpoint_url={options['endpoint_url']}"])
+    assert result.exit_code == 2 and result.output.startswith("error: no store at s3://hsk-test/nothing-here.zarr")
