@@ -83,7 +83,7 @@ def main():
         store = store_for(spec)
         started = time.perf_counter()
         metrics = train(TrainConfig(store=store, student=str(student), output=str(work / f"run-{index}-seed{args.seed}"),
-                                    hsk_epochs=args.hsk_epochs, pred_epochs=args.pred_epochs, resume=False,
+                                    hsk_epochs=args.hsk_epochs, pred_epochs=args.pred_epochs, resume=False, overwrite=True,
                                     seed=args.seed,
                                     **overrides), progress=False)
         info = store_info(store)

@@ -4,7 +4,7 @@
 
 For the packaged MiniLM-L6 teacher (90 MB of safetensors) and a BERT-base-shaped one (440 MB), times
 `teacher_fingerprint` (SHA-256 of config, weights and tokenizer, streamed, uncached: run once per
-`extract`), the checks that run before anything loads (`check_output_dir`, `check_bert_family`,
+`extract`), the checks that run before anything loads (`check_writable`, `check_bert_family`,
 `check_tokenizer_files`, `check_max_length`), and, as the baseline in the same run, `load_teacher`.
 Prints medians and the fingerprint/load ratio; writes benchmarks/results/preflight-<device>.json.
 """
@@ -20,13 +20,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (sets the offline environment first)
 
-from hskstore.preflight import check_output_dir  # noqa: E402
+from hskstore.preflight import check_writable  # noqa: E402
 from hskstore.teacher import (check_bert_family, check_max_length, check_tokenizer_files, load_teacher,  # noqa: E402
                               teacher_fingerprint)
 
 
 def _checks(teacher: str, output: Path) -> None:
-    check_output_dir(output)
+    check_writable(output)
     config = check_bert_family(teacher)
     check_tokenizer_files(teacher)
     check_max_length(128, config, "the teacher", teacher)

@@ -62,7 +62,8 @@ class StudentOnly:
 
 
 def time_setting(name, teacher, student_dir, store, batch_size, steps, rounds, device, work) -> dict:
-    common_config = dict(store=store, student=student_dir, device=str(device), stages=("hsk",), resume=False)
+    common_config = dict(store=store, student=student_dir, device=str(device), stages=("hsk",), resume=False,
+                         overwrite=True)
     offline = Trainer(TrainConfig(output=str(work / f"{name}-offline"), **common_config), progress=False)
     online = Trainer(TrainConfig(output=str(work / f"{name}-online"), teacher=teacher, **common_config), progress=False)
     floor = Trainer(TrainConfig(output=str(work / f"{name}-floor"), **common_config), progress=False)
@@ -118,9 +119,9 @@ def prepare(setting: str, work: Path, batch_size: int, steps: int, device) -> tu
     student = work / f"{setting}-student"
     if setting == "bert-base":
         build_student("bert", student, store=str(store), num_layers=4, hidden_size=312, intermediate_size=1200,
-                      num_heads=12, progress=False)
+                      num_heads=12, progress=False, overwrite=True)
     else:
-        build_student("rosita", student, teacher=teacher, store=str(store), importance_examples=64, progress=False)
+        build_student("rosita", student, teacher=teacher, store=str(store), importance_examples=64, progress=False, overwrite=True)
     return teacher, str(student), str(store)
 
 

@@ -87,7 +87,11 @@ def _is_main_rank() -> bool:
 
 
 class _Group(click.Group):
-    """Turns HskError, usage errors and OSError into one line on stderr and exit status 2: no traceback."""
+    """Turns HskError, usage errors and OSError into one line on stderr and exit status 2: no traceback.
+
+    Ctrl-C exits 130 (the shell's 128 + SIGINT) with one line: extract, train and finetune leave
+    their last finished chunk or epoch on disk, and the same command resumes from it.
+    """
 
     def invoke(self, ctx):
         try:
@@ -95,6 +99,10 @@ class _Group(click.Group):
         except HskError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: rerun the same command to resume from the last finished chunk or epoch",
+                       err=True)
+            ctx.exit(130)
         except click.UsageError as exc:  # click's own would print the usage block around it
             command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
             click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
@@ -107,16 +115,64 @@ class _Group(click.Group):
             ctx.exit(2)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hskstore")
 def cli():
     """Offline BERT distillation from a compressed hidden-state-knowledge store."""
 
 
+# ------------------------------------------------------------------ options shared by several commands
+
+def _check_device(ctx, param, value):
+    """Fail at parse time, before any data or weights load: a typo or a missing GPU is a one-line error."""
+    if value in (None, "auto", "cpu"):
+        return value
+    from .device import resolve_device  # imports torch: only for a device that needs checking
+
+    try:
+        resolve_device(value)
+    except HskError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def device_option(default: str = "auto"):
+    return click.option("--device", default=default, show_default=True, callback=_check_device,
+                        help="auto (CUDA, else mps, else CPU), cpu, cuda, cuda:N or mps.")
+
+
+def quiet_option(func):
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="No progress bars (also when TQDM_DISABLE is set).")(func)
+
+
+def json_option(func):
+    return click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")(func)
+
+
+def overwrite_option(func):
+    return click.option("--overwrite", is_flag=True,
+                        help="Replace an existing output of this command (never another kind of directory).")(func)
+
+
+def _progress(quiet: bool) -> bool:
+    """Progress bars unless --quiet or TQDM_DISABLE (tqdm's own switch) is set."""
+    return not (quiet or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"))
+
+
+def _echo_summary(summary: dict, as_json: bool, line: str) -> None:
+    click.echo(json.dumps(summary, indent=2, default=str) if as_json else line)
+
+
 _task_options = [
+    click.option("--data-dir", default=None,
+                 help="GLUE names: the task's GLUE folder, a save_to_disk directory, or a cached hub id."),
     click.option("--text-column", "text_columns", multiple=True, help="File tasks: text column (twice for pairs)."),
     click.option("--label-column", default=None, help="File tasks: label column (default 'label')."),
     click.option("--validation-file", default=None, help="File tasks: a separate validation file."),
+    click.option("--task-name", default=None, help="File tasks: the task's name [default: the file's stem]."),
+    click.option("--metric", type=click.Choice(["accuracy", "f1", "matthews", "pearson_spearman"]), default=None,
+                 help="File tasks [default: accuracy, or pearson_spearman for numeric scores]."),
 ]
 
 
@@ -126,20 +182,23 @@ def task_options(func):
     return func
 
 
-def _task_kwargs(text_columns, label_column, validation_file) -> dict:
-    kwargs = {}
-    if text_columns:
-        kwargs["text_columns"] = tuple(text_columns)
-    if label_column:
-        kwargs["label_column"] = label_column
-    if validation_file:
-        kwargs["validation_file"] = validation_file
-    return kwargs
+def allow_task_mismatch_option(func):
+    return click.option("--allow-task-mismatch", is_flag=True,
+                        help="Use --task even when it is not the task the model was made for.")(func)
+
+
+def _task_kwargs(text_columns=(), label_column=None, validation_file=None, data_dir=None, task_name=None,
+                 metric=None) -> dict:
+    """The given task options only: an empty dict means 'the recorded task's own options'."""
+    kwargs = {"text_columns": tuple(text_columns) or None, "label_column": label_column,
+              "validation_file": validation_file, "data_dir": data_dir, "task_name": task_name, "metric": metric}
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 @cli.command()
 @click.option("--model", default=None, help="BERT checkpoint directory [default: the packaged MiniLM-L6].")
-@click.option("--task", default="tweets", show_default=True, help="GLUE name, 'tweets', or a CSV/TSV/JSONL file.")
+@click.option("--task", default="tweets", show_default=True,
+              help="GLUE name, 'tweets', a CSV/TSV/JSONL file or a save_to_disk directory.")
 @click.option("--output", required=True, help="Directory the teacher is written to.")
 @click.option("--max-length", default=64, show_default=True)
 @click.option("--epochs", default=3, show_default=True)
@@ -150,24 +209,30 @@ def _task_kwargs(text_columns, label_column, validation_file) -> dict:
               help="Classifier init, dropout and batch order.")
 @click.option("--data-seed", default=0, type=click.IntRange(0, 2**32 - 1), show_default=True,
               help="Train/validation split and --limit subset.")
-@click.option("--device", default="auto", show_default=True)
+@device_option()
+@click.option("--no-resume", is_flag=True, help="Ignore an unfinished run's checkpoint in --output.")
+@overwrite_option
+@quiet_option
+@json_option
 @task_options
-def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, seed, data_seed, device, **task_kw):
+def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, seed, data_seed, device, no_resume,
+             overwrite, quiet, as_json, **task_kw):
     """Fine-tune a BERT checkpoint on a task and save it as a teacher (safetensors)."""
     from .finetune import FinetuneConfig, finetune as run
     from .pipeline import packaged_teacher_path
 
     config = FinetuneConfig(model=model or packaged_teacher_path(), task=task, output=output, max_length=max_length,
                             epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, seed=seed, data_seed=data_seed, device=device,
-                            **_task_kwargs(**task_kw))
-    metrics = run(config)
-    click.echo(f"teacher saved to {output}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                                           if isinstance(v, float)))
+                            resume=not no_resume, overwrite=overwrite, **_task_kwargs(**task_kw))
+    metrics = run(config, progress=_progress(quiet))
+    _echo_summary(metrics, as_json, f"teacher saved to {output}: " + ", ".join(
+        f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
 
 
 @cli.command()
 @click.option("--teacher", required=True, help="Fine-tuned teacher directory.")
-@click.option("--task", default="tweets", show_default=True, help="GLUE name, 'tweets', or a CSV/TSV/JSONL file.")
+@click.option("--task", default=None, help="GLUE name, 'tweets', a CSV/TSV/JSONL file or a save_to_disk directory "
+                                           "[default: the teacher's task].")
 @click.option("--output", required=True, help="Store to create (or resume): a directory, x.h5, or a URL (s3://b/x.zarr).")
 @click.option("--depth", default="1", show_default=True, help="N^D: top student layers kept, or 'all'.")
 @click.option("--length", default="9", show_default=True, help="N^L: tokens kept per layer, or 'all'.")
@@ -193,15 +258,18 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
 @click.option("--data-seed", default=None, type=click.IntRange(0, 2**32 - 1),
               help="Train/validation split and --limit seed [default: the teacher's, from finetune, else 0].")
-@click.option("--device", default="auto", show_default=True)
+@device_option()
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--dry-run", is_flag=True, help="Check the configuration and print what would be stored.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option
+@quiet_option
 @storage_option
 @task_options
+@allow_task_mismatch_option
 def extract(teacher, task, output, depth, length, width, student_layers, l_top, length_strategy, score_layer,
             score_kind, width_strategy, width_seed, full, value_dtype, value_bits, max_length, batch_size, batch_tokens,
-            chunk_rows, limit, data_seed, device, overwrite, dry_run, as_json, storage_options, **task_kw):
+            chunk_rows, limit, data_seed, device, overwrite, dry_run, as_json, quiet, allow_task_mismatch,
+            storage_options, **task_kw):
     """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
     from .config import Compression
     from .extract import ExtractConfig, extract as run, teacher_data_seed, teacher_max_length
@@ -221,7 +289,8 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
                            max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
                            chunk_rows=chunk_rows, limit=limit,
                            data_seed=teacher_data_seed(teacher) if data_seed is None else data_seed, device=device,
-                           overwrite=overwrite, task_options=_task_kwargs(**task_kw), storage_options=storage_options)
+                           overwrite=overwrite, task_options=_task_kwargs(**task_kw),
+                           allow_task_mismatch=allow_task_mismatch, storage_options=storage_options)
     if dry_run:
         teacher_config = check_bert_family(teacher)
         check_max_length(max_length or teacher_max_length(teacher), teacher_config, "the teacher", teacher)
@@ -230,7 +299,7 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
         click.echo(json.dumps({"compression": compression.to_dict(), "resolved": resolved.to_dict(),
                                "amount_hsk": resolved.amount()}, indent=2))
         return
-    summary = run(config)
+    summary = run(config, progress=_progress(quiet))
     if not _is_main_rank():
         return
     if as_json:
@@ -265,10 +334,13 @@ def info(store, as_json, allow_incomplete, storage_options):
 @click.option("--hidden", type=int, default=None, help="BERT: hidden size [312].")
 @click.option("--importance-examples", type=int, default=None, help="ROSITA: examples scored [all].")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@device_option("cpu")
+@overwrite_option
+@quiet_option
+@json_option
 @storage_option
 def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, hidden, importance_examples, seed,
-            device, storage_options):
+            device, overwrite, quiet, as_json, storage_options):
     """Build a student: ROSITA-style from the teacher, or TinyBERT-style (checkpoint or fresh config)."""
     from .device import resolve_device
     from .pipeline import build_student
@@ -282,8 +354,9 @@ def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, 
     summary = build_student(kind, output, teacher=teacher, store=store, checkpoint=checkpoint, num_layers=layers,
                             num_heads=heads, intermediate_size=ffn, embedding_rank=rank, hidden_size=hidden,
                             importance_examples=importance_examples, seed=seed,
-                            device=str(resolve_device(device)), storage_options=storage_options)
-    click.echo(f"student saved to {output}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+                            device=str(resolve_device(device)), progress=_progress(quiet), overwrite=overwrite,
+                            storage_options=storage_options)
+    _echo_summary(summary, as_json, f"student saved to {output}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
 
 
 @cli.command()
@@ -305,13 +378,16 @@ def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, 
 @click.option("--workers", default=0, type=click.IntRange(min=0), show_default=True,
               help="DataLoader workers reading the store.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@device_option()
 @click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
-@click.option("--no-resume", is_flag=True, help="Ignore an existing checkpoint in --output.")
+@click.option("--no-resume", is_flag=True, help="Ignore an existing checkpoint in --output (needs --overwrite).")
+@overwrite_option
+@quiet_option
+@json_option
 @storage_option
 def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch_size, pred_epochs, pred_lr,
           pred_batch_size, hsk_loss, temperature, weight_decay, max_steps, workers, seed, device, no_amp, no_resume,
-          storage_options):
+          overwrite, quiet, as_json, storage_options):
     """Distil a student from a store (HSK stage, then prediction stage); no teacher loaded."""
     from .train import TrainConfig, train as run
 
@@ -320,12 +396,14 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
                          hsk_lr=hsk_lr, hsk_batch_size=hsk_batch_size, pred_epochs=pred_epochs, pred_lr=pred_lr,
                          pred_batch_size=pred_batch_size, hsk_loss=hsk_loss, temperature=temperature,
                          weight_decay=weight_decay, max_steps=max_steps, num_workers=workers, seed=seed,
-                         device=device, amp=not no_amp, resume=not no_resume, storage_options=storage_options)
-    result = run(config)
+                         device=device, amp=not no_amp, resume=not no_resume, overwrite=overwrite,
+                         storage_options=storage_options)
+    result = run(config, progress=_progress(quiet))
     if not _is_main_rank():
         return
     teacher_dev, student_dev = result["teacher_dev"], result["student_dev"] or {}
-    click.echo(f"{result['mode']} run in {output}: teacher dev {teacher_dev}  student dev {student_dev}")
+    _echo_summary(result, as_json, f"{result['mode']} run in {output}: teacher dev {teacher_dev}  "
+                                   f"student dev {student_dev}")
 
 
 @cli.command()
@@ -335,12 +413,14 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
 @click.option("--limit", type=int, default=None, help="[default: the store's]")
 @click.option("--data-seed", type=click.IntRange(0, 2**32 - 1), default=None,
               help="Split and --limit seed [default: the store's].")
-@click.option("--device", default="auto", show_default=True)
+@device_option()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--store", default=None, help="Evaluate on a store's split (its tokens and labels): no dataset needed.")
 @storage_option
 @task_options
-def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store, storage_options, **task_kw):
+@allow_task_mismatch_option
+def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store, storage_options, allow_task_mismatch,
+             **task_kw):
     """GLUE metrics of a saved student on a task split."""
     from .evaluate import evaluate_on_store, evaluate_student
 
@@ -348,7 +428,7 @@ def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store,
         result = evaluate_on_store(student_dir, store, split, device=device, storage_options=storage_options)
     else:
         result = evaluate_student(student_dir, task, split, limit=limit, seed=data_seed, device=device,
-                                  task_options=_task_kwargs(**task_kw))
+                                  task_options=_task_kwargs(**task_kw), allow_task_mismatch=allow_task_mismatch)
     click.echo(json.dumps(result, indent=2) if as_json else ", ".join(f"{k}={v}" for k, v in result.items()))
 
 
@@ -356,7 +436,7 @@ def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store,
 @click.argument("student_dir", metavar="STUDENT")
 @click.argument("texts", nargs=-1)
 @click.option("--file", "text_file", type=click.File("r"), default=None, help="One text per line ('-' for stdin).")
-@click.option("--device", default="auto", show_default=True)
+@device_option()
 def predict(student_dir, texts, text_file, device):
     """Label texts with a saved student (one JSON line each)."""
     from .evaluate import predict_texts
@@ -425,18 +505,36 @@ def slice_(src, dst, depth, length, width, limit, overwrite, src_options, dst_op
 
 
 @cli.command()
+@click.argument("student_dir", metavar="STUDENT")
+@click.argument("output", metavar="OUT")
+@click.option("--format", "fmt", type=click.Choice(["transformers", "onnx"]), default="transformers",
+              show_default=True, help="transformers: BERT-shaped students; onnx: every student.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset.")
+@overwrite_option
+@json_option
+def export(student_dir, output, fmt, opset, overwrite, as_json):
+    """Write a student for use outside hskstore: a transformers directory or ONNX, with its tokenizer."""
+    from .export import export_student
+
+    summary = export_student(student_dir, output, fmt, overwrite=overwrite, opset=opset)
+    _echo_summary(summary, as_json, f"{summary['kind']} student exported to {output} ({fmt}): "
+                                    + ", ".join(summary["files"]))
+
+
+@cli.command()
 @click.option("--workdir", default="runs/default", show_default=True)
 @click.option("--limit", default=4000, show_default=True, help="Tweets used: LIMIT train, LIMIT//4 validation.")
 @click.option("--teacher-epochs", default=3, show_default=True)
 @click.option("--hsk-epochs", default=3, show_default=True)
 @click.option("--pred-epochs", default=3, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-def demo(workdir, limit, teacher_epochs, hsk_epochs, pred_epochs, device):
+@device_option()
+@quiet_option
+def demo(workdir, limit, teacher_epochs, hsk_epochs, pred_epochs, device, quiet):
     """The embedded default end to end: MiniLM teacher on tweets -> (1, 9, 0.1) store -> ROSITA student."""
     from .pipeline import DefaultRun, run_default
 
     run_default(DefaultRun(workdir=workdir, limit=limit, teacher_epochs=teacher_epochs, hsk_epochs=hsk_epochs,
-                           pred_epochs=pred_epochs, device=device), echo=click.echo)
+                           pred_epochs=pred_epochs, device=device), progress=_progress(quiet), echo=click.echo)
 
 
 def main():

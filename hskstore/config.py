@@ -1,4 +1,4 @@
-"""The compression triple (N^D, N^L, N^W) and how it resolves against a teacher (METHOD.md)."""
+"""The compression triple (N^D, N^L, N^W) and how it resolves against a teacher (docs/method.md)."""
 
 from __future__ import annotations
 

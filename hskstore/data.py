@@ -8,10 +8,7 @@ same call gives the same examples in every run; the extract stage relies on that
 from __future__ import annotations
 
 import contextlib
-import csv
 import importlib.util
-import io
-import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,11 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .glue_files import class_names, offline_hub as _offline_hub, read_glue_dir
+from .tables import FILE_SUFFIXES, LINE, read_table
 
-__all__ = ["TaskSpec", "TaskData", "GLUE_TASKS", "TWEETS", "load_task", "tokenize", "tweets_path"]
+__all__ = ["TaskSpec", "TaskData", "GLUE_TASKS", "TWEETS", "load_task", "task_name_of", "absolute_task_ref",
+           "resolve_task", "check_same_labels",
+           "tokenize", "tweets_path"]
 
 METRICS = ("accuracy", "f1", "matthews", "pearson_spearman")
-FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
                   validation="validation_matched"),
     "qnli": _glue("qnli", ("question", "sentence"), ("entailment", "not_entailment"), "accuracy"),
     "rte": _glue("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), "accuracy"),
+    "wnli": _glue("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment"), "accuracy"),
 }
 
 TWEETS = TaskSpec("tweets", ("text",), "sentiment", ("negative", "neutral", "positive"), "accuracy",
@@ -117,51 +118,129 @@ def load_task(
     label_names: tuple[str, ...] | list[str] | None = None,
     validation_fraction: float = 0.1,
     validation_file: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    task_name: str | None = None,
+    metric: str | None = None,
 ) -> TaskData:
-    """Load a GLUE task, the embedded tweets corpus, or a local .csv/.tsv/.jsonl file.
+    """Load a GLUE task (hub, local GLUE files, a saved dataset), the embedded tweets, or a local file.
 
     Args:
-        task: a GLUE name (`GLUE_TASKS`), "tweets", or a file path.
+        task: a GLUE name (`GLUE_TASKS`), "tweets", a .csv/.tsv/.jsonl path, or a `save_to_disk` directory.
         limit: keep a seeded random subset: `limit` training and `max(1, limit // 4)` validation
             examples (each capped at the split's size), in source order. A smaller limit's examples
             are a subset of a larger one's (same seeded permutation, shorter prefix).
         seed: seeds the train/validation split of tweets and files and the `limit` subset. Keep it
             fixed (0) across fine-tuning, extraction and distillation so all stages see the same split.
-        text_columns, label_column: file tasks only; defaults "text" and "label".
+        text_columns, label_column: file and saved-dataset tasks; defaults "text" and "label".
         label_names: file tasks only. Given: labels must be these names (or ids 0..C-1); `()`: regression.
             None: integer labels 0..max become classes "0".."max", non-integral numbers regression,
             anything else classes named by the sorted unique training labels.
         validation_fraction: tweets and files without `validation_file`: the held-out share.
         validation_file: file tasks: a second file holding the validation split.
+        data_dir: GLUE names only: the task's folder of the GLUE distribution (or its root), a
+            `DatasetDict.save_to_disk` directory, or a hub dataset id read from the local cache.
+        task_name, metric: file and saved-dataset tasks: the task's name (default: the file's stem;
+            a GLUE name also picks that task's training schedule) and metric (default accuracy, or
+            pearson_spearman for regression).
     Raises:
-        DataError: unknown task, missing file or column, unknown label, or GLUE unreachable.
+        DataError: unknown task, missing file or column, malformed row, missing or unknown label, empty
+            text (naming the file and line), or GLUE unreachable.
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of examples or None, got {limit}")
     if not 0 < validation_fraction < 1:
         raise DataError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    file_options = text_columns is not None or label_column is not None or validation_file is not None
+    file_options = {"text_columns": text_columns, "label_column": label_column, "label_names": label_names,
+                    "validation_file": validation_file, "task_name": task_name, "metric": metric}
     if task in GLUE_TASKS and not Path(task).is_file():
-        _no_file_options(task, file_options or label_names is not None)
-        return _load_glue(GLUE_TASKS[task], limit, seed)
+        _no_file_options(task, file_options)
+        spec = GLUE_TASKS[task]
+        if data_dir is None:
+            return _load_glue(spec, limit, seed)
+        return _load_glue_local(spec, data_dir, limit, seed)
+    if data_dir is not None:
+        raise DataError(f"data_dir (--data-dir) applies to GLUE task names {sorted(GLUE_TASKS)}, not to {task!r}: "
+                        "pass the file or directory as the task itself")
     if task == "tweets" and not Path(task).is_file():
-        _no_file_options(task, file_options or label_names is not None)
-        columns = _read_table(tweets_path(), encoding="latin-1")
-        data = _to_task(TWEETS, _split_seeded(columns, validation_fraction, seed), "tweets")
+        _no_file_options(task, file_options)
+        columns = read_table(tweets_path(), encoding="latin-1")
+        path = tweets_path()
+        data = _to_task(TWEETS, _split_seeded(columns, validation_fraction, seed), {"train": path, "validation": path})
         return _limit(data, limit, seed)
+    if Path(task).is_dir():
+        return _load_saved(task, limit, seed, text_columns, label_column, label_names, validation_file,
+                           task_name, metric)
     if Path(task).suffix.lower() in FILE_SUFFIXES or Path(task).exists():
         return _load_file(task, limit, seed, text_columns, label_column, label_names,
-                          validation_fraction, validation_file)
+                          validation_fraction, validation_file, task_name, metric)
     raise DataError(
         f"unknown task {task!r}: expected one of {sorted(GLUE_TASKS) + ['tweets']} "
-        f"or a path to a .csv/.tsv/.jsonl file"
+        f"or a path to a .csv/.tsv/.jsonl file or a `save_to_disk` directory"
     )
 
 
-def _no_file_options(task, given):
-    if given:
-        raise DataError(f"text_columns/label_column/label_names/validation_file apply to file tasks, "
-                        f"not to '{task}': drop them or pass a file path")
+def task_name_of(task: str, options: dict | None = None) -> str:
+    """The name `load_task(task, **options)` gives its TaskSpec, without loading any data."""
+    options = options or {}
+    if task in GLUE_TASKS and not Path(task).is_file():
+        return task
+    if task == "tweets" and not Path(task).is_file():
+        return "tweets"
+    return options.get("task_name") or Path(task).stem or str(task)
+
+
+def absolute_task_ref(task: str, options: dict | None = None) -> dict:
+    """{"task", "options"} with local paths made absolute, so another directory loads the same data."""
+    options = dict(options or {})
+    for key in ("validation_file", "data_dir"):
+        if options.get(key) is not None and Path(options[key]).exists():
+            options[key] = os.path.abspath(options[key])
+    named = task in GLUE_TASKS or task == "tweets"
+    if not (named and not Path(task).is_file()) and Path(task).exists():
+        task = os.path.abspath(task)
+    return {"task": task, "options": options}
+
+
+def resolve_task(recorded: dict | None, task: str | None, options: dict | None, *, allow_mismatch: bool = False,
+                 owner: str = "the teacher") -> tuple[str, dict]:
+    """The task a stage loads: the one given, checked against the one `owner` recorded, else the recorded one.
+
+    Args:
+        recorded: {"task", "options", "name"} as `finetune` (hskstore_teacher.json) or `train` (task.json)
+            wrote it, or None when nothing was recorded.
+        task, options: what the user passed (task None: the recorded task, its options updated by `options`).
+    Raises:
+        DataError: no task given and none recorded; or the given task is not the recorded one (by name)
+            and `allow_mismatch` is off.
+    """
+    if task is None:
+        if not recorded or not recorded.get("task"):
+            raise DataError(f"{owner} records no task: pass --task (a GLUE name, tweets, or a file)")
+        # Options given without a task refine the recorded ones (say, --data-dir on a machine without the cache).
+        return recorded["task"], {**(recorded.get("options") or {}), **(options or {})}
+    options = dict(options or {})
+    if recorded and recorded.get("name") and not allow_mismatch:
+        given = task_name_of(task, options)
+        if given != recorded["name"]:
+            raise DataError(f"--task {task} is task '{given}' but {owner} was made for '{recorded['name']}': "
+                            "omit --task to use that one, or pass --allow-task-mismatch")
+    return task, options
+
+
+def check_same_labels(recorded_labels, spec: "TaskSpec", owner: str, allow_mismatch: bool = False) -> None:
+    """A task of the same name with other label names (another file, another order) is another task."""
+    if allow_mismatch or recorded_labels is None:
+        return
+    if tuple(recorded_labels) != tuple(spec.label_names):
+        raise DataError(f"task '{spec.name}' has labels {list(spec.label_names)} but {owner} predicts "
+                        f"{list(recorded_labels)}: load the task it was made for, or pass --allow-task-mismatch")
+
+
+def _no_file_options(task, given: dict):
+    named = sorted(k for k, v in given.items() if v is not None)
+    if named:
+        raise DataError(f"{', '.join(named)} apply to file tasks, not to '{task}' (whose name, columns, labels "
+                        f"and metric are fixed): drop them or pass a file path")
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -175,96 +254,126 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _offline_hub():
-    """Make `datasets` use only its local cache for the duration (the env vars are read at import)."""
-    import datasets
-    import huggingface_hub.constants as hub
-
-    saved = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
+def _limit_dataset(split, cap: int | None, seed: int):
+    """A seeded subset of a `datasets.Dataset` before its columns become lists (MNLI has 393k rows)."""
+    if cap is None:
+        return split
+    order = np.random.default_rng(seed).permutation(len(split))[:cap]
+    return split.select(sorted(order.tolist()))
 
 
-def _load_glue(spec: TaskSpec, limit, seed) -> TaskData:
+def _from_dataset_dict(spec: TaskSpec, dataset, limit, seed, origin: str) -> TaskData:
+    splits = {}
+    for name in (spec.train_split, spec.validation_split):
+        key = name if name in dataset else ("validation" if name.startswith("validation") else name)
+        if key not in dataset:
+            raise DataError(f"{origin} has no split {name!r}; it has {sorted(dataset)}")
+        cap = None if limit is None else (limit if name == spec.train_split else max(1, limit // 4))
+        split = _limit_dataset(dataset[key], cap, seed)
+        missing = [c for c in (*spec.text_columns, spec.label_column) if c not in split.column_names]
+        if missing:
+            raise DataError(f"{origin} split {key!r} has no column {missing}; it has {split.column_names}. "
+                            "Pass text_columns/label_column naming existing columns")
+        splits[name] = {c: list(split[c]) for c in (*spec.text_columns, spec.label_column)}
+    return _to_task(spec, splits, {name: f"{origin} split {name!r}" for name in splits})
+
+
+def _load_glue(spec: TaskSpec, limit, seed, hub_id: str = "nyu-mll/glue") -> TaskData:
     import datasets
 
     offline = datasets.config.HF_HUB_OFFLINE or not _hub_reachable()
     try:
         with _offline_hub() if offline else contextlib.nullcontext():
-            dataset = datasets.load_dataset("nyu-mll/glue", spec.name)
+            dataset = datasets.load_dataset(hub_id, spec.name)
     except Exception as exc:  # offline, no cache, hub down: all end the same way for the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
-            f"cannot load GLUE task '{spec.name}' from the hub (offline?): {reason}. "
-            "Download it once with network, or pass a local CSV/TSV/JSONL file"
+            f"cannot load GLUE task '{spec.name}' from the hub {hub_id} (offline?): {reason}. "
+            "Download it once with network, pass --data-dir with the GLUE files, or a local CSV/TSV/JSONL file"
         ) from None
-    splits = {}
-    for name in (spec.train_split, spec.validation_split):
-        split = dataset[name]
-        size = len(split)
-        if limit is not None:
-            cap = limit if name == spec.train_split else max(1, limit // 4)
-            order = np.random.default_rng(seed).permutation(size)[:cap]
-            split = split.select(sorted(order.tolist()))
-        splits[name] = {c: list(split[c]) for c in (*spec.text_columns, spec.label_column)}
-        if spec.is_regression:
-            splits[name][spec.label_column] = [float(v) for v in splits[name][spec.label_column]]
-    return TaskData(spec, splits)
+    return _from_dataset_dict(spec, dataset, limit, seed, hub_id)
 
 
-def _load_file(path, limit, seed, text_columns, label_column, label_names, fraction, validation_file):
-    path = Path(path)
-    text_columns = ("text",) if text_columns is None else (
-        (text_columns,) if isinstance(text_columns, str) else tuple(text_columns))
-    label_column = label_column or "label"
-    train = _read_table(path)
+def _load_glue_local(spec: TaskSpec, data_dir, limit, seed) -> TaskData:
+    """A GLUE task from its distribution folder, a `save_to_disk` directory, or a hub id in the cache."""
+    path = Path(data_dir)
+    if path.is_dir() and (path / "dataset_dict.json").is_file():
+        import datasets
+
+        return _from_dataset_dict(spec, datasets.load_from_disk(str(path)), limit, seed, str(path))
+    if path.is_dir():
+        splits, origins = read_glue_dir(spec.name, path, spec.text_columns, spec.label_column,
+                                        spec.train_split, spec.validation_split)
+        return _limit(_to_task(spec, splits, origins), limit, seed)
+    if "/" in str(data_dir) and not str(data_dir).startswith((".", "/", "~")) and str(data_dir).count("/") == 1:
+        return _load_glue(spec, limit, seed, hub_id=str(data_dir))
+    raise DataError(f"data_dir {data_dir} does not exist: pass GLUE's folder for '{spec.name}', a `save_to_disk` "
+                    "directory, or a hub dataset id (owner/name) already in the local cache")
+
+
+def _file_spec(name, text_columns, label_column, names, task_name, metric) -> TaskSpec:
+    if task_name is not None and not str(task_name).strip():
+        raise DataError("task_name must be a non-empty name, got ''")
+    default_metric = "pearson_spearman" if names == () else "accuracy"
+    if metric is not None and (metric == "pearson_spearman") != (names == ()):
+        raise DataError(f"metric {metric!r} does not fit a {'regression' if names == () else 'classification'} "
+                        f"task: use {'pearson_spearman' if names == () else 'accuracy, f1 or matthews'}")
+    return TaskSpec(task_name or name, text_columns, label_column, names, metric or default_metric,
+                    "train", "validation", "file")
+
+
+def _load_saved(path, limit, seed, text_columns, label_column, label_names, validation_file, task_name, metric):
+    """A `DatasetDict.save_to_disk` directory as a file task: its train and validation splits."""
+    import datasets
+
     if validation_file is not None:
-        splits = {"train": train, "validation": _read_table(Path(validation_file))}
+        raise DataError("validation_file applies to .csv/.tsv/.jsonl tasks; a saved dataset has its own "
+                        "validation split")
+    if not (Path(path) / "dataset_dict.json").is_file():
+        raise DataError(f"{path} is a directory but not a `save_to_disk` DatasetDict (no dataset_dict.json): "
+                        "pass a .csv/.tsv/.jsonl file or a directory written by DatasetDict.save_to_disk")
+    text_columns = _as_columns(text_columns)
+    label_column = label_column or "label"
+    dataset = datasets.load_from_disk(str(path))
+    if "train" not in dataset:
+        raise DataError(f"{path} has no 'train' split; it has {sorted(dataset)}")
+    names = label_names
+    if names is None:
+        names = class_names(dataset["train"], label_column)
+    if names is None:
+        names = _infer_label_names(list(dataset["train"][label_column]) if label_column in
+                                   dataset["train"].column_names else [], None)
+    spec = _file_spec(Path(path).name, text_columns, label_column, tuple(str(n) for n in names), task_name, metric)
+    return _from_dataset_dict(spec, dataset, limit, seed, str(path))
+
+
+def _as_columns(text_columns) -> tuple[str, ...]:
+    if text_columns is None:
+        return ("text",)
+    return (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+
+
+def _load_file(path, limit, seed, text_columns, label_column, label_names, fraction, validation_file,
+               task_name=None, metric=None):
+    path = Path(path)
+    text_columns = _as_columns(text_columns)
+    label_column = label_column or "label"
+    train = read_table(path)
+    if validation_file is not None:
+        splits = {"train": train, "validation": read_table(Path(validation_file))}
+        origins = {"train": str(path), "validation": str(validation_file)}
     else:
         splits = _split_seeded(train, fraction, seed)
+        origins = {"train": str(path), "validation": str(path)}
     for split_name, columns in splits.items():
         missing = [c for c in (*text_columns, label_column) if c not in columns]
         if missing:
-            raise DataError(f"{path if split_name == 'train' or validation_file is None else validation_file} "
-                            f"has no column {missing}; it has {list(columns)}. "
-                            f"Pass text_columns/label_column naming existing columns")
+            raise DataError(f"{origins[split_name]} has no column {missing}; it has "
+                            f"{[c for c in columns if c != LINE]}. Pass text_columns/label_column naming existing "
+                            f"columns")
     names = _infer_label_names(train[label_column], label_names)
-    metric = "pearson_spearman" if names == () else "accuracy"
-    spec = TaskSpec(path.stem, text_columns, label_column, names, metric, "train", "validation", "file")
-    return _limit(_to_task(spec, splits, str(path)), limit, seed)
-
-
-def _read_table(path, encoding: str | None = None) -> dict[str, list]:
-    """Read a .csv/.tsv (header row) or .jsonl file into column lists; utf-8, else latin-1."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist: pass an existing .csv/.tsv/.jsonl file")
-    suffix = path.suffix.lower()
-    if suffix not in FILE_SUFFIXES:
-        raise DataError(f"data file {path} must end in {list(FILE_SUFFIXES)}, got {suffix!r}")
-    raw = path.read_bytes()  # bytes, not read_text(): newlines inside quoted CSV fields stay as written
-    try:
-        text = raw.decode(encoding or "utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    if suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.split("\n"), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path} line {number} is not JSON ({exc}): write one object a line") from None
-        names = list(dict.fromkeys(k for row in rows for k in row))
-        return {n: [row.get(n) for row in rows] for n in names}
-    # StringIO, not splitlines(): latin-1 text holds \x85 and \x1c-\x1e, which splitlines() breaks on.
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-    rows = list(reader)
-    return {n: [row[n] for row in rows] for n in (reader.fieldnames or [])}
+    spec = _file_spec(path.stem, text_columns, label_column, names, task_name, metric)
+    return _limit(_to_task(spec, splits, origins), limit, seed)
 
 
 def _split_seeded(columns: dict[str, list], fraction: float, seed: int) -> dict[str, dict[str, list]]:
@@ -290,9 +399,14 @@ def _limit(data: TaskData, limit, seed) -> TaskData:
     return data
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _infer_label_names(values: list, label_names) -> tuple[str, ...]:
     if label_names is not None:
         return tuple(str(n) for n in label_names)
+    values = [v for v in values if not _missing(v)]  # a missing label is an error in _to_task, never a class
     numbers = [_as_number(v) for v in values]
     if values and all(n is not None for n in numbers):
         if all(float(n).is_integer() for n in numbers):
@@ -312,25 +426,41 @@ def _as_number(value):
         return None
 
 
-def _to_task(spec: TaskSpec, splits: dict[str, dict[str, list]], origin: str) -> TaskData:
-    """Turn raw label values into ids (classification) or floats (regression); texts into str."""
+def _to_task(spec: TaskSpec, splits: dict[str, dict[str, list]], origins: dict[str, str]) -> TaskData:
+    """Turn raw label values into ids (classification) or floats (regression); texts into str.
+
+    Raises DataError naming the file and line (or the split and row) of an empty text or a missing or
+    unknown label: such a row is never kept, and never becomes a class of its own.
+    """
     index = {name: i for i, name in enumerate(spec.label_names)}
     out = {}
     for split_name, columns in splits.items():
-        labels = []
-        for row, value in enumerate(columns[spec.label_column]):
-            labels.append(_label_id(value, spec, index, origin, split_name, row))
-        cleaned = {c: ["" if v is None else str(v) for v in columns[c]] for c in spec.text_columns}
+        lines = columns.get(LINE)
+
+        def where(row, origin=origins[split_name]):
+            return f"{origin} line {lines[row]}" if lines is not None else f"{origin} row {row + 1}"
+
+        labels = [_label_id(value, spec, index, where, row) for row, value in enumerate(columns[spec.label_column])]
+        cleaned = {}
+        for column in spec.text_columns:
+            texts = ["" if v is None else str(v) for v in columns[column]]
+            empty = next((row for row, text in enumerate(texts) if not text.strip()), None)
+            if empty is not None:
+                raise DataError(f"{where(empty)}: empty text in column {column!r}; fill or remove that row")
+            cleaned[column] = texts
         cleaned[spec.label_column] = labels
         out[split_name] = cleaned
     return TaskData(spec, out)
 
 
-def _label_id(value, spec, index, origin, split_name, row):
+def _label_id(value, spec, index, where, row):
+    if _missing(value):
+        raise DataError(f"{where(row)}: missing label in column {spec.label_column!r}; "
+                        "label that row or remove it")
     if spec.is_regression:
         number = _as_number(value)
         if number is None:
-            raise DataError(f"{origin} {split_name} row {row}: regression label {value!r} is not a number")
+            raise DataError(f"{where(row)}: regression label {value!r} is not a number")
         return float(number)
     if str(value) in index:
         return index[str(value)]
@@ -338,7 +468,7 @@ def _label_id(value, spec, index, origin, split_name, row):
     if number is not None and float(number).is_integer() and 0 <= number < len(index):
         return int(number)
     raise DataError(
-        f"{origin} {split_name} row {row}: unknown label {value!r}; expected one of {list(spec.label_names)} "
+        f"{where(row)}: unknown label {value!r}; expected one of {list(spec.label_names)} "
         f"(or ids 0..{len(index) - 1}). Fix the file or pass label_names"
     )
 

@@ -38,28 +38,32 @@ def _logits(student, tokens: dict[str, np.ndarray], batch_size: int, device) -> 
 
 def evaluate_student(student_dir, task: str | None = None, split: str = "validation", *, limit: int | None = None,
                      seed: int | None = None, max_length: int | None = None, batch_size: int = 128, device: str = "auto",
-                     task_options: dict | None = None) -> dict:
+                     task_options: dict | None = None, allow_task_mismatch: bool = False) -> dict:
     """Metrics of a saved student on a task split (tokenised with the student's own tokenizer).
 
     Without `task`, the split, seed and subset are those of the store the student was distilled from
     (task.json), so "validation" is the same held-out rows and never the teacher's training rows.
 
     Raises:
-        DataError: no task given and the student records none, or the split does not exist.
+        DataError: no task given and the student records none; a task other than the recorded one
+            (unless `allow_task_mismatch`); or the split does not exist.
     """
-    from .data import load_task, tokenize
+    from .data import check_same_labels, load_task, resolve_task, tokenize
 
     recorded = student_task(student_dir)
-    reference = recorded.get("task_ref", {})
+    reference = recorded.get("task_ref") or {}
+    spec = recorded.get("task") or {}
+    known = {"task": reference.get("task") or spec.get("name"), "options": reference.get("options") or {},
+             "name": spec.get("name")} if recorded else None
     if task is None:
         # The store's own task, split seed and subset: the validation rows it was distilled against.
-        task = reference.get("task") or recorded.get("task", {}).get("name")
-        task_options = task_options or reference.get("options") or {}
         seed = recorded.get("data_seed", seed) if seed is None else seed
         limit = recorded.get("limit") if limit is None else limit
-    if task is None:
-        raise DataError(f"{student_dir} records no task: pass --task (a GLUE name, tweets, or a file)")
-    data = load_task(task, limit=limit, seed=0 if seed is None else seed, **(task_options or {}))
+    task, task_options = resolve_task(known, task, task_options, allow_mismatch=allow_task_mismatch,
+                                      owner=f"student {student_dir}")
+    data = load_task(task, limit=limit, seed=0 if seed is None else seed, **task_options)
+    if "label_names" in spec:
+        check_same_labels(spec["label_names"], data.spec, f"student {student_dir}", allow_task_mismatch)
     columns = data.split(split)  # "validation" also names MNLI's validation_matched
     device = resolve_device(device)
     student = load_student(student_dir, device=device)

@@ -28,14 +28,15 @@ from . import distributed
 from .device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
 from .errors import ConfigError, ModelError, StoreError
 from .select import pack_bits, round_mantissa, select_hsk, static_mask
-from .preflight import check_output_dir
+from .preflight import check_writable
 from .store import (StoreWriter, array_specs, backend_for, create_store, delete_store, is_remote, replace_store,
                     reopen_store, root_attributes, staging_location, store_state)
 from .store.lock import WriterLock
 from .teacher import (CLSAttentionRecorder, HiddenStateRecorder, check_bert_family, check_max_length,
                       check_tokenizer_files, load_teacher, load_tokenizer, teacher_fingerprint)
 
-__all__ = ["ExtractConfig", "extract", "batch_bounds", "rank_chunks", "resolve_device", "teacher_max_length", "teacher_data_seed"]
+__all__ = ["ExtractConfig", "extract", "batch_bounds", "rank_chunks", "resolve_device", "teacher_max_length",
+           "teacher_data_seed", "teacher_task"]
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -73,22 +74,39 @@ def teacher_data_seed(teacher: str) -> int:
     return _info_int(teacher, info.get("config", {}).get("data_seed", info.get("data_seed", 0)), "data_seed")
 
 
+def teacher_task(teacher: str) -> dict | None:
+    """The teacher's task as finetune recorded it: {"task", "options", "name", "label_names"}, or None."""
+    meta = Path(teacher) / "hskstore_teacher.json"
+    if not meta.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    spec, ref = info.get("task") or {}, info.get("task_ref")
+    if ref is None and info.get("config", {}).get("task"):  # written before task_ref existed
+        config = info["config"]
+        ref = {"task": config["task"], "options": {k: config.get(k) for k in (
+            "text_columns", "label_column", "label_names", "validation_file", "validation_fraction")}}
+    if ref is None:
+        return None
+    return {**ref, "name": spec.get("name"), "label_names": spec.get("label_names")}
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     teacher: str                          # fine-tuned teacher directory (transformers format)
-    task: str                             # GLUE name, "tweets", or a CSV/TSV/JSONL path
+    task: str | None                      # GLUE name, "tweets", a file or saved dataset; None: the teacher's
     output: str                           # store: a directory, an .h5 file, or a URL (s3://bucket/x.zarr)
     compression: Compression = field(default_factory=Compression)
     max_length: int | None = None         # None: the teacher's fine-tuning max length, else 128
     batch_size: int | None = None         # rows per teacher batch; None: by tokens (batch_tokens)
     batch_tokens: int | None = None       # padded tokens per batch; None: 32768 on GPU/mps, 8192 on CPU
-    chunk_rows: int = 4096                # rows per store chunk (STORAGE.md: <= 1024 is slow to read)
+    chunk_rows: int = 4096                # rows per store chunk (docs/storage-notes.md: <= 1024 reads slowly)
     splits: tuple[str, ...] = ("train", "validation")
     limit: int | None = None              # cap examples per split (see hskstore.data.load_task)
     data_seed: int = 0                    # train/validation split and `limit` subset: keep the teacher's
     device: str = "auto"
     overwrite: bool = False
-    task_options: dict = field(default_factory=dict)  # text_columns, label_column... for file tasks
+    task_options: dict = field(default_factory=dict)  # text_columns, label_column, data_dir... (load_task)
+    allow_task_mismatch: bool = False     # extract another task than the teacher's recorded one
     storage_options: dict = field(default_factory=dict)  # fsspec options for URL outputs (endpoint_url, ...)
 
     def __post_init__(self):
@@ -187,7 +205,7 @@ def _check_output(config: ExtractConfig) -> None:
 
 def _check_writable(config: ExtractConfig) -> None:
     if not is_remote(config.output):  # an object store is checked by _check_output's first request instead
-        check_output_dir(config.output if backend_for(config.output) == "zarr"
+        check_writable(config.output if backend_for(config.output) == "zarr"
                          else os.path.dirname(os.path.abspath(config.output)))
 
 
@@ -298,10 +316,6 @@ def _absolute_if_file(value: str) -> str:
     return str(Path(value).resolve()) if Path(value).exists() else value
 
 
-def _absolute_files(options: dict) -> dict:
-    return {k: _absolute_if_file(v) if k.endswith("_file") and isinstance(v, str) else v for k, v in options.items()}
-
-
 def _teacher_provenance(teacher: str, identity) -> dict:
     """The teacher by absolute path and name (plus its fine-tuning base); its SHA-256s are `teacher_fingerprint`."""
     info = identity.to_dict()
@@ -351,7 +365,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
 
 
 def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
-    from .data import load_task, tokenize
+    from .data import absolute_task_ref, check_same_labels, load_task, resolve_task, tokenize
     from .report import store_info
 
     if world.distributed and backend_for(config.output) == "hdf5":
@@ -365,8 +379,13 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
     check_tokenizer_files(config.teacher)
     check_max_length(max_length, teacher_config, "the teacher", config.teacher)
     compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"], max_length)
-    task = load_task(config.task, limit=config.limit, seed=config.data_seed, **config.task_options)
+    recorded = teacher_task(config.teacher)
+    task_arg, task_options = resolve_task(recorded, config.task, config.task_options,
+                                          allow_mismatch=config.allow_task_mismatch, owner=f"teacher {config.teacher}")
+    task = load_task(task_arg, limit=config.limit, seed=config.data_seed, **task_options)
     spec = task.spec
+    check_same_labels(recorded and recorded.get("label_names"), spec, f"teacher {config.teacher}",
+                      config.allow_task_mismatch)
     columns = {s: task.split(s) for s in config.splits}  # "validation" also names MNLI's validation_matched
     model, identity = load_teacher(config.teacher, device=device)
     if identity.num_labels != spec.num_labels:
@@ -400,7 +419,7 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
         "teacher_fingerprint": teacher_fingerprint(config.teacher),
         "task": asdict(spec),
         # How to load the same data again (evaluate, predict): the task name or file, and its options.
-        "task_ref": {"task": _absolute_if_file(config.task), "options": _absolute_files(config.task_options)},
+        "task_ref": absolute_task_ref(task_arg, task_options),
         "label_names": list(spec.label_names),
         "num_labels": spec.num_labels,
         "max_length": max_length,

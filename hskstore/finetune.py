@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,11 +20,12 @@ import numpy as np
 import torch
 
 from .config import strict_from_dict
-from .data import TaskSpec, load_task, tokenize
+from .data import TaskSpec, absolute_task_ref, load_task, tokenize
 from .device import precision_for, resolve_device
 from .errors import ConfigError
 from .metrics import compute_metrics, primary_metric
-from .preflight import check_output_dir
+from .outputs import check_output_dir
+from .preflight import check_writable
 from .teacher import check_bert_family, check_max_length, check_tokenizer_files, load_teacher, load_tokenizer
 
 __all__ = ["FinetuneConfig", "finetune", "evaluate", "TEACHER_INFO_FILE"]
@@ -53,6 +56,11 @@ class FinetuneConfig:
     label_names: tuple[str, ...] | None = None    # file tasks: class names; () means regression
     validation_file: str | None = None     # file tasks: a separate validation file
     validation_fraction: float = 0.1       # tweets and file tasks: held-out share
+    data_dir: str | None = None            # GLUE names: the GLUE folder, a save_to_disk dir, or a cached hub id
+    task_name: str | None = None           # file tasks: the task's name (default: the file's stem)
+    metric: str | None = None              # file tasks: accuracy | f1 | matthews | pearson_spearman
+    resume: bool = True                    # continue from output/checkpoint (written every epoch) when it matches
+    overwrite: bool = False                # replace an existing teacher in output
 
     def __post_init__(self):
         problems = []
@@ -82,7 +90,7 @@ class FinetuneConfig:
             problems.append(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if problems:
             raise ConfigError(problems)
-        for name in ("model", "task", "output", "validation_file"):  # Paths become str: the config goes to JSON
+        for name in ("model", "task", "output", "validation_file", "data_dir"):  # Paths become str: the config goes to JSON
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
         for name in ("text_columns", "label_names"):  # lists from JSON/CLI become tuples: frozen and hashable
@@ -101,9 +109,14 @@ class FinetuneConfig:
 
     def task_options(self) -> dict:
         """Keyword arguments for `load_task` that reproduce this run's task and split."""
-        return {"limit": self.limit, "seed": self.data_seed, "text_columns": self.text_columns,
-                "label_column": self.label_column, "label_names": self.label_names,
-                "validation_file": self.validation_file, "validation_fraction": self.validation_fraction}
+        return {"limit": self.limit, "seed": self.data_seed, **self.task_source()}
+
+    def task_source(self) -> dict:
+        """The `load_task` options that name the data (not the subset): recorded for later stages."""
+        return {"text_columns": self.text_columns, "label_column": self.label_column,
+                "label_names": self.label_names, "validation_file": self.validation_file,
+                "validation_fraction": self.validation_fraction, "data_dir": self.data_dir,
+                "task_name": self.task_name, "metric": self.metric}
 
 
 def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
@@ -117,11 +130,15 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
             be loaded. DataError: the task cannot be loaded. ConfigError: the output cannot be written.
     """
     # Setup: fail on a wrong output or model before the (slower) data loading, not after training.
-    check_output_dir(config.output)
+    check_writable(config.output)
     model_config = check_bert_family(config.model)
     check_tokenizer_files(config.model)
     check_max_length(config.max_length, model_config, "the model", config.model)
     device = resolve_device(config.device)
+    checkpoint = Path(config.output) / "checkpoint"
+    resuming = config.resume and not config.overwrite and (checkpoint / "state.json").is_file()
+    if not resuming:
+        check_output_dir(config.output, "teacher", config.overwrite)
     data = load_task(config.task, **config.task_options())
     spec = data.spec
     tokenizer = load_tokenizer(config.model)
@@ -141,10 +158,14 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
     generator = torch.Generator().manual_seed(config.seed)
     key = primary_metric(spec.metric)
 
-    history, best, best_state = [], None, None
+    history, best, best_state, first_epoch = [], None, None, 1
+    if resuming:
+        first_epoch, history, best, best_state = _resume(checkpoint, config, model, optimizer, scheduler, scaler,
+                                                         generator, device)
     started = time.perf_counter()
     bar = _progress_bar(total_steps, progress)
-    for epoch in range(1, config.epochs + 1):
+    bar.update((first_epoch - 1) * steps_per_epoch)
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         order = torch.randperm(len(train["labels"]), generator=generator).numpy()
         loss_sum = torch.zeros((), device=device)  # summed on device: .item() every step would sync CUDA
@@ -176,13 +197,75 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             else:
                 best_state = None  # the model itself holds the kept weights
+        _save_checkpoint(checkpoint, config, epoch, model, optimizer, scheduler, scaler, generator, history, best,
+                         best_state)
     bar.close()
     train_seconds = time.perf_counter() - started
     if best_state is not None:
         model.load_state_dict(best_state)
     result = {**best, "train_seconds": train_seconds}
     _save(model, tokenizer, config, spec, result, history)
+    shutil.rmtree(checkpoint, ignore_errors=True)  # the teacher is complete: nothing left to resume
     return result
+
+
+def _run_key(config: FinetuneConfig) -> dict:
+    """What must match for a checkpoint to be resumed: everything but where and how the run is started."""
+    key = config.to_dict()
+    for name in ("output", "device", "resume", "overwrite"):
+        key.pop(name)
+    return json.loads(json.dumps(key))
+
+
+def _save_checkpoint(directory: Path, config, epoch, model, optimizer, scheduler, scaler, generator, history, best,
+                     best_state) -> None:
+    """The state after `epoch`, as safetensors and JSON; swapped in whole, so a crash leaves a usable one."""
+    from safetensors.torch import save_file
+
+    from .train import _save_optimizer
+
+    tmp = directory.with_name("checkpoint.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()},
+              str(tmp / "model.safetensors"))
+    if best_state is not None:
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
+    _save_optimizer(optimizer, tmp)
+    rng = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(tmp / "rng.safetensors"))
+    state = {"run": _run_key(config), "epoch": epoch, "history": history, "best": best,
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+
+
+def _resume(directory: Path, config, model, optimizer, scheduler, scaler, generator, device):
+    """Load a checkpoint of this run; returns (next epoch, history, best metrics, best weights or None)."""
+    from safetensors.torch import load_file
+
+    from .train import _load_optimizer
+
+    state = json.loads((directory / "state.json").read_text())
+    if state.get("run") != _run_key(config):
+        raise ConfigError(f"{directory} belongs to a different fine-tuning run (other model, task or options); "
+                          "rerun with its options, or pass --no-resume --overwrite to start over")
+    model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
+    _load_optimizer(optimizer, directory)
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    rng = load_file(str(directory / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["batches"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    best_file = directory / "best.safetensors"
+    best_state = load_file(str(best_file)) if best_file.is_file() else None
+    return state["epoch"] + 1, state["history"], state["best"], best_state
 
 
 @torch.no_grad()
@@ -253,15 +336,23 @@ def _save(model, tokenizer, config: FinetuneConfig, spec: TaskSpec, result: dict
     with _quiet_transformers():
         model.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
+    recorded = config.to_dict()
+    for name in ("model", "output"):  # absolute, so `extract` and `evaluate` work from any directory
+        if Path(recorded[name]).exists():
+            recorded[name] = os.path.abspath(recorded[name])
+    task_ref = absolute_task_ref(config.task, config.task_source())
+    recorded.update(task=task_ref["task"], **{k: v for k, v in task_ref["options"].items() if k in recorded})
     info = {
         "task": spec.to_dict(),
+        # How to load the same data again (extract, evaluate default to it): the task and its options.
+        "task_ref": task_ref,
         "max_length": config.max_length,
         "metrics": result,
         "history": history,
         "epochs": config.epochs,
         "seed": config.seed,
-        "base_model": str(config.model),
-        "config": config.to_dict(),
+        "base_model": recorded["model"],
+        "config": recorded,
     }
     (output / TEACHER_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 

@@ -1,4 +1,4 @@
-"""Distillation losses (METHOD.md). Pure functions with shapes in the docstrings.
+"""Distillation losses (docs/method.md). Pure functions with shapes in the docstrings.
 
 B batch, T tokens, d_S student width, d teacher width, D stored layers, n token slots.
 """

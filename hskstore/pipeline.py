@@ -73,14 +73,24 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
                   checkpoint: str | None = None, num_layers: int | None = None, num_heads: int | None = None,
                   intermediate_size: int | None = None, embedding_rank: int | None = None,
                   hidden_size: int | None = None, importance_examples: int | None = None, seed: int = 0,
-                  device: str = "cpu", progress: bool = True, storage_options: dict | None = None) -> dict:
-    """Build and save a student; returns its summary. ROSITA scores importance on the store's train split."""
-    from .preflight import check_output_dir
+                  device: str = "cpu", progress: bool = True, overwrite: bool = False,
+                  storage_options: dict | None = None) -> dict:
+    """Build and save a student; returns its summary. ROSITA scores importance on the store's train split.
+
+    Raises:
+        ConfigError: `output` is not empty and `overwrite` is off, or it holds something other than a student.
+    """
+    from .outputs import check_output_dir
+    from .preflight import check_writable
     from .store import open_store
     from .student import ROSITA_DEFAULTS, build_bert_student, build_rosita, save_student, student_summary
     from .teacher import load_tokenizer
+    from .train import store_task_record
 
-    check_output_dir(output)  # before the teacher loads and importance is scored
+    if kind not in ("rosita", "bert"):
+        raise ModelError(f"unknown student kind {kind!r}: expected 'rosita' or 'bert'")
+    check_output_dir(output, "student", overwrite, remove=False)
+    check_writable(output)  # before the teacher loads and importance is scored
     if kind == "rosita":
         if teacher is None or store is None:
             raise ModelError("a ROSITA student needs --teacher (the fine-tuned teacher) and --store (its training "
@@ -94,11 +104,11 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
         student = build_rosita(teacher, store_batches(store, 32, importance_examples, storage_options), device=device,
                                progress=progress, **sizes)
         tokenizer = load_tokenizer(teacher)
+        opened_store = open_store(store, storage_options=storage_options)
     elif kind == "bert":
         if store is None:
             raise ModelError("a BERT student needs --store, whose teacher fixes the vocabulary and label count")
-        opened = open_store(store, storage_options=storage_options)
-        opened.close()  # only its attributes are needed
+        opened = opened_store = open_store(store, storage_options=storage_options)
         if checkpoint is not None:  # a fresh student has 512 positions, the most a store holds
             from .teacher import check_bert_family, check_max_length
 
@@ -108,11 +118,22 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
                                      num_layers=num_layers, hidden_size=hidden_size,
                                      intermediate_size=intermediate_size, num_heads=num_heads, seed=seed)
         tokenizer = None
+    check_output_dir(output, "student", overwrite)  # removed only now: a failed build keeps the old student
+    if kind == "bert":
         opened.save_tokenizer(output)
-    else:
-        raise ModelError(f"unknown student kind {kind!r}: expected 'rosita' or 'bert'")
+    _label_students_classes(student, opened_store.task)
     save_student(student.cpu(), output, tokenizer=tokenizer)
+    # The store's task travels with the student: `evaluate` defaults to it, `export` names the classes.
+    (Path(output) / "task.json").write_text(json.dumps(store_task_record(opened_store)))
     return student_summary(student)
+
+
+def _label_students_classes(student, task: dict) -> None:
+    """id2label/label2id from the task, so a transformers export predicts names, not LABEL_0."""
+    names = task.get("label_names") or []
+    if student.kind == "bert" and names:
+        student.model.config.id2label = dict(enumerate(names))
+        student.model.config.label2id = {name: i for i, name in enumerate(names)}
 
 
 @dataclass(frozen=True)
@@ -154,7 +175,9 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
         echo(f"[1/4] fine-tuning the packaged MiniLM-L6 on {run.limit} tweets -> {teacher}")
         teacher_metrics = finetune(FinetuneConfig(model=packaged_teacher_path(), task="tweets", output=str(teacher),
                                                   max_length=run.max_length, epochs=run.teacher_epochs,
-                                                  limit=run.limit, seed=run.seed, device=run.device), progress=progress)
+                                                  limit=run.limit, seed=run.seed, device=run.device,
+                                                  overwrite=bool(recorded)),  # else resume a checkpoint
+                                   progress=progress)
     echo(f"[2/4] extracting {run.compression.depth, run.compression.length, run.compression.width} HSK -> {store}")
     try:
         attrs = open_store(store).attrs  # complete already: reuse it if it is this run's store
@@ -174,11 +197,11 @@ def run_default(run: DefaultRun = DefaultRun(), progress: bool = True, echo=prin
     echo(f"[3/4] building a ROSITA student ({run.compression.student_layers} layers) -> {student}")
     summary = build_student("rosita", student, teacher=str(teacher), store=str(store),
                             num_layers=run.compression.student_layers, importance_examples=run.importance_examples,
-                            device="cpu", progress=progress)
+                            device="cpu", progress=progress, overwrite=True)
     echo(f"      {summary}")
     echo("[4/4] distilling from the store (no teacher loaded)")
     common = dict(store=str(store), student=str(student), pred_epochs=run.pred_epochs, device=run.device,
-                  seed=run.seed, resume=False)
+                  seed=run.seed, resume=False, overwrite=True)
     with_hsk = train(TrainConfig(output=str(work / "run-hsk"), hsk_epochs=run.hsk_epochs, **common), progress=progress)
     pred_only = train(TrainConfig(output=str(work / "run-pred"), stages=("pred",), **common), progress=progress)
     key = "accuracy"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["check_output_dir"]
+__all__ = ["check_writable"]
 
 
-def check_output_dir(path: str | os.PathLike, option: str = "--output") -> None:
+def check_writable(path: str | os.PathLike, option: str = "--output") -> None:
     """Raise a one-line ConfigError unless `path` is, or can be created as, a writable directory.
 
     The probe creates (and removes) a temporary file in the deepest existing directory, so read-only

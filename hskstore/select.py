@@ -175,7 +175,7 @@ def select_hsk(
     sep_id: int,
     fixed_mask: torch.Tensor | None = None,
 ) -> Selection:
-    """Select the stored HSK of one batch, exactly as METHOD.md defines it.
+    """Select the stored HSK of one batch, exactly as docs/method.md defines it.
 
     Args:
         hidden_states: the teacher's L+1 tensors (B, T, d).

@@ -1,7 +1,7 @@
 """Stream a store split into training batches: whole-chunk reads, seeded shuffles, packed masks.
 
 Reading whole chunks and shuffling in memory is the only fast way through a chunked store (single rows
-read at ~150/s, STORAGE.md). Each epoch shuffles the chunk order and then rows within a buffer of a
+read at ~150/s, docs/storage-notes.md). Each epoch shuffles the chunk order and then rows within a buffer of a
 few chunks, seeded by (seed, epoch), so a resumed run sees the same batches. Chunks are dealt
 round-robin to (rank, worker) shards, so every example is visited exactly once per epoch. Masks stay
 bitpacked until `to_device`, so host memory and transfers stay at the compressed size.
@@ -174,7 +174,7 @@ class Prefetcher:
     """Run an iterator in a background thread, `depth` items ahead (zarr decompression releases the GIL).
 
     In-process prefetching moved ~300k rows/s here against 53-70k rows/s through DataLoader workers
-    (STORAGE.md), so it is the default; workers remain an option for slow filesystems. `close()` (or
+    (docs/storage-notes.md), so it is the default; workers remain an option for slow filesystems. `close()` (or
     leaving a `with` block) stops the thread when a loop ends early.
     """
 

@@ -166,7 +166,7 @@ def build_rosita(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> RositaStudent:
-    """Cut a ROSITA-style student out of a fine-tuned teacher (METHOD.md, "Students").
+    """Cut a ROSITA-style student out of a fine-tuned teacher (docs/method.md, "Students").
 
     Keeps the bottom `num_layers` layers, the `num_heads` heads and `intermediate_size` FFN neurons of
     highest Taylor importance per layer (one pass over `batches`, no weight update), and factorises the
@@ -323,8 +323,14 @@ def save_student(student: nn.Module, directory: str | os.PathLike, tokenizer=Non
         config = json.loads(student.model.config.to_json_string(use_diff=False))
     else:
         raise ModelError(f"cannot save a student of kind {student.kind!r}; expected 'rosita' or 'bert'")
+    # A BERT student is also a transformers directory: config.json plus its model's own keys (no "model."
+    # prefix), so AutoModelForSequenceClassification.from_pretrained loads it as it is.
+    module = student.model if student.kind == "bert" else student
+    if student.kind == "bert":
+        student.model.config.architectures = ["BertForSequenceClassification"]
+        student.model.config.to_json_file(str(directory / "config.json"))
     # safetensors refuses shared or non-contiguous storage; a clone of each tensor is neither.
-    tensors = {k: v.detach().contiguous().clone() for k, v in student.state_dict().items()}
+    tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
@@ -383,11 +389,16 @@ def load_student(directory: str | os.PathLike, device: str | torch.device = "cpu
     if not weights.is_file():
         raise ModelError(f"{directory} has student.json but no model.safetensors; save the student again")
     state = load_file(str(weights))
-    missing, unexpected = sorted(set(student.state_dict()) - set(state)), sorted(set(state) - set(student.state_dict()))
+    target = student
+    if kind == "bert":
+        target = student.model
+        if all(key.startswith("model.") for key in state):  # written before BERT students were transformers dirs
+            state = {key[len("model."):]: value for key, value in state.items()}
+    missing, unexpected = sorted(set(target.state_dict()) - set(state)), sorted(set(state) - set(target.state_dict()))
     if missing or unexpected:
         raise ModelError(f"{weights} does not match its student.json: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}; save the student again")
-    _copy_weights(student, state)
+    _copy_weights(target, state)
     return student.to(device).eval()
 
 

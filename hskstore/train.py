@@ -26,7 +26,7 @@ from .device import describe_device, precision_for
 from .errors import ConfigError, StoreError
 from .losses import HSK_LOSSES, hsk_loss, prediction_loss
 from .metrics import compute_metrics, primary_metric
-from .preflight import check_output_dir
+from .preflight import check_writable
 from .schedules import StageSchedule, default_schedules
 from .select import full_width, select_hsk, static_mask
 from .store import normalize_location, open_store
@@ -62,6 +62,7 @@ class TrainConfig:
     num_workers: int = 0                # DataLoader workers reading the store
     eval_batch_size: int = 128
     resume: bool = True                 # continue from output/checkpoint when it matches this run
+    overwrite: bool = False             # replace an existing run in output (when not resuming it)
     storage_options: dict = field(default_factory=dict)  # fsspec options for a store URL (endpoint_url, ...)
 
     def __post_init__(self):
@@ -100,11 +101,12 @@ class TrainConfig:
 
 class Trainer:
     def __init__(self, config: TrainConfig, progress: bool = True):
+        self._check_output(config)  # before the store and student load
         self.config = config
         self.progress = progress
         # Under torchrun: this rank, its device (cuda:LOCAL_RANK) and an open process group.
         self.world, self.device = distributed.setup(config.device)
-        check_output_dir(config.output)  # before the store and the student load, not when the first file is saved
+        check_writable(config.output)  # before the store and the student load, not when the first file is saved
         self.store = open_store(config.store, storage_options=config.storage_options)
         self.resolved = self.store.resolved
         self.task = self.store.task
@@ -135,6 +137,16 @@ class Trainer:
             raise StoreError(f"store {self.config.store} holds sequences of up to {self.resolved.max_length} tokens but "
                              f"the student {self.config.student} has {positions} positions (max_position_embeddings): "
                              "build a student with more positions, or extract with a smaller --max-length")
+
+    @staticmethod
+    def _check_output(config: TrainConfig) -> None:
+        """Resume a matching checkpoint, else refuse a non-empty output unless overwrite (only a run's)."""
+        from .outputs import check_output_dir
+
+        output = Path(config.output)
+        resumable = any((output / name / "state.json").is_file() for name in ("checkpoint", "checkpoint.old"))
+        if config.overwrite or not (config.resume and resumable):
+            check_output_dir(output, "run", config.overwrite)
 
     def _check_student(self):
         teacher, student, depth = self.store.teacher, self.student, self.resolved.depth
@@ -424,8 +436,9 @@ class Trainer:
             "teacher_dev": self.teacher_metrics(),
             "student_dev": state.get("best") or (self.history[-1].get("dev") if self.history else None),
             "history": [{k: v for k, v in h.items() if k != "step_losses"} for h in self.history],
-            # Option names only: storage options can hold credentials.
-            "config": asdict(self.config) | {"storage_options": sorted(self.config.storage_options)},
+            # Local paths absolute (metrics.json is read from anywhere); storage options by name only: they
+            # can hold credentials.
+            "config": _absolute_paths(asdict(self.config)) | {"storage_options": sorted(self.config.storage_options)},
             "device": describe_device(self.device),
             "precision": self.precision.name,
             "world_size": self.world.world_size,
@@ -441,12 +454,7 @@ class Trainer:
             shutil.rmtree(directory)
         save_student(self.student, directory)
         self.store.save_tokenizer(directory)
-        attrs = self.store.attrs
-        (directory / "task.json").write_text(json.dumps({
-            "task": self.task, "max_length": self.resolved.max_length,
-            # Enough to reload the store's exact split: evaluating on another split would leak training rows.
-            "task_ref": attrs.get("task_ref", {"task": self.task["name"], "options": {}}),
-            "data_seed": attrs.get("data_seed", 0), "limit": attrs.get("limit")}))
+        (directory / "task.json").write_text(json.dumps(store_task_record(self.store)))
 
     def _run_key(self) -> dict:
         c = self.config
@@ -511,6 +519,20 @@ class Trainer:
         return state
 
 
+def store_task_record(store) -> dict:
+    """task.json of a student made from `store`: its task, max length, and how to reload its exact split.
+
+    Evaluating on another split would leak training rows; paths are absolute so any directory works.
+    """
+    from .data import absolute_task_ref
+
+    attrs = store.attrs
+    reference = attrs.get("task_ref") or {"task": store.task["name"], "options": {}}
+    return {"task": store.task, "max_length": store.resolved.max_length,
+            "task_ref": absolute_task_ref(reference["task"], reference.get("options")),
+            "data_seed": attrs.get("data_seed", 0), "limit": attrs.get("limit")}
+
+
 def _save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
     from safetensors.torch import save_file
 
@@ -544,6 +566,12 @@ def store_identity(attrs: dict) -> dict:
         return {"uuid": attrs["uuid"]}
     return {"created_at": attrs.get("created_at"), "compression": attrs.get("compression"),
             "teacher_fingerprint": attrs.get("teacher_fingerprint")}
+
+
+def _absolute_paths(config: dict) -> dict:
+    """The run's recorded config with its local paths absolute: metrics.json is read from anywhere."""
+    return config | {k: os.path.abspath(config[k]) for k in ("store", "student", "output", "teacher")
+                     if config.get(k) and Path(config[k]).exists()}
 
 
 class _StageLoss(nn.Module):

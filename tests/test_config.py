@@ -1,4 +1,4 @@
-"""The compression triple and its layer mapping, pinned to METHOD.md."""
+"""The compression triple and its layer mapping, pinned to docs/method.md."""
 
 import pytest
 

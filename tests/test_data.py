@@ -19,7 +19,7 @@ from hskstore.errors import DataError
 # --- task specs --------------------------------------------------------------------------------------
 
 def test_glue_tasks_carry_their_real_columns_labels_and_metrics():
-    assert set(GLUE_TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"}
+    assert set(GLUE_TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
     assert GLUE_TASKS["sst2"].text_columns == ("sentence",)
     assert GLUE_TASKS["mnli"].text_columns == ("premise", "hypothesis")
     assert GLUE_TASKS["mnli"].validation_split == "validation_matched"

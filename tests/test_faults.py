@@ -24,7 +24,7 @@ from hskstore.store import StoreWriter, open_store
 from hskstore.teacher import load_tokenizer, teacher_fingerprint
 from hskstore.train import TrainConfig, store_identity
 
-STORE_OPTS = ("--limit", 40, "--chunk-rows", 16, "--student-layers", 2, "--depth", 2, "--length", 5, "--width", 8,
+STORE_OPTS = ("--task", "tweets", "--limit", 40, "--chunk-rows", 16, "--student-layers", 2, "--depth", 2, "--length", 5, "--width", 8,
               "--device", "cpu")
 TRAIN_OPTS = ("--stages", "hsk", "--hsk-epochs", 1, "--hsk-batch-size", 16, "--max-steps", 1, "--device", "cpu")
 

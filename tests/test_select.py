@@ -1,4 +1,4 @@
-"""Token and activation selection, pinned to METHOD.md."""
+"""Token and activation selection, pinned to docs/method.md."""
 
 import numpy as np
 import pytest

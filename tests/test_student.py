@@ -196,7 +196,7 @@ def test_taylor_importance_is_grad_times_weight_summed_per_head_and_neuron():
 
 
 def test_taylor_importance_accumulates_absolute_gradients_across_batches():
-    """Sum over batches of |grad| (METHOD.md), not |sum of grads|: opposite-sign batches must not cancel."""
+    """Sum over batches of |grad| (docs/method.md), not |sum of grads|: opposite-sign batches must not cancel."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(1)

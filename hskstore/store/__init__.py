@@ -88,6 +88,8 @@ def store_state(location, storage_options: dict | None = None) -> tuple[str, dic
     location = str(location)
     if not _exists(location, storage_options):
         return "absent", None
+    if not is_remote(location) and os.path.isdir(location) and not os.listdir(location):
+        return "absent", None  # an empty directory made for the store (mkdir before extract)
     attrs = _raw_attrs(location, storage_options)
     if attrs is None or attrs.get("format") != FORMAT_NAME:
         return "foreign", attrs

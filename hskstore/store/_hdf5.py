@@ -98,7 +98,7 @@ class Hdf5Store(Store):
             return self.file[split][name][start:stop]
         except (OSError, ValueError, RuntimeError) as exc:  # Fletcher-32 mismatch, a broken filter pipeline
             chunk = start // self.chunk_rows
-            raise StoreError(f"{self.location}: chunk {chunk} of {split}/{name} is damaged ({str(exc)[:80]}); "
+            raise StoreError(f"{self.location}: chunk {chunk} of {split}/{name} is damaged ({_reason(exc)}); "
                              f"run `hskstore verify {self.location}` to list every bad chunk, then re-extract") from None
 
     def _records(self, split):
@@ -181,3 +181,10 @@ class Hdf5Writer(StoreWriter):
     def close(self):
         if self.file.id.valid:
             self.file.close()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "checksum" in text.lower() or "fletcher" in text.lower() or "filter returned failure" in text.lower():
+        return "checksum mismatch"
+    return text.split(".")[0][:80]
