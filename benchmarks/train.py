@@ -13,90 +13,24 @@ Writes benchmarks/results/train-<device>.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (sets the offline environment first)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
+from hskstore.bench import time_steps  # noqa: E402
 from hskstore.config import Compression  # noqa: E402
 from hskstore.device import resolve_device  # noqa: E402
 from hskstore.extract import ExtractConfig, extract  # noqa: E402
 from hskstore.pipeline import build_student  # noqa: E402
-from hskstore.stream import to_device  # noqa: E402
-from hskstore.train import TrainConfig, Trainer  # noqa: E402
-
-
-def forever(trainer: Trainer, stage: str | None, batch_size: int):
-    """Batches of the store's train split, epoch after epoch."""
-    epoch = 0
-    while True:
-        stream = trainer.stream("train", batch_size, stage or "pred", seed=epoch)
-        stream.set_epoch(epoch)
-        yield from stream
-        epoch += 1
-
-
-class StudentOnly:
-    """The floor: the student trains on gold labels, no distillation target at all."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-        self.optimizer = torch.optim.AdamW(trainer.student.parameters(), lr=5e-5)
-
-    def step(self, batch) -> float:
-        moved = to_device(batch, self.trainer.device)
-        with torch.autocast(**self.trainer.autocast):
-            logits = self.trainer.student(moved.input_ids, moved.attention_mask, moved.token_type_ids).logits
-        loss = F.cross_entropy(logits.float(), moved.labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
 
 
 def time_setting(name, teacher, student_dir, store, batch_size, steps, rounds, device, work) -> dict:
-    common_config = dict(store=store, student=student_dir, device=str(device), stages=("hsk",), resume=False,
-                         overwrite=True)
-    offline = Trainer(TrainConfig(output=str(work / f"{name}-offline"), **common_config), progress=False)
-    online = Trainer(TrainConfig(output=str(work / f"{name}-online"), teacher=teacher, **common_config), progress=False)
-    floor = Trainer(TrainConfig(output=str(work / f"{name}-floor"), **common_config), progress=False)
-    for trainer in (offline, online, floor):
-        trainer.student.train()
-        trainer.projection.train()
-    only = StudentOnly(floor)
-    modes = {
-        "student_only": (only.step, forever(floor, None, batch_size)),
-        "offline": (lambda b, o=offline.optimizer("hsk", 5e-5): offline.step("hsk", o, b), forever(offline, "hsk", batch_size)),
-        "online": (lambda b, o=online.optimizer("hsk", 5e-5): online.step("hsk", o, b), forever(online, "hsk", batch_size)),
-    }
-    per_step = {mode: [] for mode in modes}
-    for mode, (step, batches) in modes.items():  # warm-up: allocator, kernels, first chunk reads
-        for _ in range(3):
-            step(next(batches))
-    for round_ in range(rounds):
-        for mode, (step, batches) in modes.items():
-            started = time.perf_counter()
-            for _ in range(steps):
-                step(next(batches))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            per_step[mode].append((time.perf_counter() - started) / steps)
-        print(f"  {name} round {round_ + 1}: " + ", ".join(f"{m} {1000 * v[-1]:.0f} ms" for m, v in per_step.items()),
-              flush=True)
-    medians = {mode: statistics.median(v) for mode, v in per_step.items()}
-    return {
-        "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
-        "seconds_per_step": per_step, "median_seconds_per_step": medians,
-        "offline_over_student_only": medians["offline"] / medians["student_only"],
-        "online_over_offline": medians["online"] / medians["offline"],
-    }
+    """The package's own `hskstore bench` step timing (hskstore/bench.py), printed per round."""
+    return time_steps(store, student_dir, teacher, steps=steps, rounds=rounds, batch_size=batch_size,
+                      device=str(device), echo=lambda line: print(f"  {name} {line}", flush=True))
 
 
 def prepare(setting: str, work: Path, batch_size: int, steps: int, device) -> tuple[str, str, str]:

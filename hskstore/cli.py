@@ -11,6 +11,7 @@ import sys
 import click
 
 from .errors import HskError
+from .strategies import length_choices, width_choices
 
 __all__ = ["main", "cli"]
 
@@ -239,12 +240,12 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @click.option("--width", default="0.1", show_default=True, help="N^W: activations kept, a count or fraction of d, or 'all'.")
 @click.option("--student-layers", default=3, show_default=True, help="L': student depth the layer mapping is for.")
 @click.option("--l-top", type=int, default=None, help="Teacher layer for the student's top layer [default: round(10L/12)].")
-@click.option("--length-strategy", type=click.Choice(["att-nosep", "att", "left"]), default="att-nosep", show_default=True)
+@click.option("--length-strategy", type=click.Choice(length_choices()), default="att-nosep", show_default=True)
 @click.option("--score-layer", type=click.Choice(["uniform", "same"]), default="uniform", show_default=True,
               help="Rank tokens with the attention of layer g(l, L) (uniform) or of the stored layer (same).")
 @click.option("--score-kind", type=click.Choice(["softmax", "logits"]), default="softmax", show_default=True,
               help="Average post-softmax attention (paper) or pre-softmax scores (released code).")
-@click.option("--width-strategy", type=click.Choice(["mag", "uniform", "rand"]), default="mag", show_default=True)
+@click.option("--width-strategy", type=click.Choice(width_choices()), default="mag", show_default=True)
 @click.option("--width-seed", default=0, show_default=True)
 @click.option("--full", is_flag=True, help="Full HSK: every mapped layer, token and activation (baseline).")
 @click.option("--value-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
@@ -404,6 +405,94 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
     teacher_dev, student_dev = result["teacher_dev"], result["student_dev"] or {}
     _echo_summary(result, as_json, f"{result['mode']} run in {output}: teacher dev {teacher_dev}  "
                                    f"student dev {student_dev}")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--student", required=True, help="Student directory (`hskstore student`).")
+@click.option("--teacher", default=None, help="The store's teacher: also time online distillation.")
+@click.option("--steps", default=20, show_default=True, help="Timed steps per mode per round.")
+@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds; medians are reported.")
+@click.option("--batch-size", type=int, default=None, help="Step batch size [64 on GPU, 16 on CPU].")
+@click.option("--reader-batches", default=200, show_default=True, help="Batches per reader timing.")
+@click.option("--reader-batch-size", type=int, default=None, help="[the task's HSK-stage batch size]")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+def bench(store, student, teacher, steps, rounds, batch_size, reader_batches, reader_batch_size, device, as_json):
+    """Time HSK-stage steps student-only, offline and online, and the store reader alone."""
+    from .bench import BenchConfig, bench as run, format_bench
+
+    config = BenchConfig(store=store, student=student, teacher=teacher, steps=steps, rounds=rounds,
+                         batch_size=batch_size, reader_batches=reader_batches, reader_batch_size=reader_batch_size,
+                         device=device)
+    result = run(config, echo=None if as_json else lambda line: click.echo(line, err=True))
+    click.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
+
+
+def _triple(value: str) -> tuple:
+    parts = value.split(",")
+    if len(parts) != 3:
+        raise click.BadParameter(f"a point is N^D,N^L,N^W such as 1,9,0.1, got {value!r}")
+    try:
+        return int(parts[0]), int(parts[1]), _width(parts[2])
+    except ValueError:
+        raise click.BadParameter(f"a point is N^D,N^L,N^W such as 1,9,0.1, got {value!r}") from None
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+@cli.command()
+@click.option("--teacher", required=True, help="Fine-tuned teacher directory.")
+@click.option("--task", default="tweets", show_default=True, help="GLUE name, 'tweets', or a CSV/TSV/JSONL file.")
+@click.option("--output", required=True, help="Sweep directory: stores/, runs/, results.json/.csv, sweep.png.")
+@click.option("--student", default="rosita", show_default=True,
+              help="Initial student directory, or 'rosita' to cut one from the teacher once.")
+@click.option("--point", "points", multiple=True, help="N^D,N^L,N^W such as 1,9,0.1 (repeat).")
+@click.option("--level", "levels", multiple=True, type=float, help="Target A^HSK, spread over triples (repeat).")
+@click.option("--per-level", default=1, show_default=True, help="Triples drawn per --level.")
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--student-layers", default=3, show_default=True, help="L' of the student.")
+@click.option("--no-full", is_flag=True, help="Skip the full-HSK baseline.")
+@click.option("--no-pred", is_flag=True, help="Skip the prediction-only KD baseline.")
+@click.option("--pred-lr-grid", default="2e-5,5e-5,1e-4,5e-4", show_default=True,
+              help="Prediction-only KD learning rates; the best on dev is run for every seed.")
+@click.option("--hsk-epochs", type=int, default=None, help="[the task's schedule]")
+@click.option("--pred-epochs", type=int, default=None, help="[the task's schedule]")
+@click.option("--hsk-lr", type=float, default=None)
+@click.option("--pred-lr", type=float, default=None, help="HSK + prediction points' prediction-stage lr.")
+@click.option("--hsk-batch-size", type=int, default=None)
+@click.option("--pred-batch-size", type=int, default=None)
+@click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
+@click.option("--max-length", type=int, default=None, help="[the teacher's fine-tuning length]")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the points and the number of training runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def sweep(teacher, task, output, student, points, levels, per_level, seeds, student_layers, no_full, no_pred,
+          pred_lr_grid, hsk_epochs, pred_epochs, hsk_lr, pred_lr, hsk_batch_size, pred_batch_size, limit, max_length,
+          device, dry_run, as_json):
+    """Dev metric against A^HSK over points and seeds, with prediction-only KD and full HSK baselines."""
+    from .sweep import SweepConfig, sweep as run
+
+    config = SweepConfig(teacher=teacher, task=task, output=output, student=student,
+                         points=tuple(_triple(p) for p in points), levels=tuple(levels), per_level=per_level,
+                         seeds=tuple(int(s) for s in _floats(seeds)), student_layers=student_layers,
+                         full_baseline=not no_full, pred_baseline=not no_pred, pred_lr_grid=_floats(pred_lr_grid),
+                         hsk_epochs=hsk_epochs, pred_epochs=pred_epochs, hsk_lr=hsk_lr, pred_lr=pred_lr,
+                         hsk_batch_size=hsk_batch_size, pred_batch_size=pred_batch_size, limit=limit,
+                         max_length=max_length, device=device)
+    result = run(config, echo=None if as_json else lambda line: click.echo(line, err=True), dry_run=dry_run)
+    if dry_run or as_json:
+        click.echo(json.dumps(result if dry_run else result["summary"], indent=2))
+        return
+    for row in result["summary"]:
+        click.echo(f"{row['point']:<16} A^HSK {row['amount_hsk']:>8.3f}  dev {row['metric']} "
+                   f"{row['dev_mean']:.4f} +- {row['dev_std']:.4f} ({row['seeds']} seeds)")
+    click.echo("wrote " + ", ".join(v for v in result["files"].values() if v))
 
 
 @cli.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ConfigError
+from .strategies import LENGTH, WIDTH
 
 __all__ = [
     "Compression",
@@ -18,8 +19,8 @@ __all__ = [
     "SCORE_LAYERS",
 ]
 
-LENGTH_STRATEGIES = ("att-nosep", "att", "left", "all")
-WIDTH_STRATEGIES = ("mag", "uniform", "rand")
+LENGTH_STRATEGIES = tuple(LENGTH)       # the registries in strategies.py are the one list
+WIDTH_STRATEGIES = tuple(WIDTH)
 SCORE_KINDS = ("softmax", "logits")      # post-softmax attention (paper text) or pre-softmax q.k/sqrt(h) (code)
 SCORE_LAYERS = ("uniform", "same")       # score from layer g(l, L) ("Att (L_top=L)"), or the stored layer g(l, L_top)
 VALUE_DTYPES = ("float16", "float32")
@@ -77,10 +78,10 @@ class Compression:
         if isinstance(self.width, float) and self.width > 1 and not self.width.is_integer():
             problems.append(f"width N^W above 1 must be a whole count, got {self.width}")
         for name, value, allowed in (
-            ("length_strategy", self.length_strategy, LENGTH_STRATEGIES),
+            ("length_strategy", self.length_strategy, tuple(LENGTH)),
             ("score_layer", self.score_layer, SCORE_LAYERS),
             ("score_kind", self.score_kind, SCORE_KINDS),
-            ("width_strategy", self.width_strategy, WIDTH_STRATEGIES),
+            ("width_strategy", self.width_strategy, tuple(WIDTH)),
             ("value_dtype", self.value_dtype, VALUE_DTYPES),
         ):
             if value not in allowed:
@@ -88,8 +89,9 @@ class Compression:
         if self.value_bits is not None and not (self.value_dtype == "float16" and 1 <= self.value_bits <= 9):
             problems.append(f"value_bits rounds float16 mantissas: expected 1..9 with value_dtype float16, "
                             f"got {self.value_bits} with {self.value_dtype}")
-        if (self.length is None) != (self.length_strategy == "all"):
-            problems.append("length N^L = all goes with length_strategy 'all' (and only then)")
+        every = [name for name, s in LENGTH.items() if s.every_token]
+        if self.length_strategy in LENGTH and (self.length is None) != LENGTH[self.length_strategy].every_token:
+            problems.append(f"length N^L = all goes with length_strategy {' or '.join(map(repr, every))} (and only then)")
         if problems:
             raise ConfigError(problems)
 

@@ -27,13 +27,13 @@ from .config import Compression
 from . import distributed
 from .device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
 from .errors import ConfigError, ModelError, StoreError
-from .select import pack_bits, round_mantissa, select_hsk, static_mask
+from .select import Selector, pack_bits, round_mantissa
 from .preflight import check_writable
 from .store import (StoreWriter, array_specs, backend_for, create_store, delete_store, is_remote, replace_store,
                     reopen_store, root_attributes, staging_location, store_state)
 from .store.lock import WriterLock
-from .teacher import (CLSAttentionRecorder, HiddenStateRecorder, check_bert_family, check_max_length,
-                      check_tokenizer_files, load_teacher, load_tokenizer, teacher_fingerprint)
+from .teacher import (check_bert_family, check_max_length, check_tokenizer_files, load_teacher,
+                      load_tokenizer, teacher_fingerprint)
 
 __all__ = ["ExtractConfig", "extract", "batch_bounds", "rank_chunks", "resolve_device", "teacher_max_length",
            "teacher_data_seed", "teacher_task"]
@@ -267,8 +267,7 @@ def batch_bounds(sorted_lengths: np.ndarray, batch_size: int | None, batch_token
     return bounds
 
 
-def _teacher_chunk(model, recorder_factory, encoded, rows, batching, device, compression, resolved, sep_id,
-                   fixed_mask) -> dict[str, np.ndarray]:
+def _teacher_chunk(model, selector, encoded, rows, batching, device, compression) -> dict[str, np.ndarray]:
     """Run the teacher over the rows of one chunk; return that chunk's arrays in row order."""
     lengths = encoded["lengths"][rows]
     order = np.argsort(-lengths, kind="stable")      # longest first: dynamic padding wastes little
@@ -280,12 +279,8 @@ def _teacher_chunk(model, recorder_factory, encoded, rows, batching, device, com
         width = int(encoded["lengths"][batch_rows].max())
         batch = {name: torch.from_numpy(encoded[name][batch_rows, :width]).to(device, non_blocking=True)
                  for name in ("input_ids", "attention_mask", "token_type_ids")}
-        with torch.inference_mode(), precision.autocast(device), recorder_factory() as recorder, \
-                HiddenStateRecorder(model.bert, resolved.teacher_layer_ids) as hidden:
-            out = model(**batch)
-            scores = recorder.scores(batch["attention_mask"]) if recorder else {}
-            selection = select_hsk(hidden.states, scores, batch["input_ids"], batch["attention_mask"],
-                                   compression, resolved, sep_id, fixed_mask)
+        with torch.inference_mode(), precision.autocast(device):
+            out, selection = selector.run(model, **batch)
         values = selection.values.to(getattr(torch, compression.value_dtype))
         if compression.value_bits is not None:
             values = round_mantissa(values, compression.value_bits)
@@ -331,14 +326,6 @@ def _teacher_provenance(teacher: str, identity) -> dict:
     info.update(path=_absolute_if_file(teacher), name=path.resolve().name if path.exists() else teacher,
                 base_model=_absolute_if_file(base) if isinstance(base, str) else None)
     return info
-
-
-class _NoRecorder:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def rank_chunks(num_chunks: int, world) -> range:
@@ -394,10 +381,8 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
     resolved = compression.resolve(identity.num_layers, identity.hidden_size, max_length)
     tokenizer = load_tokenizer(config.teacher)
     sep_id = tokenizer.sep_token_id
-    fixed_mask = None
-    if resolved.has_mask and compression.width_strategy != "mag":
-        fixed_mask = static_mask(resolved.hidden_size, resolved.width, compression.width_strategy,
-                                 compression.width_seed)
+    selector = Selector(compression, resolved, sep_id, model.bert.encoder.layer, identity.num_heads)
+    fixed_mask = selector.fixed_mask
     batch_size = config.batch_size
     batch_tokens = None if batch_size else (config.batch_tokens or (8192 if device.type == "cpu" else 32768))
 
@@ -448,14 +433,6 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
     if not world.is_main:
         writer = reopen_store(location, config.storage_options)
 
-    needs_scores = compression.length_strategy in ("att-nosep", "att")
-    layers = model.bert.encoder.layer
-
-    def recorder_factory():
-        if not needs_scores:
-            return _NoRecorder()
-        return CLSAttentionRecorder(layers, resolved.score_layer_ids, identity.num_heads, compression.score_kind)
-
     try:
         todo = {s: [k for k in mine[s] if k not in writer.chunks_done(s)] for s in config.splits}
         remaining = sum(min(config.chunk_rows, split_sizes[s] - k * config.chunk_rows) for s in todo for k in todo[s])
@@ -467,9 +444,8 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
             for split in config.splits:
                 for k in todo[split]:
                     rows = np.arange(k * config.chunk_rows, min((k + 1) * config.chunk_rows, split_sizes[split]))
-                    arrays = _teacher_chunk(model, recorder_factory, encoded[split], rows - offset[split],
-                                            (batch_size, batch_tokens),
-                                            device, compression, resolved, sep_id, fixed_mask)
+                    arrays = _teacher_chunk(model, selector, encoded[split], rows - offset[split],
+                                            (batch_size, batch_tokens), device, compression)
                     chunk_writer.put(split, k, arrays)
                     bar.update(len(rows))
         except BaseException as exc:

@@ -15,9 +15,11 @@ import torch
 from .config import Compression, ResolvedCompression
 # The bit layout and mantissa rounding are part of the store format; re-exported here for selection code.
 from .store.format import pack_bits, round_mantissa, unpack_bits, unpack_bits_numpy  # noqa: F401
+from .strategies import LENGTH, WIDTH, magnitude_order, top_magnitude  # noqa: F401
 
 __all__ = [
     "Selection",
+    "Selector",
     "eligible_tokens",
     "rank_tokens",
     "gather_tokens",
@@ -28,6 +30,7 @@ __all__ = [
     "unpack_bits",
     "unpack_bits_numpy",
     "densify",
+    "densify_packed",
     "full_width",
     "round_mantissa",
     "select_hsk",
@@ -42,10 +45,7 @@ class Selection(NamedTuple):
 
 def eligible_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, sep_id: int, strategy: str) -> torch.Tensor:
     """(B, T) bool: tokens a strategy may choose. [PAD] never; [SEP] only under `att`, `left` and `all`."""
-    eligible = attention_mask.bool()
-    if strategy == "att-nosep":
-        eligible = eligible & (input_ids != sep_id)
-    return eligible
+    return LENGTH[strategy].eligible(input_ids, attention_mask, sep_id)
 
 
 def rank_tokens(scores: torch.Tensor | None, eligible: torch.Tensor, n: int, strategy: str) -> torch.Tensor:
@@ -57,11 +57,8 @@ def rank_tokens(scores: torch.Tensor | None, eligible: torch.Tensor, n: int, str
     Returns:
         (B, n) int64. Descending score order, so a smaller N^L is a prefix of a larger one.
     """
-    batch, length = eligible.shape
-    if strategy in ("left", "all"):
-        # Earlier tokens first: a decreasing score over positions.
-        scores = -torch.arange(length, device=eligible.device, dtype=torch.float32).expand(batch, length)
-    ranked = scores.float().masked_fill(~eligible, float("-inf"))
+    length = eligible.shape[1]
+    ranked = LENGTH[strategy].scores(scores, eligible).float().masked_fill(~eligible, float("-inf"))
     top, positions = ranked.topk(min(n, length), dim=-1, sorted=True)  # (B, min(n, T))
     positions = positions.masked_fill(top == float("-inf"), -1)
     if n > length:  # a batch trimmed to its longest sequence: the slots past it are empty
@@ -76,42 +73,11 @@ def gather_tokens(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
     return gathered.masked_fill((positions < 0).unsqueeze(-1), 0)
 
 
-def magnitude_order(stored: torch.Tensor) -> torch.Tensor:
-    """(..., m) -> (..., m) indices by descending |value|, ties to the lower index (a stable sort).
-
-    Ranking the values as they are stored, with a fixed tie rule, makes a smaller k exactly the top of a
-    larger one: `hskstore slice` re-ranks stored float16 values and gets what extraction would have kept.
-    """
-    return stored.abs().float().sort(dim=-1, descending=True, stable=True).indices
-
-
-def top_magnitude(vectors: torch.Tensor, k: int, value_dtype: str | None = None,
-                  value_bits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-vector top-k by |h|: (..., d) -> values (..., k) in ascending dimension order, mask (..., d) bool.
-
-    Ranked by the magnitude of the value as the store keeps it (`value_dtype`, `value_bits` rounding),
-    ties to the lower dimension.
-    """
-    stored = vectors if value_dtype is None else vectors.to(getattr(torch, value_dtype))
-    if value_bits is not None:
-        stored = round_mantissa(stored, value_bits)
-    index = magnitude_order(stored)[..., :k].sort(dim=-1).values  # (..., k)
-    values = vectors.gather(-1, index)
-    mask = torch.zeros(vectors.shape, dtype=torch.bool, device=vectors.device).scatter_(-1, index, True)
-    return values, mask
-
-
 def static_mask(hidden_size: int, k: int, strategy: str, seed: int = 0) -> torch.Tensor:
     """(d,) bool mask shared by every vector: `uniform` keeps round(i*d/k), `rand` a seeded random k."""
-    mask = torch.zeros(hidden_size, dtype=torch.bool)
-    if strategy == "uniform":
-        mask[[round(i * hidden_size / k) for i in range(k)]] = True
-    elif strategy == "rand":
-        generator = torch.Generator().manual_seed(seed)
-        mask[torch.randperm(hidden_size, generator=generator)[:k]] = True
-    else:
+    if strategy not in WIDTH or WIDTH[strategy].static is None:
         raise ValueError(f"no static mask for width strategy {strategy!r}")
-    return mask
+    return WIDTH[strategy].static_mask(hidden_size, k, seed)
 
 
 # Static-mask indices per mask object and device: boolean-mask indexing (x[..., mask]) waits for the
@@ -143,6 +109,35 @@ def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     index = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :k]
     out = torch.zeros(*mask.shape, dtype=values.dtype, device=values.device)
     return out.scatter_(-1, index, values)
+
+
+def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`densify` for the CPU reader, straight from the stored bytes: one boolean scatter, no sort.
+
+    The stable argsort in `densify` made the CPU reader 4x slower per CPU-second at d=768
+    (benchmarks/reader.py), and there the reader must keep up with training. Kept values fill the
+    set bits in row-major order, which is ascending dimension order within each vector: the same
+    result as `densify`, bit for bit.
+
+    Args:
+        values: (..., k) kept values of the store (float16); empty slots hold zeros.
+        packed: (..., ceil(d/8)) uint8 bitpacked masks, all zero for an empty slot.
+    Returns:
+        (targets (..., d) float32, mask (..., d) bool)
+    Raises:
+        StoreError: a non-empty vector's mask does not have exactly k set bits.
+    """
+    mask = np.unpackbits(packed, axis=-1, count=hidden_size, bitorder="little").view(bool)  # (..., d)
+    targets = np.zeros(mask.shape, dtype=np.float32)
+    kept = values[packed.any(-1)]                                         # (vectors, k), empty slots dropped
+    try:
+        targets[mask] = kept.reshape(-1)
+    except ValueError:
+        from .errors import StoreError
+
+        raise StoreError(f"store masks hold {int(mask.sum())} set bits for {kept.size} stored values: the store "
+                         "is corrupt; re-extract it.") from None
+    return targets, mask
 
 
 def full_width(values: torch.Tensor, mask: torch.Tensor | None = None,
@@ -190,10 +185,11 @@ def select_hsk(
         pos = rank_tokens(cls_scores.get(score_layer), eligible, resolved.length, compression.length_strategy)
         tokens = gather_tokens(hidden_states[teacher_layer], pos)          # (B, n, d)
         positions.append(pos)
+        width = WIDTH[compression.width_strategy]
         if not resolved.has_mask:
             values.append(tokens)
-        elif compression.width_strategy == "mag":
-            kept, mask = top_magnitude(tokens, resolved.width, compression.value_dtype, compression.value_bits)
+        elif width.per_vector:
+            kept, mask = width.choose(tokens, resolved.width, compression.value_dtype, compression.value_bits)
             empty = (pos < 0).unsqueeze(-1)
             values.append(kept)
             masks.append(mask & ~empty)
@@ -204,3 +200,52 @@ def select_hsk(
         values=torch.stack(values, 1),
         mask=torch.stack(masks, 1) if masks else None,
     )
+
+
+class Selector:
+    """The teacher's forward pass turned into a Selection: the one set-up extraction and online training share.
+
+    It holds what a store's compression implies for the teacher run: whether the [CLS]-row recorder
+    must run (from the length strategy) and the static width mask, if any (from the width strategy).
+
+    Args:
+        encoder_layers: the teacher's `bert.encoder.layer` (hooked only when scores are needed).
+        num_heads: the teacher's attention heads.
+    """
+
+    def __init__(self, compression: Compression, resolved: ResolvedCompression, sep_id: int, encoder_layers,
+                 num_heads: int):
+        self.compression, self.resolved, self.sep_id = compression, resolved, sep_id
+        self.length = LENGTH[compression.length_strategy]
+        self.width = WIDTH[compression.width_strategy]
+        self._layers, self._num_heads = encoder_layers, num_heads
+        self.fixed_mask = None                                   # (d,) bool, static width strategies only
+        if resolved.has_mask and not self.width.per_vector:
+            self.fixed_mask = self.width.static_mask(resolved.hidden_size, resolved.width, compression.width_seed)
+
+    def recording(self):
+        """A context manager yielding the [CLS]-row recorder, or None when the strategy needs no scores."""
+        from contextlib import nullcontext
+
+        from .teacher import CLSAttentionRecorder
+
+        if not self.length.needs_scores:
+            return nullcontext()
+        return CLSAttentionRecorder(self._layers, self.resolved.score_layer_ids, self._num_heads,
+                                    self.compression.score_kind)
+
+    def run(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
+        """Run the teacher on a batch (B, T) and select its HSK; the caller sets no_grad and autocast.
+
+        Returns:
+            (the model's output (logits; no hidden states), Selection)
+        """
+        from .teacher import HiddenStateRecorder
+
+        # Hooks keep only the D stored layers' hidden states, not all L+1 (output_hidden_states).
+        with self.recording() as recorder, HiddenStateRecorder(model.bert, self.resolved.teacher_layer_ids) as hidden:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            scores = recorder.scores(attention_mask) if recorder else {}
+            selection = select_hsk(hidden.states, scores, input_ids, attention_mask, self.compression,
+                                   self.resolved, self.sep_id, self.fixed_mask)
+        return out, selection

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ConfigError
-from .select import full_width, unpack_bits, unpack_bits_numpy
+from .select import densify_packed, full_width, unpack_bits
 from .store import is_remote, open_store
 
 __all__ = ["StoreStream", "DeviceBatch", "Prefetcher", "to_device", "keep_numpy", "TOKEN_ARRAYS", "HSK_ARRAYS"]
@@ -279,13 +279,14 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: i
     positions = targets = mask = None
     if "values" in batch:
         positions = put(batch["positions"], torch.int64)
-        values = put(batch["values"], torch.float32)
-        mask = None
-        if "masks" in batch:
-            if device.type == "cpu":  # numpy unpacking is ~20x faster than torch shifts on CPU
-                mask = torch.from_numpy(unpack_bits_numpy(batch["masks"], hidden_size))
-            else:
-                mask = unpack_bits(put(batch["masks"]), hidden_size)
-        fixed = None if static_mask is None else static_mask.to(device)
-        targets, mask = full_width(values, mask, fixed)
+        if "masks" in batch and device.type == "cpu":
+            # One numpy scatter from the packed bytes, no sort: 4x the old unpack + argsort path per CPU-second,
+            # 23x in wall time with two torch threads on a loaded box (benchmarks/reader.py).
+            dense, packed_mask = densify_packed(batch["values"], batch["masks"], hidden_size)
+            targets, mask = torch.from_numpy(dense), torch.from_numpy(packed_mask)
+        else:
+            values = put(batch["values"], torch.float32)
+            mask = unpack_bits(put(batch["masks"]), hidden_size) if "masks" in batch else None
+            fixed = None if static_mask is None else static_mask.to(device)
+            targets, mask = full_width(values, mask, fixed)
     return DeviceBatch(input_ids, attention_mask, token_types, labels, logits, positions, targets, mask)

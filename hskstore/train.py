@@ -28,7 +28,7 @@ from .losses import HSK_LOSSES, hsk_loss, prediction_loss
 from .metrics import compute_metrics, primary_metric
 from .preflight import check_writable
 from .schedules import StageSchedule, default_schedules
-from .select import full_width, select_hsk, static_mask
+from .select import Selector, full_width
 from .store import normalize_location, open_store
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, Prefetcher, StoreStream, keep_numpy, to_device
 from .student import load_student, read_student_meta, save_student
@@ -166,7 +166,7 @@ class Trainer:
             raise StoreError("store/student mismatch: " + "; ".join(problems))
 
     def _load_online_teacher(self, path):
-        from .teacher import CLSAttentionRecorder, load_teacher, load_tokenizer, teacher_fingerprint
+        from .teacher import load_teacher, load_tokenizer, teacher_fingerprint
 
         recorded = self.store.attrs.get("teacher_fingerprint")  # stores from before fingerprints have none
         if recorded is not None and teacher_fingerprint(path) != recorded:
@@ -183,16 +183,8 @@ class Trainer:
                              f"layers, d={stored['hidden_size']}, {stored['num_labels']} labels): pass the teacher "
                              "the store was extracted from")
         self.teacher = model
-        self.sep_id = load_tokenizer(path).sep_token_id
-        compression = self.store.compression
-        self._recorder = None
-        if compression.length_strategy in ("att-nosep", "att"):
-            self._recorder = lambda: CLSAttentionRecorder(model.bert.encoder.layer, self.resolved.score_layer_ids,
-                                                          identity.num_heads, compression.score_kind)
-        self._fixed_mask = None
-        if self.resolved.has_mask and compression.width_strategy != "mag":
-            self._fixed_mask = static_mask(self.resolved.hidden_size, self.resolved.width,
-                                           compression.width_strategy, compression.width_seed)
+        self._selector = Selector(self.store.compression, self.resolved, load_tokenizer(path).sep_token_id,
+                                  model.bert.encoder.layer, identity.num_heads)
 
     # ------------------------------------------------------------------ data
     def stream(self, split: str, batch_size: int, stage: str | None, shuffle: bool = True, seed: int = 0):
@@ -221,18 +213,13 @@ class Trainer:
 
     @torch.no_grad()
     def _online_targets(self, batch: DeviceBatch) -> DeviceBatch:
-        from .extract import _NoRecorder
-
-        compression = self.store.compression
         # The teacher runs exactly as extraction runs it: float16 autocast on CUDA, float32 on CPU.
         teacher_autocast = dict(device_type=self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
-        with torch.autocast(**teacher_autocast), (self._recorder() if self._recorder else _NoRecorder()) as recorder:
-            out = self.teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               token_type_ids=batch.token_type_ids, output_hidden_states=True)
-            scores = recorder.scores(batch.attention_mask) if recorder else {}
-            selection = select_hsk(out.hidden_states, scores, batch.input_ids, batch.attention_mask,
-                                   compression, self.resolved, self.sep_id, self._fixed_mask)
-        fixed = None if self._fixed_mask is None else self._fixed_mask.to(self.device)
+        with torch.autocast(**teacher_autocast):
+            out, selection = self._selector.run(self.teacher, batch.input_ids, batch.attention_mask,
+                                                batch.token_type_ids)
+        fixed_mask = self._selector.fixed_mask
+        fixed = None if fixed_mask is None else fixed_mask.to(self.device)
         targets, mask = full_width(selection.values.float(), selection.mask, fixed)
         return replace(batch, logits=out.logits.float(), positions=selection.positions, targets=targets, mask=mask)
 

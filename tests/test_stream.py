@@ -115,3 +115,27 @@ def test_too_few_chunks_for_the_ranks_is_a_one_line_error(tiny_store):
     stream = StoreStream(tiny_store, "train", 8, rank=0, world_size=5)  # 4 chunks for 5 ranks
     with pytest.raises(ConfigError, match="too few rows per shard"):
         stream.num_batches()
+
+
+@pytest.mark.parametrize("hidden_size, k", [(21, 5), (768, 77)])
+def test_the_numpy_reader_path_equals_the_sorting_densify_bit_for_bit(hidden_size, k):
+    from hskstore.select import densify_packed, pack_bits, top_magnitude
+
+    torch.manual_seed(0)
+    vectors = torch.randn(6, 2, 9, hidden_size).half()
+    values, mask = top_magnitude(vectors, k)                         # (6, 2, 9, k), (6, 2, 9, d)
+    empty = torch.rand(6, 2, 9) < 0.3                                # short texts leave slots empty
+    values, mask = values.masked_fill(empty[..., None], 0), mask & ~empty[..., None]
+    targets, unpacked = densify_packed(values.numpy(), pack_bits(mask).numpy(), hidden_size)
+    assert torch.equal(torch.from_numpy(unpacked), mask)
+    assert torch.equal(torch.from_numpy(targets), densify(values.float(), mask))
+
+
+def test_a_mask_that_disagrees_with_its_values_is_a_store_error():
+    from hskstore.errors import StoreError
+    from hskstore.select import densify_packed
+
+    packed = np.zeros((2, 1), dtype=np.uint8)
+    packed[0, 0] = 0b111                                             # 3 bits set, 2 values stored
+    with pytest.raises(StoreError, match="corrupt"):
+        densify_packed(np.ones((2, 2), dtype=np.float16), packed, 8)
