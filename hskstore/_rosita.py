@@ -302,11 +302,12 @@ def rosita_weights(teacher, config: RositaConfig, heads: list, neurons: list, ra
         # Truncated SVD E ~ (U_r S_r) V_r^T, the best rank-r approximation. V and S^2 come from the
         # eigendecomposition of the small Gram matrix E^T E (d x d) in float64, and U_r S_r = E V_r:
         # the same factors as a full SVD of the (V x d) table, in 0.2 s instead of 5-7 s for 30k x 384.
-        e = word.double()                                                     # (V, d)
+        # On the CPU whatever the teacher's device: Apple's mps has no float64.
+        e = word.to("cpu", torch.float64)                                     # (V, d)
         _, vectors = _eigh_single_thread(e.T @ e)                             # ascending eigenvalues
         v_r = vectors[:, -rank:].flip(-1)                                     # (d, r), largest first
-        out["embeddings.word_embeddings.weight"] = (e @ v_r).to(word.dtype)   # (V, r) = U_r S_r
-        out["embeddings.word_projection.weight"] = v_r.contiguous().to(word.dtype)  # (d, r) = V_r
+        out["embeddings.word_embeddings.weight"] = (e @ v_r).to(word.device, word.dtype)   # (V, r) = U_r S_r
+        out["embeddings.word_projection.weight"] = v_r.contiguous().to(word.device, word.dtype)  # (d, r) = V_r
     for name in ("position_embeddings.weight", "token_type_embeddings.weight", "LayerNorm.weight", "LayerNorm.bias"):
         out["embeddings." + name] = t[emb + name]
     for i in range(config.num_layers):

@@ -72,7 +72,7 @@ class _StudentOnly:
         from .stream import to_device
 
         moved = to_device(batch, self.trainer.device)
-        with torch.autocast(**self.trainer.autocast):
+        with self.trainer.precision.autocast(self.trainer.device):
             logits = self.trainer.student(moved.input_ids, moved.attention_mask, moved.token_type_ids).logits
         loss = F.cross_entropy(logits.float(), moved.labels)
         self.optimizer.zero_grad(set_to_none=True)

@@ -80,6 +80,13 @@ def _os_error_line(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}; check the path, its permissions and free space, then rerun"
 
 
+def _is_main_rank() -> bool:
+    """Under torchrun only rank 0 prints the summary (every rank prints its own errors)."""
+    from .distributed import world_from_env
+
+    return world_from_env().is_main
+
+
 class _Group(click.Group):
     """Turns HskError, usage errors and OSError into one line on stderr and exit status 2: no traceback.
 
@@ -132,7 +139,7 @@ def _check_device(ctx, param, value):
 
 def device_option(default: str = "auto"):
     return click.option("--device", default=default, show_default=True, callback=_check_device,
-                        help="auto (CUDA when present), cpu, cuda or cuda:N.")
+                        help="auto (CUDA, else mps, else CPU), cpu, cuda, cuda:N or mps.")
 
 
 def quiet_option(func):
@@ -245,7 +252,9 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @click.option("--value-bits", type=int, default=None,
               help="Lossy: keep this many of float16's 10 mantissa bits (7: ~0.4% error, smaller store).")
 @click.option("--max-length", type=int, default=None, help="[default: the teacher's fine-tuning length, else 128]")
-@click.option("--batch-size", type=int, default=None, help="[default: 256 on GPU, 64 on CPU]")
+@click.option("--batch-size", type=int, default=None, help="Rows per teacher batch [default: batch by tokens].")
+@click.option("--batch-tokens", type=int, default=None,
+              help="Padded tokens per teacher batch [default: 32768 on GPU/mps, 8192 on CPU].")
 @click.option("--chunk-rows", default=4096, show_default=True)
 @click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
 @click.option("--data-seed", default=None, type=click.IntRange(0, 2**32 - 1),
@@ -259,8 +268,9 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @task_options
 @allow_task_mismatch_option
 def extract(teacher, task, output, depth, length, width, student_layers, l_top, length_strategy, score_layer,
-            score_kind, width_strategy, width_seed, full, value_dtype, value_bits, max_length, batch_size, chunk_rows, limit,
-            data_seed, device, overwrite, dry_run, as_json, quiet, allow_task_mismatch, storage_options, **task_kw):
+            score_kind, width_strategy, width_seed, full, value_dtype, value_bits, max_length, batch_size, batch_tokens,
+            chunk_rows, limit, data_seed, device, overwrite, dry_run, as_json, quiet, allow_task_mismatch,
+            storage_options, **task_kw):
     """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
     from .config import Compression
     from .extract import ExtractConfig, extract as run, teacher_data_seed, teacher_max_length
@@ -277,7 +287,8 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
                                   score_layer=score_layer, score_kind=score_kind, width_strategy=width_strategy,
                                   width_seed=width_seed, value_dtype=value_dtype, value_bits=value_bits)
     config = ExtractConfig(teacher=teacher, task=task, output=output, compression=compression,
-                           max_length=max_length, batch_size=batch_size, chunk_rows=chunk_rows, limit=limit,
+                           max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
+                           chunk_rows=chunk_rows, limit=limit,
                            data_seed=teacher_data_seed(teacher) if data_seed is None else data_seed, device=device,
                            overwrite=overwrite, task_options=_task_kwargs(**task_kw),
                            allow_task_mismatch=allow_task_mismatch, storage_options=storage_options)
@@ -290,6 +301,8 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
                                "amount_hsk": resolved.amount()}, indent=2))
         return
     summary = run(config, progress=_progress(quiet))
+    if not _is_main_rank():
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -387,6 +400,8 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
                          device=device, amp=not no_amp, resume=not no_resume, overwrite=overwrite,
                          storage_options=storage_options)
     result = run(config, progress=_progress(quiet))
+    if not _is_main_rank():
+        return
     teacher_dev, student_dev = result["teacher_dev"], result["student_dev"] or {}
     _echo_summary(result, as_json, f"{result['mode']} run in {output}: teacher dev {teacher_dev}  "
                                    f"student dev {student_dev}")

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import Compression
-from .device import resolve_device
+from . import distributed
+from .device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
 from .errors import ConfigError, ModelError, StoreError
 from .select import Selector, pack_bits, round_mantissa
 from .preflight import check_writable
@@ -34,7 +35,8 @@ from .store.lock import WriterLock
 from .teacher import (check_bert_family, check_max_length, check_tokenizer_files, load_teacher,
                       load_tokenizer, teacher_fingerprint)
 
-__all__ = ["ExtractConfig", "extract", "resolve_device", "teacher_max_length", "teacher_data_seed", "teacher_task"]
+__all__ = ["ExtractConfig", "extract", "batch_bounds", "rank_chunks", "resolve_device", "teacher_max_length",
+           "teacher_data_seed", "teacher_task"]
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -95,7 +97,8 @@ class ExtractConfig:
     output: str                           # store: a directory, an .h5 file, or a URL (s3://bucket/x.zarr)
     compression: Compression = field(default_factory=Compression)
     max_length: int | None = None         # None: the teacher's fine-tuning max length, else 128
-    batch_size: int | None = None         # None: 256 on GPU, 64 on CPU
+    batch_size: int | None = None         # rows per teacher batch; None: by tokens (batch_tokens)
+    batch_tokens: int | None = None       # padded tokens per batch; None: 32768 on GPU/mps, 8192 on CPU
     chunk_rows: int = 4096                # rows per store chunk (docs/storage-notes.md: <= 1024 reads slowly)
     splits: tuple[str, ...] = ("train", "validation")
     limit: int | None = None              # cap examples per split (see hskstore.data.load_task)
@@ -112,6 +115,8 @@ class ExtractConfig:
             problems.append(f"chunk_rows must be >= 1, got {self.chunk_rows}")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            problems.append(f"batch_tokens must be >= 1, got {self.batch_tokens}")
         if self.max_length is not None and not 2 <= self.max_length <= 512:
             problems.append(f"max_length must be in 2..512, got {self.max_length}")
         if self.limit is not None and self.limit < 1:
@@ -156,6 +161,14 @@ class _ChunkWriter:
         if self.error:
             raise self.error
 
+    def abort(self, reason: BaseException) -> None:
+        """Stop after the chunks already queued, when the main loop failed: its error is the one raised;
+        a writer error is attached to it as a note, never raised in its place."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and self.error is not reason:
+            reason.add_note(f"the store writer had also failed: {type(self.error).__name__}: {self.error}")
+
 
 def _run_key(meta: dict) -> dict:
     """What must match for a partial store to be resumed by this run.
@@ -164,7 +177,7 @@ def _run_key(meta: dict) -> dict:
     same directory must not finish a store whose first chunks came from the old weights.
     """
     keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "data_seed", "numerics",
-            "batch_size", "teacher_fingerprint")
+            "batch_size", "batch_tokens", "teacher_fingerprint")
     return {k: meta.get(k) for k in keys}
 
 
@@ -242,29 +255,47 @@ def _tokenizer_files(tokenizer) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
 
 
-def _teacher_chunk(model, selector, encoded, rows, batch_size, device, compression) -> dict[str, np.ndarray]:
+def batch_bounds(sorted_lengths: np.ndarray, batch_size: int | None, batch_tokens: int) -> list[tuple[int, int]]:
+    """Batches over rows sorted longest first: `batch_size` rows each, or as many rows as fit in
+    `batch_tokens` padded tokens (rows x the batch's longest length), so short texts go in large batches
+    and long ones in small batches whatever the model and max length."""
+    bounds, start, total = [], 0, len(sorted_lengths)
+    while start < total:
+        rows = batch_size or max(1, batch_tokens // max(int(sorted_lengths[start]), 1))
+        bounds.append((start, min(start + rows, total)))
+        start += rows
+    return bounds
+
+
+def _teacher_chunk(model, selector, encoded, rows, batching, device, compression) -> dict[str, np.ndarray]:
     """Run the teacher over the rows of one chunk; return that chunk's arrays in row order."""
     lengths = encoded["lengths"][rows]
     order = np.argsort(-lengths, kind="stable")      # longest first: dynamic padding wastes little
     pieces = {"logits": [], "positions": [], "values": [], "masks": []}
-    use_autocast = device.type == "cuda"
-    for start in range(0, len(order), batch_size):
-        batch_rows = rows[order[start:start + batch_size]]
+    precision = inference_precision(device.type)
+    accelerated = device.type != "cpu"
+    for start, stop in batch_bounds(lengths[order], *batching):
+        batch_rows = rows[order[start:stop]]
         width = int(encoded["lengths"][batch_rows].max())
         batch = {name: torch.from_numpy(encoded[name][batch_rows, :width]).to(device, non_blocking=True)
                  for name in ("input_ids", "attention_mask", "token_type_ids")}
-        with torch.inference_mode(), torch.autocast(device.type, enabled=use_autocast, dtype=torch.float16):
+        with torch.inference_mode(), precision.autocast(device):
             out, selection = selector.run(model, **batch)
-        pieces["logits"].append(out.logits.float())
-        pieces["positions"].append(selection.positions.to(torch.int16))
         values = selection.values.to(getattr(torch, compression.value_dtype))
         if compression.value_bits is not None:
             values = round_mantissa(values, compression.value_bits)
-        pieces["values"].append(values)
+        produced = {"logits": out.logits.float(), "positions": selection.positions.to(torch.int16), "values": values}
         if selection.mask is not None:
-            pieces["masks"].append(pack_bits(selection.mask))
-    # One device->host copy per array per chunk; the GPU ran ahead until here.
-    gathered = {name: torch.cat(parts).cpu().numpy() for name, parts in pieces.items() if parts}
+            produced["masks"] = pack_bits(selection.mask)
+        # Each batch leaves the accelerator as it is produced (into pinned memory, without waiting), so
+        # device memory holds one batch, not a whole chunk (8-32 GB for --full with a BERT-base teacher).
+        for name, tensor in produced.items():
+            pieces[name].append(tensor.to("cpu", non_blocking=accelerated))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the copies above were queued: wait once per chunk, not per batch
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    gathered = {name: torch.cat(parts).numpy() for name, parts in pieces.items() if parts}
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     arrays = {name: data[inverse] for name, data in gathered.items()}
@@ -297,26 +328,36 @@ def _teacher_provenance(teacher: str, identity) -> dict:
     return info
 
 
+def rank_chunks(num_chunks: int, world) -> range:
+    """The chunks one rank extracts: a contiguous, chunk-aligned range, ranks in order, sizes within one."""
+    return range(num_chunks * world.rank // world.world_size, num_chunks * (world.rank + 1) // world.world_size)
+
+
 def extract(config: ExtractConfig, progress: bool = True) -> dict:
     """Extract a store. Returns the run summary (examples, seconds, examples/s, bytes on disk).
 
+    Under torchrun every rank runs this: rank 0 creates (or reopens) the store, each rank writes only
+    the chunks of its `rank_chunks` range, and rank 0 marks the store complete once all have finished.
     Holds the store's writer lock for the whole run (under torchrun, rank 0 holds it for the job).
 
     Raises:
         ConfigError / ModelError / DataError / StoreError with a one-line message naming the fix.
     """
-    if os.environ.get("RANK", "0") != "0":
-        return _extract(config, progress)
-    _check_writable(config)  # before the lock file is made beside the output
-    with WriterLock(config.output, config.storage_options):
-        return _extract(config, progress)
+    with distributed.process_group(config.device) as (world, device):
+        if not world.is_main:
+            return _extract(config, progress, world, device)
+        _check_writable(config)  # before the lock file is made beside the output
+        with WriterLock(config.output, config.storage_options):
+            return _extract(config, progress, world, device)
 
 
-def _extract(config: ExtractConfig, progress: bool) -> dict:
+def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
     from .data import absolute_task_ref, check_same_labels, load_task, resolve_task, tokenize
     from .report import store_info
 
-    device = resolve_device(config.device)
+    if world.distributed and backend_for(config.output) == "hdf5":
+        raise ConfigError(f"{config.output} is an HDF5 file, which takes one writer: extract with torchrun into a "
+                          "Zarr store (a directory or URL), then `hskstore convert` it")
     _check_writable(config)
     _check_output(config)
     compression = config.compression
@@ -342,10 +383,17 @@ def _extract(config: ExtractConfig, progress: bool) -> dict:
     sep_id = tokenizer.sep_token_id
     selector = Selector(compression, resolved, sep_id, model.bert.encoder.layer, identity.num_heads)
     fixed_mask = selector.fixed_mask
-    batch_size = config.batch_size or (256 if device.type == "cuda" else 64)
+    batch_size = config.batch_size
+    batch_tokens = None if batch_size else (config.batch_tokens or (8192 if device.type == "cpu" else 32768))
 
-    encoded = {s: tokenize(tokenizer, columns[s], spec, max_length) for s in config.splits}
-    split_sizes = {s: int(len(encoded[s]["lengths"])) for s in config.splits}
+    split_sizes = {s: len(columns[s].get(spec.label_column, ())) for s in config.splits}
+    # Each rank tokenises only the rows of its own chunks (tokenising is ~2k examples/s a core here:
+    # the whole of a 10M-sentence corpus on every rank would take longer than extracting it on 64 GPUs).
+    chunk_rows = config.chunk_rows
+    mine = {s: rank_chunks(-(-split_sizes[s] // chunk_rows), world) for s in config.splits}
+    offset = {s: mine[s].start * chunk_rows for s in config.splits}
+    encoded = {s: tokenize(tokenizer, {c: v[offset[s]:mine[s].stop * chunk_rows] for c, v in columns[s].items()},
+                           spec, max_length) for s in config.splits}
     meta = {
         "created_by": f"hskstore {__version__}",
         "compression": compression.to_dict(),
@@ -362,41 +410,69 @@ def _extract(config: ExtractConfig, progress: bool) -> dict:
         "max_length": max_length,
         "limit": config.limit,
         "data_seed": config.data_seed,
-        # CUDA runs the teacher under float16 autocast, CPU in float32: a resumed store must not mix them.
-        "numerics": "cuda-float16-autocast" if device.type == "cuda" else "cpu-float32",
+        # CUDA runs the teacher under float16 autocast, CPU and mps in float32: a resumed store must not mix them.
+        "numerics": f"{device.type}-{'float16-autocast' if device.type == 'cuda' else 'float32'}",
+        "device": describe_device(device),         # where the store was created (resumes may differ in model)
+        "precision": inference_precision(device.type).name,
         "tokenizer": {"source": _absolute_if_file(config.teacher), "class": type(tokenizer).__name__,
                       "sep_token_id": sep_id, "pad_token_id": tokenizer.pad_token_id,
                       "cls_token_id": tokenizer.cls_token_id},
     }
-    meta["batch_size"] = batch_size  # batches are padded per batch: the same bytes need the same batching
+    # Batches are padded per batch: the same bytes need the same batching.
+    meta["batch_size"], meta["batch_tokens"] = batch_size, batch_tokens
     specs = array_specs(resolved, compression, identity.vocab_size, spec.num_labels)
-    location = _write_location(config)
-    writer = _prepare_store(config, location, meta, split_sizes, specs, fixed_mask, _tokenizer_files(tokenizer))
+    location = _write_location(config)  # the output, or the staging place an --overwrite builds in
+    error = None
+    if world.is_main:  # one creator; the others open the store once it exists
+        try:
+            writer = _prepare_store(config, location, meta, split_sizes, specs, fixed_mask,
+                                    _tokenizer_files(tokenizer))
+        except Exception as exc:
+            error = exc
+    distributed.raise_if_any_failed(world, error, "preparing the store", device)
+    if not world.is_main:
+        writer = reopen_store(location, config.storage_options)
 
     try:
-        todo = {s: [k for k in range(-(-split_sizes[s] // config.chunk_rows)) if k not in writer.chunks_done(s)]
-                for s in config.splits}
+        todo = {s: [k for k in mine[s] if k not in writer.chunks_done(s)] for s in config.splits}
         remaining = sum(min(config.chunk_rows, split_sizes[s] - k * config.chunk_rows) for s in todo for k in todo[s])
         started = time.perf_counter()
         chunk_writer = _ChunkWriter(writer)
-        bar = tqdm(total=remaining, unit="ex", desc="extract", disable=not progress, smoothing=0.1)
+        bar = tqdm(total=remaining, unit="ex", desc=f"extract{f' rank {world.rank}' if world.distributed else ''}",
+                   disable=not progress, smoothing=0.1, position=world.rank if world.distributed else None)
         try:
             for split in config.splits:
                 for k in todo[split]:
                     rows = np.arange(k * config.chunk_rows, min((k + 1) * config.chunk_rows, split_sizes[split]))
-                    arrays = _teacher_chunk(model, selector, encoded[split], rows, batch_size, device, compression)
+                    arrays = _teacher_chunk(model, selector, encoded[split], rows - offset[split],
+                                            (batch_size, batch_tokens), device, compression)
                     chunk_writer.put(split, k, arrays)
                     bar.update(len(rows))
-        finally:
+        except BaseException as exc:
             bar.close()
+            chunk_writer.abort(exc)
+            raise
+        bar.close()
+        error = None
+        try:
             chunk_writer.close()
+        except Exception as exc:  # every rank must hear of it, or they would wait at the next collective
+            error = exc
+        # A barrier too: no rank's chunks are missing once this returns.
+        distributed.raise_if_any_failed(world, error, "writing its chunks", device)
+        total = torch.tensor([remaining], dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+        distributed.all_reduce_sum(total, world)
+        extracted = int(total.item())
         seconds = time.perf_counter() - started
-        summary = {"examples_extracted": remaining, "seconds": round(seconds, 3),
-                   "examples_per_second": round(remaining / seconds, 1) if seconds > 0 else None,
-                   "device": str(device), "batch_size": batch_size}
-        writer.mark_complete(summary)
+        summary = {"examples_extracted": extracted, "seconds": round(seconds, 3),
+                   "examples_per_second": round(extracted / seconds, 1) if seconds > 0 else None,
+                   "device": describe_device(device), "precision": inference_precision(device.type).name,
+                   "batch_size": batch_size, "batch_tokens": batch_tokens, "processes": world.world_size}
+        if world.is_main:
+            writer.mark_complete(summary)
     finally:
         writer.close()
-    if location != config.output:
+    if world.is_main and location != config.output:
         replace_store(location, config.output)
+    distributed.barrier(world)  # the others return once the store is complete (and in place)
     return summary | {"info": store_info(config.output, storage_options=config.storage_options)}

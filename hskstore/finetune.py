@@ -21,7 +21,7 @@ import torch
 
 from .config import strict_from_dict
 from .data import TaskSpec, absolute_task_ref, load_task, tokenize
-from .device import resolve_device
+from .device import precision_for, resolve_device
 from .errors import ConfigError
 from .metrics import compute_metrics, primary_metric
 from .outputs import check_output_dir
@@ -84,8 +84,8 @@ class FinetuneConfig:
             problems.append(f"limit must be a positive integer or None, got {self.limit!r}")
         if self.keep not in KEEP:
             problems.append(f"keep must be one of {list(KEEP)}, got {self.keep!r}")
-        if not (self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda")):
-            problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not (self.device in ("auto", "cpu", "mps") or str(self.device).startswith("cuda")):
+            problems.append(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if not 0 < self.validation_fraction < 1:
             problems.append(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if problems:
@@ -308,12 +308,9 @@ def _linear_schedule(step: int, warmup: int, total: int) -> float:
 
 
 def _mixed_precision(device: torch.device):
-    """bf16 autocast on CUDA when supported, else fp16 with loss scaling; full precision on CPU."""
-    if device.type != "cuda":
-        return None, torch.amp.GradScaler("cpu", enabled=False)
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16, torch.amp.GradScaler("cuda", enabled=False)
-    return torch.float16, torch.amp.GradScaler("cuda")
+    """bf16 autocast on CUDA capability >= 8.0, else fp16 with loss scaling; fp32 on CPU and mps (device.py)."""
+    precision = precision_for(device)
+    return precision.autocast_dtype, precision.scaler(device)
 
 
 def _autocast(device: torch.device, dtype):

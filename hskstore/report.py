@@ -114,5 +114,14 @@ def format_info(info: dict) -> str:
     summary = info.get("summary") or {}
     if summary.get("examples_per_second"):
         lines.append(f"extraction  {summary['examples_extracted']} examples in {summary['seconds']:.1f} s "
-                     f"({summary['examples_per_second']:.0f} ex/s on {summary['device']}, batch {summary['batch_size']})")
+                     f"({summary['examples_per_second']:.0f} ex/s on {summary['device']}, "
+                     f"{_batching(summary)})")
     return "\n".join(lines)
+
+
+def _batching(summary: dict) -> str:
+    if summary.get("batch_size"):
+        return f"batch {summary['batch_size']}"
+    if summary.get("batch_tokens"):
+        return f"batches of {summary['batch_tokens']} tokens"
+    return "batch ?"

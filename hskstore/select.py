@@ -6,6 +6,7 @@ Empty token slots carry position -1, zero values and an all-zero mask.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "gather_tokens",
     "top_magnitude",
     "static_mask",
+    "mask_index",
     "pack_bits",
     "unpack_bits",
     "unpack_bits_numpy",
@@ -76,6 +78,24 @@ def static_mask(hidden_size: int, k: int, strategy: str, seed: int = 0) -> torch
     if strategy not in WIDTH or WIDTH[strategy].static is None:
         raise ValueError(f"no static mask for width strategy {strategy!r}")
     return WIDTH[strategy].static_mask(hidden_size, k, seed)
+
+
+# Static-mask indices per mask object and device: boolean-mask indexing (x[..., mask]) waits for the
+# device to count the mask's set bits on every call; index_select with indices made once does not.
+_MASK_INDEX: dict[int, tuple[weakref.ref, dict[str, torch.Tensor]]] = {}
+
+
+def mask_index(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(k,) int64 indices of a (d,) static mask's set bits on `device`, computed once per mask and device."""
+    entry = _MASK_INDEX.get(id(mask))
+    if entry is None or entry[0]() is not mask:  # keyed by identity: tensors compare elementwise
+        entry = _MASK_INDEX[id(mask)] = (weakref.ref(mask), {})
+        weakref.finalize(mask, _MASK_INDEX.pop, id(mask), None)
+    per_device = entry[1]
+    key = str(device)
+    if key not in per_device:
+        per_device[key] = mask.detach().cpu().nonzero().squeeze(1).to(device)
+    return per_device[key]
 
 
 def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -135,7 +155,7 @@ def full_width(values: torch.Tensor, mask: torch.Tensor | None = None,
         return densify(values, mask), mask
     if fixed_mask is not None:
         targets = values.new_zeros(*values.shape[:-1], fixed_mask.shape[0])
-        targets[..., fixed_mask] = values
+        targets.index_copy_(values.dim() - 1, mask_index(fixed_mask, values.device), values)
         return targets, fixed_mask
     return values, None
 
@@ -174,7 +194,7 @@ def select_hsk(
             values.append(kept)
             masks.append(mask & ~empty)
         else:
-            values.append(tokens[..., fixed_mask.to(tokens.device)])
+            values.append(tokens.index_select(-1, mask_index(fixed_mask, tokens.device)))
     return Selection(
         positions=torch.stack(positions, 1),
         values=torch.stack(values, 1),
@@ -218,12 +238,14 @@ class Selector:
         """Run the teacher on a batch (B, T) and select its HSK; the caller sets no_grad and autocast.
 
         Returns:
-            (the model's output with hidden states, Selection)
+            (the model's output (logits; no hidden states), Selection)
         """
-        with self.recording() as recorder:
-            out = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                        output_hidden_states=True)
+        from .teacher import HiddenStateRecorder
+
+        # Hooks keep only the D stored layers' hidden states, not all L+1 (output_hidden_states).
+        with self.recording() as recorder, HiddenStateRecorder(model.bert, self.resolved.teacher_layer_ids) as hidden:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
             scores = recorder.scores(attention_mask) if recorder else {}
-            selection = select_hsk(out.hidden_states, scores, input_ids, attention_mask, self.compression,
+            selection = select_hsk(hidden.states, scores, input_ids, attention_mask, self.compression,
                                    self.resolved, self.sep_id, self.fixed_mask)
         return out, selection

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .errors import ConfigError
 from .select import densify_packed, full_width, unpack_bits
 from .store import is_remote, open_store
 
@@ -70,12 +71,40 @@ class StoreStream(IterableDataset):
         """Exact batches of this rank in the current epoch: each (rank, worker) shard ends in its own
         partial batch, so the count depends on how the chunks are dealt, not only on N."""
         workers = max(num_workers, 1)
-        total = 0
-        for worker in range(workers):
-            rows = sum(self._chunk_rows(c) for c in self._shard_chunks(self.rank * workers + worker,
-                                                                       self.world_size * workers))
-            total += rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
-        return total
+        plan = self.batch_plan(workers)
+        return sum(len(plan[self.rank * workers + worker]) for worker in range(workers))
+
+    def batch_plan(self, num_workers: int = 1) -> list[list[int]]:
+        """Batch sizes of every (rank, worker) shard this epoch, shard = rank * workers + worker.
+
+        One process: full batches, then the shard's remainder. Several ranks: every shard yields the
+        same number of batches S (the most any shard needs), so no rank waits at an all-reduce for
+        a rank that has run out; a shard with fewer rows splits them evenly into S batches (each a
+        little smaller), so every example is still seen exactly once per epoch.
+        """
+        workers = max(num_workers, 1)
+        shards = self.world_size * workers
+        rows = [sum(self._chunk_rows(c) for c in self._shard_chunks(shard, shards)) for shard in range(shards)]
+        b = self.batch_size
+        natural = [r // b if self.drop_last else -(-r // b) for r in rows]
+        if self.world_size == 1:
+            return [[b] * (r // b) + ([r % b] if r % b and not self.drop_last else []) for r in rows]
+        steps = min(natural) if self.drop_last else max(natural)
+        if steps == 0 or min(rows) < steps:
+            raise ConfigError(f"split {self.split!r} has {self.num_chunks} chunk(s) of {self.chunk_rows} rows for "
+                              f"{shards} rank x worker shard(s) with batches of {b}: too few rows per shard "
+                              f"{rows} to give every rank the same number of batches; use fewer processes or "
+                              "workers, a smaller batch, or extract with a smaller --chunk-rows")
+        plan = []
+        for r, n in zip(rows, natural):
+            if self.drop_last:
+                plan.append([b] * steps)
+            elif n == steps:
+                plan.append([b] * (r // b) + ([r % b] if r % b else []))
+            else:
+                q, extra = divmod(r, steps)
+                plan.append([q + 1] * extra + [q] * (steps - extra))
+        return plan
 
     def _chunk_rows(self, chunk: int) -> int:
         return min(self.chunk_rows, self.num_examples - chunk * self.chunk_rows)
@@ -86,10 +115,10 @@ class StoreStream(IterableDataset):
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_chunks)
         return order[shard::shards].tolist()
 
-    def _my_chunks(self) -> list[int]:
+    def _my_shard(self) -> tuple[int, int, int]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return self._shard_chunks(self.rank * workers + worker, self.world_size * workers)
+        return self.rank * workers + worker, self.world_size * workers, workers
 
     def _chunks_read_ahead(self, reader, chunks):
         """Yield each chunk's arrays in order, reading up to `read_ahead` chunks ahead in a thread pool."""
@@ -119,7 +148,9 @@ class StoreStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, get_worker_info().id if get_worker_info() else 0])
         buffer: dict[str, list[np.ndarray]] = {name: [] for name in self.arrays}
         buffered = 0
-        chunks = self._my_chunks()
+        shard, shards, workers = self._my_shard()
+        chunks = self._shard_chunks(shard, shards)
+        sizes = self.batch_plan(workers)[shard][::-1]  # popped from the end: next batch last
         for i, data in enumerate(self._chunks_read_ahead(reader, chunks)):
             for name in self.arrays:
                 buffer[name].append(data[name])
@@ -128,14 +159,13 @@ class StoreStream(IterableDataset):
             if buffered >= self.buffer_rows or last:
                 rows = {name: np.concatenate(parts) for name, parts in buffer.items()}
                 order = rng.permutation(buffered) if self.shuffle else np.arange(buffered)
-                full = buffered if last else buffered - buffered % self.batch_size
-                for start in range(0, full, self.batch_size):
-                    index = order[start:start + self.batch_size]
-                    if len(index) < self.batch_size and self.drop_last:
-                        break
+                start = 0
+                while sizes and buffered - start >= sizes[-1]:
+                    index = order[start:start + sizes.pop()]
+                    start += len(index)
                     yield {name: rows[name][index] for name in self.arrays}
-                # Rows that did not fill a batch stay for the next buffer.
-                rest = order[full:]
+                # Rows that did not fill a batch stay for the next buffer (dropped after the last one).
+                rest = order[start:]
                 buffer = {name: [rows[name][rest]] for name in self.arrays}
                 buffered = len(rest)
 
@@ -150,10 +180,11 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, iterable, depth: int = 2):
+    def __init__(self, iterable, depth: int = 2, transform=None):
         import queue
         import threading
 
+        self._transform = transform  # runs in the thread too: pinning and host->device copies off the loop
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -174,6 +205,8 @@ class Prefetcher:
     def _fill(self, iterable):
         try:
             for item in iterable:
+                if self._transform is not None:
+                    item = self._transform(item)
                 if not self._put(item):
                     return
         except BaseException as exc:
@@ -192,6 +225,11 @@ class Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
+        while True:  # drain, so a thread blocked on a full queue sees the stop flag
+            try:
+                self._queue.get_nowait()
+            except Exception:
+                break
         self._thread.join()
 
     def __enter__(self):

@@ -26,6 +26,7 @@ __all__ = [
     "check_max_length",
     "teacher_fingerprint",
     "CLSAttentionRecorder",
+    "HiddenStateRecorder",
     "BERT_FAMILY",
     "TOKENIZER_FILES",
 ]
@@ -268,3 +269,35 @@ class CLSAttentionRecorder:
         self._query.clear()
         self._key.clear()
         return out
+
+
+class HiddenStateRecorder:
+    """Keep only the hidden states H_i a selection needs, by forward hooks, instead of all L+1.
+
+    `output_hidden_states=True` holds every layer's (B, T, d) until the forward returns; this keeps D of
+    them. Use as a context manager around the forward; `states` is then {i: (B, T, d)} with H_0 the
+    embeddings' output and H_i the output of encoder layer i-1, as in `hidden_states[i]`.
+    """
+
+    def __init__(self, bert, layer_ids):
+        self.bert = bert
+        self.layer_ids = sorted(set(layer_ids))
+        self.states: dict[int, torch.Tensor] = {}
+        self._handles = []
+
+    def __enter__(self):
+        for i in self.layer_ids:
+            module = self.bert.embeddings if i == 0 else self.bert.encoder.layer[i - 1]
+            self._handles.append(module.register_forward_hook(self._save(i)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _save(self, index):
+        def hook(_module, _inputs, output):
+            self.states[index] = output[0] if isinstance(output, tuple) else output
+
+        return hook

@@ -21,8 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed
+from .device import describe_device, precision_for
 from .errors import ConfigError, StoreError
-from .device import resolve_device
 from .losses import HSK_LOSSES, hsk_loss, prediction_loss
 from .metrics import compute_metrics, primary_metric
 from .preflight import check_writable
@@ -35,6 +36,7 @@ from .student import load_student, read_student_meta, save_student
 __all__ = ["TrainConfig", "Trainer", "train", "store_identity", "STAGES"]
 
 STAGES = ("hsk", "pred")
+LOG_EVERY = 20  # steps between reads of the loss: each read waits for the accelerator to catch up
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_steps: int | None = None        # cap per stage (smoke runs, benchmarks)
     device: str = "auto"
-    amp: bool = True                    # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True                    # CUDA: bf16 autocast (capability >= 8.0) or fp16 + GradScaler; CPU/mps: fp32
     seed: int = 0
     num_workers: int = 0                # DataLoader workers reading the store
     eval_batch_size: int = 128
@@ -102,7 +104,8 @@ class Trainer:
         self._check_output(config)  # before the store and student load
         self.config = config
         self.progress = progress
-        self.device = resolve_device(config.device)
+        # Under torchrun: this rank, its device (cuda:LOCAL_RANK) and an open process group.
+        self.world, self.device = distributed.setup(config.device)
         check_writable(config.output)  # before the store and the student load, not when the first file is saved
         self.store = open_store(config.store, storage_options=config.storage_options)
         self.resolved = self.store.resolved
@@ -121,8 +124,8 @@ class Trainer:
         self.teacher = None
         if config.teacher:
             self._load_online_teacher(config.teacher)
-        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16,
-                             enabled=config.amp and self.device.type == "cuda")
+        self.precision = precision_for(self.device, config.amp)
+        self._ddp = None  # the DistributedDataParallel wrapper of the running stage, under torchrun
         self.history: list[dict] = []
         self.output = Path(config.output)
 
@@ -190,15 +193,23 @@ class Trainer:
             arrays += HSK_ARRAYS
         if self.teacher is None and stage == "pred":
             arrays.append("logits")
+        if stage is None:  # evaluation reads the whole split on one rank
+            return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed,
+                               storage_options=self.config.storage_options)
         return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed,
-                           storage_options=self.config.storage_options)
+                           storage_options=self.config.storage_options, rank=self.world.rank,
+                           world_size=self.world.world_size)
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
         """A numpy batch on the device with its HSK targets: read from the store, or from the teacher online."""
-        moved = to_device(batch, self.device, self.resolved.hidden_size, self.static_mask)
-        if self.teacher is not None:
-            moved = self._online_targets(moved)
-        return moved
+        return self._with_targets(self._stage_batch(batch))
+
+    def _stage_batch(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
+        """Pin and copy a numpy batch to the device; runs in the prefetch thread during training."""
+        return to_device(batch, self.device, self.resolved.hidden_size, self.static_mask)
+
+    def _with_targets(self, moved: DeviceBatch) -> DeviceBatch:
+        return self._online_targets(moved) if self.teacher is not None else moved
 
     @torch.no_grad()
     def _online_targets(self, batch: DeviceBatch) -> DeviceBatch:
@@ -214,11 +225,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _loss_step(self, stage: str, batch: DeviceBatch) -> dict[str, torch.Tensor]:
-        with torch.autocast(**self.autocast):
+        with self.precision.autocast(self.device):
             out = self.student(batch.input_ids, batch.attention_mask, batch.token_type_ids)
         if stage == "hsk":
             hidden = [out.hidden_states[i] for i in self.student_layers]
-            with torch.autocast(**self.autocast):
+            with self.precision.autocast(self.device):
                 loss = hsk_loss(hidden, batch.positions, batch.targets, batch.mask, self.projection,
                                 self.config.hsk_loss)
         else:
@@ -227,11 +238,32 @@ class Trainer:
 
     def step(self, stage: str, optimizer: torch.optim.Optimizer, batch: dict[str, np.ndarray]) -> float:
         """One optimisation step on a numpy batch from the store; returns its loss."""
-        loss = self._loss_step(stage, self.device_batch(batch))["loss"]
+        scaler = self.precision.scaler(self.device)
+        return float(self._train_step(stage, optimizer, scaler, self.device_batch(batch)))
+
+    def _train_step(self, stage: str, optimizer, scaler, batch: DeviceBatch) -> torch.Tensor:
+        """One step; returns the loss as a device tensor (reading it would wait for the device).
+
+        Under DDP each rank's loss is weighted by its share of what the global batch's loss averages
+        over (examples; filled token slots in the HSK stage) times the world size, so the mean of the
+        ranks' gradients that DDP takes is the gradient of the global batch's loss even when ranks hold
+        a different number of examples. The shares are summed on the device: no wait for the host.
+        """
+        if self._ddp is None:
+            loss = self._loss_step(stage, batch)["loss"]
+        else:
+            loss = self._ddp(batch)
+            if stage == "hsk":
+                count = (batch.positions[:, 0] >= 0).sum().float()       # filled slots, the same in every layer
+            else:
+                count = torch.full((), float(len(batch.labels)), device=loss.device)
+            total = distributed.all_reduce_sum(count.clone(), self.world)
+            loss = loss * (count * self.world.world_size / total.clamp(min=1))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
 
     def optimizer(self, stage: str, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self._parameters(stage), lr=lr, weight_decay=self.config.weight_decay)
@@ -249,7 +281,7 @@ class Trainer:
         logits, labels = [], []
         for batch in self.stream(split, self.config.eval_batch_size, stage=None, shuffle=False):
             moved = to_device(batch, self.device)
-            with torch.autocast(**self.autocast):
+            with self.precision.autocast(self.device):
                 out = self.student(moved.input_ids, moved.attention_mask, moved.token_type_ids)
             logits.append(out.logits.float().cpu().numpy())
             labels.append(batch["labels"])
@@ -270,69 +302,105 @@ class Trainer:
 
     def _run_stage(self, stage: str, state: dict) -> None:
         schedule = self.config.schedule(stage, self.task["name"])
-        stream = self.stream("train", schedule.batch_size, stage, seed=self.config.seed)
-        def loader():
-            if self.config.num_workers:
-                return DataLoader(stream, batch_size=None, num_workers=self.config.num_workers, collate_fn=keep_numpy)
-            return Prefetcher(stream)
+        world = self.world
+        if schedule.batch_size % world.world_size:
+            raise ConfigError(f"the {stage} batch size {schedule.batch_size} is per global batch and must split evenly "
+                              f"over {world.world_size} processes: pass --{stage}-batch-size as a multiple of "
+                              f"{world.world_size}")
+        # Each rank reads its own chunks in batches of B / world size; one step is one global batch of B.
+        stream = self.stream("train", schedule.batch_size // world.world_size, stage, seed=self.config.seed)
         workers = self.config.num_workers
+
+        def loader():
+            source = stream
+            if workers:
+                source = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_numpy)
+            return Prefetcher(source, transform=self._stage_batch)
 
         def epoch_steps(epoch: int) -> int:
             stream.set_epoch(epoch)
-            return stream.num_batches(workers)
+            return stream.num_batches(workers)  # the same on every rank (StoreStream.batch_plan)
 
         steps = [epoch_steps(e) for e in range(schedule.epochs)]
         total = sum(steps)
         if self.config.max_steps:
             total = min(total, self.config.max_steps)
         optimizer = self.optimizer(stage, schedule.lr)
+        scaler = self.precision.scaler(self.device)
         if state.get("stage") == stage and state.get("optimizer"):
             _load_optimizer(optimizer, state.pop("optimizer"))
         start_epoch = state.get("epoch", 0) if state.get("stage") == stage else 0
         step = state.get("step", 0) if state.get("stage") == stage else 0
         best = state.get("best")
         key = primary_metric(self.task["metric"])
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # The HSK stage leaves the classifier unused; the prediction stage the projection.
+            self._ddp = DistributedDataParallel(_StageLoss(self, stage),
+                                                device_ids=[self.device] if self.device.type == "cuda" else None,
+                                                find_unused_parameters=stage == "hsk")
         for epoch in range(start_epoch, schedule.epochs):
             if step >= total:
                 break
             stream.set_epoch(epoch)
             # Dropout draws from a per-epoch seed, so a run resumed at an epoch boundary is the same run.
-            torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch)
+            torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch + 100_000 * world.rank)
             self.student.train()
             self.projection.train()
+            bar = tqdm(total=steps[epoch], desc=f"{stage} {epoch + 1}/{schedule.epochs}",
+                       disable=not (self.progress and world.is_main), unit="step")
+            started, seen, losses, pending = time.perf_counter(), 0, [], []
+
+            def read_losses():
+                # One wait for the device every LOG_EVERY steps, not one per step; the global batch's loss
+                # is the sum of the ranks' weighted losses over the world size.
+                if pending:
+                    values = distributed.all_reduce_sum(torch.stack(pending).float(), world) / world.world_size
+                    losses.extend(values.tolist())
+                    pending.clear()
+
             batches = loader()
-            bar = tqdm(batches, total=steps[epoch], desc=f"{stage} {epoch + 1}/{schedule.epochs}",
-                       disable=not self.progress, unit="step")
-            started, seen, losses = time.perf_counter(), 0, []
-            for batch in bar:
-                factor = 1.0 if schedule.decay == "constant" else max(0.0, 1 - step / max(total, 1))
-                for group in optimizer.param_groups:
-                    group["lr"] = schedule.lr * factor
-                losses.append(self.step(stage, optimizer, batch))
-                step += 1
-                seen += len(batch["labels"])
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.0f}")
-                if step >= total:
-                    break
-            bar.close()
-            if isinstance(batches, Prefetcher):
-                batches.close()
+            try:
+                for moved in batches:
+                    factor = 1.0 if schedule.decay == "constant" else max(0.0, 1 - step / max(total, 1))
+                    for group in optimizer.param_groups:
+                        group["lr"] = schedule.lr * factor
+                    moved = self._with_targets(moved)
+                    pending.append(self._train_step(stage, optimizer, scaler, moved))
+                    step += 1
+                    seen += len(moved.labels)
+                    bar.update(1)
+                    if len(pending) >= LOG_EVERY:
+                        read_losses()
+                        bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.0f}")
+                    if step >= total:
+                        break
+                read_losses()
+            finally:
+                batches.close()  # also when a step raises (out of memory...): no thread left reading
+                bar.close()
             record = {"stage": stage, "epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)),
                       "step_losses": losses, "seconds": time.perf_counter() - started,
                       "examples_per_second": seen / max(time.perf_counter() - started, 1e-9)}
-            if stage == "pred" or "pred" not in self.config.stages:
+            if world.is_main and (stage == "pred" or "pred" not in self.config.stages):
                 record["dev"] = self.evaluate()
                 if stage == "pred" and (best is None or record["dev"][key] > best[key]):
                     best = record["dev"]
                     self._save_student(self.output / "student")
             self.history.append(record)
-            self._save_checkpoint({"stage": stage, "epoch": epoch + 1, "step": step, "best": best,
-                                   "stages_done": state.get("stages_done", [])}, optimizer)
+            if world.is_main:
+                self._save_checkpoint({"stage": stage, "epoch": epoch + 1, "step": step, "best": best,
+                                       "stages_done": state.get("stages_done", [])}, optimizer)
+            distributed.barrier(world)  # no rank moves on before the epoch's checkpoint is on disk
+        self._ddp = None
         state.update(best=best)
 
     def train(self) -> dict:
-        """Run the configured stages; returns the metrics written to output/metrics.json."""
-        self.output.mkdir(parents=True, exist_ok=True)
+        """Run the configured stages; returns the metrics written to output/metrics.json (by rank 0)."""
+        main = self.world.is_main
+        if main:
+            self.output.mkdir(parents=True, exist_ok=True)
         state = self._maybe_resume()
         done = state.get("stages_done", [])
         for stage in self.config.stages:
@@ -341,8 +409,9 @@ class Trainer:
             self._run_stage(stage, state)
             done.append(stage)
             state = {"stages_done": done, "best": state.get("best")}
-            self._save_checkpoint({"stages_done": done, "best": state["best"]}, None)
-        if "pred" not in self.config.stages:
+            if main:
+                self._save_checkpoint({"stages_done": done, "best": state["best"]}, None)
+        if main and "pred" not in self.config.stages:
             self._save_student(self.output / "student")
         result = {
             "mode": "online" if self.teacher is not None else "offline",
@@ -357,8 +426,13 @@ class Trainer:
             # Local paths absolute (metrics.json is read from anywhere); storage options by name only: they
             # can hold credentials.
             "config": _absolute_paths(asdict(self.config)) | {"storage_options": sorted(self.config.storage_options)},
+            "device": describe_device(self.device),
+            "precision": self.precision.name,
+            "world_size": self.world.world_size,
         }
-        (self.output / "metrics.json").write_text(json.dumps(result, indent=2))
+        if main:
+            (self.output / "metrics.json").write_text(json.dumps(result, indent=2))
+        distributed.barrier(self.world)
         return result
 
     # ------------------------------------------------------------------ persistence (safetensors + JSON only)
@@ -375,6 +449,7 @@ class Trainer:
                 "teacher": c.teacher, "seed": c.seed, "hsk_loss": c.hsk_loss, "max_steps": c.max_steps,
                 "temperature": c.temperature, "weight_decay": c.weight_decay, "amp": c.amp,
                 "num_workers": c.num_workers,  # chunks are dealt per worker: another count, another order
+                **({"world_size": self.world.world_size} if self.world.distributed else {}),  # and per rank
                 "schedules": {s: asdict(c.schedule(s, self.task["name"])) for s in c.stages},
                 # The same path can hold another store (re-extracted with --overwrite): compare contents' identity.
                 "store_identity": store_identity(self.store.attrs), "compression": self.store.attrs.get("compression")}
@@ -404,8 +479,9 @@ class Trainer:
 
         checkpoint = self.output / "checkpoint"
         old = self.output / "checkpoint.old"
-        if not checkpoint.exists() and (old / "state.json").is_file():
+        if self.world.is_main and not checkpoint.exists() and (old / "state.json").is_file():
             old.rename(checkpoint)  # a crash between the two renames of _save_checkpoint: the old one stands
+        distributed.barrier(self.world)
         if not (self.config.resume and (checkpoint / "state.json").is_file()):
             return {}
         state = json.loads((checkpoint / "state.json").read_text())
@@ -485,5 +561,22 @@ def _absolute_paths(config: dict) -> dict:
                      if config.get(k) and Path(config[k]).exists()}
 
 
+class _StageLoss(nn.Module):
+    """The student (and, in the HSK stage, the projection) behind one forward that returns the loss:
+    the module DistributedDataParallel wraps, so the gradients of both are averaged over the ranks."""
+
+    def __init__(self, trainer: "Trainer", stage: str):
+        super().__init__()
+        self.student = trainer.student
+        self.projection = trainer.projection if stage == "hsk" else None
+        self.stage = stage
+        self._loss_step = trainer._loss_step
+
+    def forward(self, batch: DeviceBatch) -> torch.Tensor:
+        return self._loss_step(self.stage, batch)["loss"]
+
+
 def train(config: TrainConfig, progress: bool = True) -> dict:
-    return Trainer(config, progress=progress).train()
+    """Train a student; under torchrun every rank runs this and rank 0 writes the outputs."""
+    with distributed.process_group(config.device):
+        return Trainer(config, progress=progress).train()

@@ -276,3 +276,65 @@ def test_a_teacher_without_a_fine_tuned_classifier_is_refused(tmp_path):
     with pytest.raises(ModelError, match="no fine-tuned classifier"):
         extract(ExtractConfig(teacher=minilm_path(), task="tweets", output=str(tmp_path / "s.zarr"), limit=10),
                 progress=False)
+
+
+def test_a_teacher_error_is_raised_even_when_the_writer_failed_too(tiny_teacher, tmp_path, monkeypatch):
+    import importlib
+
+    extraction = importlib.import_module("hskstore.extract")  # the module (hskstore.extract is also a function)
+    teacher_chunk, calls = extraction._teacher_chunk, {"n": 0}
+
+    def out_of_memory_on_second_chunk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return teacher_chunk(*args, **kwargs)
+
+    def disk_full(self, split, index, arrays):
+        raise OSError("No space left on device (simulated)")
+
+    monkeypatch.setattr(extraction, "_teacher_chunk", out_of_memory_on_second_chunk)
+    monkeypatch.setattr(StoreWriter, "write_chunk", disk_full)
+    with pytest.raises(RuntimeError, match="out of memory") as raised:
+        extract(_config(tiny_teacher, tmp_path / "s.zarr"), progress=False)
+    assert any("No space left on device" in note for note in getattr(raised.value, "__notes__", []))
+
+
+def test_token_budgets_give_short_texts_large_batches_and_long_texts_small_ones():
+    from hskstore.extract import batch_bounds
+
+    lengths = np.array([64, 64, 60, 30, 30, 30, 30, 10, 10, 10, 10, 10])  # sorted longest first
+    bounds = batch_bounds(lengths, None, 128)
+    assert bounds == [(0, 2), (2, 4), (4, 8), (8, 12)]        # 128 // 64 = 2 rows, then 2, 4 and 4 (of 12)
+    assert all(max(lengths[a:b]) * (b - a) <= 128 for a, b in bounds)
+    assert batch_bounds(lengths, 5, 128) == [(0, 5), (5, 10), (10, 12)]   # a fixed row count wins
+    assert batch_bounds(np.array([512]), None, 100) == [(0, 1)]            # one row at least
+
+
+def test_only_the_stored_layers_are_kept_and_they_equal_output_hidden_states(tiny_teacher):
+    from hskstore.teacher import HiddenStateRecorder, load_teacher
+
+    model, _ = load_teacher(tiny_teacher)
+    ids = torch.tensor([[101, 7592, 2088, 999, 102]])
+    with torch.no_grad(), HiddenStateRecorder(model.bert, [0, 2, 4]) as recorder:
+        out = model(input_ids=ids, output_hidden_states=True)
+    assert sorted(recorder.states) == [0, 2, 4]
+    for i, state in recorder.states.items():
+        assert torch.equal(state, out.hidden_states[i])
+
+
+def test_the_store_records_the_device_and_precision_it_was_made_with(store):
+    attrs = open_store(store).attrs
+    assert attrs["device"] == "cpu" and attrs["precision"] == "fp32" and attrs["numerics"] == "cpu-float32"
+    assert attrs["summary"]["device"] == "cpu" and attrs["summary"]["precision"] == "fp32"
+    assert attrs["batch_size"] is None and attrs["batch_tokens"] == 8192
+
+
+@pytest.mark.parametrize("chunks, world", [(4, 2), (5, 2), (1, 2), (7, 3), (64, 8)])
+def test_ranks_extract_disjoint_contiguous_chunk_ranges_covering_the_split(chunks, world):
+    from hskstore.distributed import World
+    from hskstore.extract import rank_chunks
+
+    ranges = [rank_chunks(chunks, World(rank=r, world_size=world)) for r in range(world)]
+    assert [k for r in ranges for k in r] == list(range(chunks))  # in rank order, each chunk once
+    assert max(map(len, ranges)) - min(map(len, ranges)) <= 1

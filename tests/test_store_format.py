@@ -27,7 +27,7 @@ GOLDEN_CODECS = {
 GOLDEN_DIMS = {"values": ["example", "layer", "slot", "kept"], "masks": ["example", "layer", "slot", "mask_byte"],
                "positions": ["example", "layer", "slot"], "input_ids": ["example", "token"], "chunks_written": ["chunk"]}
 GOLDEN_ROOT_ATTRIBUTES = [
-    "amount_hsk", "batch_size", "chunk_rows", "codecs", "complete", "compression", "created_at", "created_by",
+    "amount_hsk", "batch_size", "batch_tokens", "chunk_rows", "codecs", "complete", "compression", "created_at", "created_by",
     "data_seed", "format", "format_version", "label_names", "layout_complete", "limit", "max_length", "num_labels",
     "numerics", "resolved", "splits", "summary", "task", "task_ref", "teacher", "teacher_fingerprint", "tokenizer",
     "uuid"]

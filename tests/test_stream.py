@@ -90,6 +90,33 @@ def test_the_batch_count_is_exact_even_when_shards_end_in_partial_batches(tiny_s
         assert stream.num_batches(workers) == sum(1 for _ in loader)
 
 
+@pytest.mark.parametrize("batch_size, workers", [(8, 1), (7, 1), (16, 1), (5, 2)])
+def test_ranks_get_equally_many_batches_and_still_every_example_once(tiny_store, batch_size, workers):
+    streams = [StoreStream(tiny_store, "train", batch_size, seed=4, rank=r, world_size=2) for r in range(2)]
+    for epoch in range(3):
+        for stream in streams:
+            stream.set_epoch(epoch)
+        plan = streams[0].batch_plan(workers)
+        assert len({len(sizes) for sizes in plan}) == 1            # every (rank, worker) shard: S batches
+        assert all(0 < size <= batch_size for sizes in plan for size in sizes)
+        batches = [list(DataLoader(s, batch_size=None, num_workers=workers, collate_fn=keep_numpy)) for s in streams]
+        assert len(batches[0]) == len(batches[1]) == streams[0].num_batches(workers)
+        seen = np.concatenate([b["input_ids"][:, :8] for part in batches for b in part])
+        assert len(seen) == 120 and len(set(map(tuple, seen.tolist()))) == len(set(map(tuple, _all_ids(tiny_store))))
+
+
+def _all_ids(store):
+    return open_store(store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"][:, :8].tolist()
+
+
+def test_too_few_chunks_for_the_ranks_is_a_one_line_error(tiny_store):
+    from hskstore.errors import ConfigError
+
+    stream = StoreStream(tiny_store, "train", 8, rank=0, world_size=5)  # 4 chunks for 5 ranks
+    with pytest.raises(ConfigError, match="too few rows per shard"):
+        stream.num_batches()
+
+
 @pytest.mark.parametrize("hidden_size, k", [(21, 5), (768, 77)])
 def test_the_numpy_reader_path_equals_the_sorting_densify_bit_for_bit(hidden_size, k):
     from hskstore.select import densify_packed, pack_bits, top_magnitude

@@ -173,3 +173,22 @@ def test_every_example_is_trained_on_once_per_epoch_with_worker_processes(tiny_s
         expected.append(stream.num_batches(2))
     assert [len(h["step_losses"]) for h in trainer.history] == expected
     assert sum(expected) >= 2 * 10  # 120 rows in batches of 12, plus partial batches per worker shard
+
+
+def test_a_failing_step_closes_the_prefetch_thread(tiny_store, tiny_student, tmp_path, monkeypatch):
+    import threading
+
+    calls = {"n": 0}
+    original = Trainer._train_step
+
+    def out_of_memory_on_third_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", out_of_memory_on_third_step)
+    trainer = Trainer(_config(tiny_store, tiny_student, tmp_path, stages=("hsk",)), progress=False)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.train()
+    assert not [t for t in threading.enumerate() if t.name == "hskstore-prefetch" and t.is_alive()]

@@ -123,7 +123,10 @@ ROOT_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "limit": ((int, type(None)), True),
     "data_seed": (_INT, True),
     "numerics": (_STR, True),
-    "batch_size": (_INT, True),
+    "batch_size": ((int, type(None)), True),      # rows per teacher batch; None when batched by tokens
+    "batch_tokens": ((int, type(None)), False),   # padded tokens per teacher batch (absent before batching by tokens)
+    "device": (_STR, False),                      # the device that created the store, e.g. "cuda:0 (NVIDIA ..., capability 8.0)"
+    "precision": (_STR, False),                   # the teacher's precision: "fp16-autocast" (CUDA) or "fp32"
     "tokenizer": (_DICT, True),
     "summary": ((dict, type(None)), False),
     "derived_from": ((dict, type(None)), False),
@@ -189,10 +192,17 @@ def validate_root(attrs: dict, location) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- bit layout
+_BIT_WEIGHTS: dict = {}
+
+
 def _bit_weights(device):
+    """The bit weights on `device`, made there once: a new tensor per call is a host->device copy per batch."""
     import torch
 
-    return torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
+    key = str(device)
+    if key not in _BIT_WEIGHTS:
+        _BIT_WEIGHTS[key] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
+    return _BIT_WEIGHTS[key]
 
 
 def pack_bits(mask):
