@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from ..errors import StoreError
-from .base import Store, StoreWriter
+from .base import Store, StoreWriter, damage_reason
 from .format import RECORD_ARRAY, ArraySpec, check_format
 
 __all__ = ["Hdf5Store", "Hdf5Writer", "is_hdf5", "hdf5_read_attrs", "ATTRS_KEY"]
@@ -98,7 +98,7 @@ class Hdf5Store(Store):
             return self.file[split][name][start:stop]
         except (OSError, ValueError, RuntimeError) as exc:  # Fletcher-32 mismatch, a broken filter pipeline
             chunk = start // self.chunk_rows
-            raise StoreError(f"{self.location}: chunk {chunk} of {split}/{name} is damaged ({_reason(exc)}); "
+            raise StoreError(f"{self.location}: chunk {chunk} of {split}/{name} is damaged ({damage_reason(exc)}); "
                              f"run `hskstore verify {self.location}` to list every bad chunk, then re-extract") from None
 
     def _records(self, split):
@@ -181,10 +181,3 @@ class Hdf5Writer(StoreWriter):
     def close(self):
         if self.file.id.valid:
             self.file.close()
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    if "checksum" in text.lower() or "fletcher" in text.lower() or "filter returned failure" in text.lower():
-        return "checksum mismatch"
-    return text.split(".")[0][:80]

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from ..errors import StoreError
-from .base import Store, StoreWriter
+from .base import Store, StoreWriter, damage_reason
 from .format import RECORD_ARRAY, ArraySpec, check_format, default_dims
 
 __all__ = ["ZarrStore", "ZarrWriter", "is_remote", "zarr_exists", "zarr_read_attrs", "zarr_delete"]
@@ -184,7 +184,7 @@ class ZarrStore(Store):
             return self._array(split, name)[start:stop]
         except (ValueError, RuntimeError, OSError, TypeError) as exc:
             chunk = start // self.chunk_rows
-            raise StoreError(f"{self.location}: chunk {chunk} of {split}/{name} is damaged ({_reason(exc)}); "
+            raise StoreError(f"{self.location}: chunk {chunk} of {split}/{name} is damaged ({damage_reason(exc)}); "
                              f"run `hskstore verify {self.location}` to list every bad chunk, then re-extract") from None
 
     def _records(self, split: str):
@@ -283,10 +283,3 @@ class ZarrWriter(StoreWriter):
     def _update_attrs(self, changes):
         self.group.attrs.update(changes)
         _consolidate(self.group.store)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    if "checksum" in text.lower() or "fletcher" in text.lower() or "filter returned failure" in text.lower():
-        return "checksum mismatch"
-    return text.split(".")[0][:80]

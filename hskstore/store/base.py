@@ -18,7 +18,15 @@ from ..config import Compression, ResolvedCompression
 from ..errors import StoreError
 from .format import TOKENIZER_FILE_NAMES, ArraySpec
 
-__all__ = ["StoreWriter", "Store", "SplitReader"]
+__all__ = ["StoreWriter", "Store", "SplitReader", "damage_reason"]
+
+
+def damage_reason(exc: BaseException) -> str:
+    """A short reason for a failed chunk read, for the one-line error (backends word checksums differently)."""
+    text = str(exc)
+    if any(word in text.lower() for word in ("checksum", "fletcher", "filter returned failure")):
+        return "checksum mismatch"
+    return text.split(".")[0][:80]
 
 
 class SplitReader:
