@@ -153,8 +153,7 @@ class Hdf5Writer(StoreWriter):
             tokenizer.create_dataset(name, data=np.frombuffer(data, dtype=np.uint8), fletcher32=True,
                                      chunks=True, compression="gzip", compression_opts=4)
         writer = cls(location, file, storage_options)
-        writer._update_attrs({"layout_complete": True})
-        writer.attrs["layout_complete"] = True
+        writer.set_attrs({"layout_complete": True})
         return writer
 
     @classmethod

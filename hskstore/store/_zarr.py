@@ -249,8 +249,7 @@ class ZarrWriter(StoreWriter):
             tokenizer.create_array(name, data=np.frombuffer(data, dtype=np.uint8), compressors=_codecs("zstd3", 1),
                                    dimension_names=("byte",))
         writer = cls(location, group, storage_options)
-        writer._update_attrs({"layout_complete": True})
-        writer.attrs["layout_complete"] = True
+        writer.set_attrs({"layout_complete": True})
         return writer
 
     @classmethod

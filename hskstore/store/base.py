@@ -191,9 +191,6 @@ class Store(ABC):
             (directory / name).write_bytes(data)
         return directory
 
-    def describe_location(self) -> str:
-        return self.location
-
 
 class StoreWriter(ABC):
     """Creates a store (or reopens a partial one) and commits whole chunks, each recorded once written."""
@@ -235,6 +232,11 @@ class StoreWriter(ABC):
     def close(self) -> None:
         """Flush and release handles."""
 
+    def set_attrs(self, changes: dict) -> None:
+        """Change root attributes on disk (one metadata write) and in this writer's copy."""
+        self._update_attrs(changes)
+        self.attrs.update(changes)
+
     # -- the rules
     def write_chunk(self, split: str, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Write one whole chunk of every array of a split, then record it as done."""
@@ -255,5 +257,4 @@ class StoreWriter(ABC):
         missing = {s: m for s, m in self.missing_chunks().items() if m}
         if missing:
             raise StoreError(f"{self.location} cannot be marked complete: chunks not written {missing}")
-        self._update_attrs({"complete": True, "summary": summary})
-        self.attrs.update(complete=True, summary=summary)
+        self.set_attrs({"complete": True, "summary": summary})

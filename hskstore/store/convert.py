@@ -60,8 +60,7 @@ def convert_store(src: str, dst: str, *, overwrite: bool = False, src_options: d
                 for k in range(reader.num_chunks):
                     writer.write_chunk(name, k, reader.read_chunk(k))
                 rows += reader.num_examples
-            writer._update_attrs(final)
-            writer.attrs.update(final)
+            writer.set_attrs(final)
         finally:
             writer.close()
     return {"source": str(src), "destination": str(dst), "examples": rows}
