@@ -616,14 +616,19 @@ def export(student_dir, output, fmt, opset, overwrite, as_json):
 @click.option("--teacher-epochs", default=3, show_default=True)
 @click.option("--hsk-epochs", default=3, show_default=True)
 @click.option("--pred-epochs", default=3, show_default=True)
+@click.option("--hsk-lr", default=1e-4, show_default=True)
+@click.option("--pred-lr", default=1e-4, show_default=True)
+@click.option("--pred-only-lr", default=1e-4, show_default=True,
+              help="Prediction-only KD's lr; it trains HSK_EPOCHS + PRED_EPOCHS epochs.")
 @device_option()
 @quiet_option
-def demo(workdir, limit, teacher_epochs, hsk_epochs, pred_epochs, device, quiet):
+def demo(workdir, limit, teacher_epochs, hsk_epochs, pred_epochs, hsk_lr, pred_lr, pred_only_lr, device, quiet):
     """The embedded default end to end: MiniLM teacher on tweets -> (1, 9, 0.1) store -> ROSITA student."""
     from .pipeline import DefaultRun, run_default
 
     run_default(DefaultRun(workdir=workdir, limit=limit, teacher_epochs=teacher_epochs, hsk_epochs=hsk_epochs,
-                           pred_epochs=pred_epochs, device=device), progress=_progress(quiet), echo=click.echo)
+                           pred_epochs=pred_epochs, hsk_lr=hsk_lr, pred_lr=pred_lr, pred_only_lr=pred_only_lr,
+                           device=device), progress=_progress(quiet), echo=click.echo)
 
 
 def main():
