@@ -429,14 +429,27 @@ def bench(store, student, teacher, steps, rounds, batch_size, reader_batches, re
     click.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
 
 
-def _triple(value: str) -> tuple:
+def _point(value: str) -> tuple:
+    """N^D,N^L,N^W[,option=value...]: 1,9,0.1 or 4,all,all or 1,9,0.1,width_strategy=rand,hsk_loss=kept."""
+    from .sweep import POINT_COMPRESSION_OPTIONS
+
+    usage = f"a point is N^D,N^L,N^W[,option=value...] such as 1,9,0.1 or 1,all,0.1,hsk_loss=kept, got {value!r}"
     parts = value.split(",")
-    if len(parts) != 3:
-        raise click.BadParameter(f"a point is N^D,N^L,N^W such as 1,9,0.1, got {value!r}")
+    if len(parts) < 3 or any("=" in p for p in parts[:3]) or any("=" not in p for p in parts[3:]):
+        raise click.BadParameter(usage)
     try:
-        return int(parts[0]), int(parts[1]), _width(parts[2])
+        triple = tuple(None if p.strip() == "all" else convert(p) for p, convert in zip(parts[:3], (int, int, _width)))
     except ValueError:
-        raise click.BadParameter(f"a point is N^D,N^L,N^W such as 1,9,0.1, got {value!r}") from None
+        raise click.BadParameter(usage) from None
+    options = {}
+    for part in parts[3:]:
+        key, raw = (s.strip() for s in part.split("=", 1))
+        whole = key in ("l_top", "width_seed", "value_bits") and key in POINT_COMPRESSION_OPTIONS
+        try:
+            options[key] = int(raw) if whole else raw
+        except ValueError:
+            raise click.BadParameter(f"point option {key} takes a whole number, got {raw!r}") from None
+    return triple + (options,) if options else triple
 
 
 def _floats(value: str) -> tuple[float, ...]:
@@ -452,7 +465,8 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--output", required=True, help="Sweep directory: stores/, runs/, results.json/.csv, sweep.png.")
 @click.option("--student", default="rosita", show_default=True,
               help="Initial student directory, or 'rosita' to cut one from the teacher once.")
-@click.option("--point", "points", multiple=True, help="N^D,N^L,N^W such as 1,9,0.1 (repeat).")
+@click.option("--point", "points", multiple=True,
+              help="N^D,N^L,N^W[,option=value...]: 1,9,0.1; 4,all,all; 1,9,0.1,width_strategy=rand (repeat).")
 @click.option("--level", "levels", multiple=True, type=float, help="Target A^HSK, spread over triples (repeat).")
 @click.option("--per-level", default=1, show_default=True, help="Triples drawn per --level.")
 @click.option("--seeds", default="0,1,2", show_default=True)
@@ -461,6 +475,8 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--no-pred", is_flag=True, help="Skip the prediction-only KD baseline.")
 @click.option("--pred-lr-grid", default="2e-5,5e-5,1e-4,5e-4", show_default=True,
               help="Prediction-only KD learning rates; the best on dev is run for every seed.")
+@click.option("--point-lr-grid", default="", help="HSK + prediction points: both stages' lr picked on dev the "
+              "same way (give the baseline's grid for a fair comparison) [default: fixed --hsk-lr/--pred-lr].")
 @click.option("--hsk-epochs", type=int, default=None, help="[the task's schedule]")
 @click.option("--pred-epochs", type=int, default=None, help="[the task's schedule]")
 @click.option("--hsk-lr", type=float, default=None)
@@ -473,16 +489,16 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--dry-run", is_flag=True, help="Print the points and the number of training runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def sweep(teacher, task, output, student, points, levels, per_level, seeds, student_layers, no_full, no_pred,
-          pred_lr_grid, hsk_epochs, pred_epochs, hsk_lr, pred_lr, hsk_batch_size, pred_batch_size, limit, max_length,
+          pred_lr_grid, point_lr_grid, hsk_epochs, pred_epochs, hsk_lr, pred_lr, hsk_batch_size, pred_batch_size, limit, max_length,
           device, dry_run, as_json):
     """Dev metric against A^HSK over points and seeds, with prediction-only KD and full HSK baselines."""
     from .sweep import SweepConfig, sweep as run
 
     config = SweepConfig(teacher=teacher, task=task, output=output, student=student,
-                         points=tuple(_triple(p) for p in points), levels=tuple(levels), per_level=per_level,
+                         points=tuple(_point(p) for p in points), levels=tuple(levels), per_level=per_level,
                          seeds=tuple(int(s) for s in _floats(seeds)), student_layers=student_layers,
                          full_baseline=not no_full, pred_baseline=not no_pred, pred_lr_grid=_floats(pred_lr_grid),
-                         hsk_epochs=hsk_epochs, pred_epochs=pred_epochs, hsk_lr=hsk_lr, pred_lr=pred_lr,
+                         point_lr_grid=_floats(point_lr_grid), hsk_epochs=hsk_epochs, pred_epochs=pred_epochs, hsk_lr=hsk_lr, pred_lr=pred_lr,
                          hsk_batch_size=hsk_batch_size, pred_batch_size=pred_batch_size, limit=limit,
                          max_length=max_length, device=device)
     result = run(config, echo=None if as_json else lambda line: click.echo(line, err=True), dry_run=dry_run)
@@ -490,7 +506,7 @@ def sweep(teacher, task, output, student, points, levels, per_level, seeds, stud
         click.echo(json.dumps(result if dry_run else result["summary"], indent=2))
         return
     for row in result["summary"]:
-        click.echo(f"{row['point']:<16} A^HSK {row['amount_hsk']:>8.3f}  dev {row['metric']} "
+        click.echo(f"{row['point']:<28} A^HSK {row['amount_hsk']:>8.3f}  dev {row['metric']} "
                    f"{row['dev_mean']:.4f} +- {row['dev_std']:.4f} ({row['seeds']} seeds)")
     click.echo("wrote " + ", ".join(v for v in result["files"].values() if v))
 

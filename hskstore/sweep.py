@@ -25,16 +25,29 @@ from pathlib import Path
 from .config import Compression
 from .errors import ConfigError
 
-__all__ = ["SweepConfig", "SweepPoint", "configurations_for", "plan", "obtain_store", "sweep", "plot_sweep"]
+__all__ = ["SweepConfig", "SweepPoint", "configurations_for", "plan", "point_of", "obtain_store", "sweep", "plot_sweep"]
 
 WIDTH_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # N^W fractions the paper draws from
 
 
+# What a point may change besides its triple: the store's strategies, and the HSK loss.
+POINT_COMPRESSION_OPTIONS = ("length_strategy", "score_layer", "score_kind", "width_strategy", "width_seed", "l_top",
+                             "value_bits")
+POINT_TRAIN_OPTIONS = ("hsk_loss",)
+
+
 @dataclass(frozen=True)
 class SweepPoint:
-    key: str                          # directory name and table row: hsk-1-9-0.1, full, pred
+    key: str                          # directory name and table row: hsk-1-9-0.1, hsk-1-9-0.1+width_strategy=rand
     kind: str                         # hsk | full | pred
     compression: Compression | None   # None for prediction-only KD
+    train_options: tuple = ()         # (name, value) pairs for TrainConfig, such as (("hsk_loss", "kept"),)
+    variant: str = ""                 # the options that differ from the defaults, as in the key
+
+    @property
+    def store_key(self) -> str:
+        """Points that differ only in training options share one store."""
+        return self.key.split("+hsk_loss=")[0]
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ class SweepConfig:
     task: str                                     # GLUE name, "tweets", or a file
     output: str                                   # sweep directory: stores/, runs/, results.*, sweep.png
     student: str = "rosita"                       # a student directory, or "rosita": cut from the teacher once
-    points: tuple[tuple, ...] = ()                # (N^D, N^L, N^W) triples
+    points: tuple[tuple, ...] = ()                # (N^D, N^L, N^W) or (N^D, N^L, N^W, {option: value}); None = all
     levels: tuple[float, ...] = ()                # target A^HSK levels, each spread over `per_level` triples
     per_level: int = 1                            # triples drawn per level (the paper sampled 13-112 per level)
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -51,6 +64,8 @@ class SweepConfig:
     full_baseline: bool = True                    # full HSK: every mapped layer, token and activation
     pred_baseline: bool = True                    # prediction-only KD, same total epochs
     pred_lr_grid: tuple[float, ...] = (2e-5, 5e-5, 1e-4, 5e-4)
+    point_lr_grid: tuple[float, ...] = ()         # HSK + prediction points: both stages' lr picked on dev (fair
+                                                  # against the baseline when equal to pred_lr_grid); () = fixed
     hsk_epochs: int | None = None                 # None: the task's schedule (schedules.py)
     pred_epochs: int | None = None
     hsk_lr: float | None = None
@@ -77,9 +92,16 @@ class SweepConfig:
             problems.append(f"levels must be positive amounts of HSK, got {list(self.levels)}")
         if self.pred_baseline and not self.pred_lr_grid:
             problems.append("pred_lr_grid must hold at least one learning rate for the prediction-only baseline")
-        for triple in self.points:
-            if len(triple) != 3:
-                problems.append(f"a point is (N^D, N^L, N^W), got {triple!r}")
+        for point in self.points:
+            if len(point) not in (3, 4) or (len(point) == 4 and not isinstance(point[3], dict)):
+                problems.append(f"a point is (N^D, N^L, N^W) or (N^D, N^L, N^W, options), got {point!r}")
+            elif len(point) == 4:
+                unknown = set(point[3]) - set(POINT_COMPRESSION_OPTIONS) - set(POINT_TRAIN_OPTIONS)
+                if unknown:
+                    problems.append(f"unknown point options {sorted(unknown)}; known: "
+                                    f"{list(POINT_COMPRESSION_OPTIONS + POINT_TRAIN_OPTIONS)}")
+        if any(not lr > 0 for lr in self.point_lr_grid):
+            problems.append(f"point_lr_grid must hold positive learning rates, got {list(self.point_lr_grid)}")
         if problems:
             raise ConfigError(problems)
 
@@ -100,22 +122,40 @@ def configurations_for(level: float, student_layers: int, max_length: int, toler
     return found
 
 
-def _key(triple) -> str:
-    return "hsk-" + "-".join(f"{v:g}" for v in triple)
+def _key(triple, options: dict | None = None) -> str:
+    key = "hsk-" + "-".join("all" if v is None else f"{v:g}" for v in triple)
+    return key + "".join(f"+{k}={v}" for k, v in sorted((options or {}).items()))
+
+
+def point_of(entry, student_layers: int) -> SweepPoint:
+    """A SweepPoint from (N^D, N^L, N^W[, options]); N^L None keeps every token, N^W None every activation."""
+    depth, length, width = entry[:3]
+    options = dict(entry[3]) if len(entry) == 4 else {}
+    compression_options = {k: v for k, v in options.items() if k in POINT_COMPRESSION_OPTIONS}
+    if length is None:
+        compression_options.setdefault("length_strategy", "all")
+    compression = Compression(depth=None if depth is None else int(depth), length=None if length is None else int(length),
+                              width=width, student_layers=student_layers, **compression_options)
+    train_options = tuple(sorted((k, v) for k, v in options.items() if k in POINT_TRAIN_OPTIONS))
+    variant = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return SweepPoint(_key((depth, length, width), options), "hsk", compression, train_options, variant)
 
 
 def plan(config: SweepConfig, max_length: int) -> list[SweepPoint]:
-    """The sweep's points in run order: the given triples, then each level's draws, then the baselines."""
-    triples = [tuple(t) for t in config.points]
+    """The sweep's points in run order: the given points, then each level's draws, then the baselines."""
+    entries = [tuple(t) for t in config.points]
     rng = random.Random(config.level_seed)
     for level in config.levels:
-        options = [t for t in configurations_for(level, config.student_layers, max_length) if t not in triples]
+        options = [t for t in configurations_for(level, config.student_layers, max_length) if t not in entries]
         if not options:
             raise ConfigError(f"no (N^D, N^L, N^W) reaches A^HSK = {level} +-10% with L'={config.student_layers} and "
                               f"max length {max_length}: choose another level")
-        triples += rng.sample(options, min(config.per_level, len(options)))
-    points = [SweepPoint(_key(t), "hsk", Compression(depth=int(t[0]), length=int(t[1]), width=t[2],
-                                                      student_layers=config.student_layers)) for t in triples]
+        entries += rng.sample(options, min(config.per_level, len(options)))
+    points = [point_of(e, config.student_layers) for e in entries]
+    keys = [p.key for p in points]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ConfigError(f"points repeat: {repeated}; give each point once")
     if config.full_baseline:
         points.append(SweepPoint("full", "full", Compression.full(student_layers=config.student_layers)))
     if config.pred_baseline:
@@ -123,47 +163,62 @@ def plan(config: SweepConfig, max_length: int) -> list[SweepPoint]:
     return points
 
 
-def cover_compression(points, teacher: str, max_length: int) -> Compression | None:
-    """The smallest store every sliceable point derives from: the largest N^D, N^L and N^W among the
-    points that share its strategies (full HSK and other strategies are extracted on their own)."""
+def _strategies(c: Compression) -> dict:
+    return {**c.to_dict(), "depth": 0, "length": 0, "width": 0}
+
+
+def cover_compressions(points, teacher: str, max_length: int) -> list[Compression]:
+    """The smallest stores the sliceable points derive from, one per group of points that share their
+    strategies: the largest N^D, N^L and N^W of the group. Groups of one, and static width masks (which
+    need not nest), are extracted on their own."""
     from .teacher import check_bert_family
 
-    sliceable = [p.compression for p in points if p.kind == "hsk" and p.compression.length is not None]
-    if len(sliceable) < 2:
-        return None
-    first = sliceable[0]
-    same = [c for c in sliceable if {**c.to_dict(), "depth": 0, "length": 0, "width": 0} ==
-            {**first.to_dict(), "depth": 0, "length": 0, "width": 0}]
-    if len(same) < 2 or first.width_strategy != "mag":
-        return None
+    sliceable = [p.compression for p in points if p.kind == "hsk" and p.compression.length is not None
+                 and p.compression.width_strategy == "mag"]
+    groups: dict[str, list[Compression]] = {}
+    for c in sliceable:
+        groups.setdefault(json.dumps(_strategies(c), sort_keys=True), []).append(c)
+    groups = {k: list(dict.fromkeys(g)) for k, g in groups.items()}
+    if not any(len(g) > 1 for g in groups.values()):
+        return []
     config = check_bert_family(teacher)
-    resolved = [c.resolve(config["num_hidden_layers"], config["hidden_size"], max_length) for c in same]
-    return Compression.from_dict(first.to_dict() | {"depth": max(r.depth for r in resolved),
-                                                    "length": max(r.length for r in resolved),
-                                                    "width": max(r.width for r in resolved)})
+    covers = []
+    for group in (g for g in groups.values() if len(g) > 1):
+        resolved = [c.resolve(config["num_hidden_layers"], config["hidden_size"], max_length) for c in group]
+        covers.append(Compression.from_dict(group[0].to_dict() | {"depth": max(r.depth for r in resolved),
+                                                                  "length": max(r.length for r in resolved),
+                                                                  "width": max(r.width for r in resolved)}))
+    return covers
+
+
+def cover_compression(points, teacher: str, max_length: int) -> Compression | None:
+    """The first group's cover store (see cover_compressions), or None."""
+    covers = cover_compressions(points, teacher, max_length)
+    return covers[0] if covers else None
 
 
 def obtain_store(config: SweepConfig, compression: Compression, path: Path, max_length: int, data_seed: int,
-                 cover: str | None = None) -> str:
-    """The store of one point: reused when complete, sliced from the cover store when it nests in it
-    (no teacher run), else extracted (or resumed) from the teacher."""
+                 cover: str | list[str] | None = None) -> str:
+    """The store of one point: reused when complete, sliced from a source store it nests in (a cover
+    store, or full HSK for points that keep every token; no teacher run), else extracted (or resumed)."""
     from .errors import StoreError
     from .extract import ExtractConfig, extract
     from .store import store_state
 
     if store_state(str(path))[0] == "complete":
         return str(path)
-    if cover is not None:
+    sources = [cover] if isinstance(cover, str) else list(cover or [])
+    for source_path in sources:
         from .store import open_store
         from .store.slicing import plan_slice, slice_store
 
-        with open_store(cover) as source:
+        with open_store(source_path) as source:
             try:
                 new_c, _ = plan_slice(source, compression.depth, compression.length, compression.width)
             except StoreError:
                 new_c = None
         if new_c is not None and new_c == compression:
-            slice_store(cover, str(path), depth=compression.depth, length=compression.length,
+            slice_store(source_path, str(path), depth=compression.depth, length=compression.length,
                         width=compression.width, overwrite=True)
             return str(path)
     extract(ExtractConfig(teacher=config.teacher, task=config.task, output=str(path), compression=compression,
@@ -219,7 +274,8 @@ def _row(point: SweepPoint, seed: int, result: dict, metric: str, lr: float | No
             "depth": compression.depth if compression else 0, "length": compression.length if compression else 0,
             "width": compression.width if compression else 0,
             "amount_hsk": (result["amount_hsk"] if amount is None else amount) if compression else 0.0,
-            "pred_lr": lr, "metric": key, "dev": result["student_dev"][key],
+            "variant": point.variant, "pred_lr": lr if point.kind == "pred" else None, "lr": lr,
+            "metric": key, "dev": result["student_dev"][key],
             "teacher_dev": result["teacher_dev"][key], "seconds": result.get("seconds")}
 
 
@@ -235,7 +291,8 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     points = plan(config, max_length)
     hsk_points = [p for p in points if p.kind != "pred"]
     grid = list(config.pred_lr_grid) if config.pred_baseline else []
-    total = len(hsk_points) * len(config.seeds) + (len(grid) + len(config.seeds) - 1 if grid else 0)
+    per_point = len(config.point_lr_grid) + len(config.seeds) - 1 if config.point_lr_grid else len(config.seeds)
+    total = len(hsk_points) * per_point + (len(grid) + len(config.seeds) - 1 if grid else 0)
     if dry_run:
         return {"points": [{"key": p.key, "kind": p.kind} for p in points], "runs": total}
     _check_recipe(out, config)
@@ -243,33 +300,50 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     (out / "sweep.json").write_text(json.dumps({"config": asdict(config), "max_length": max_length}, indent=2,
                                                default=str))
     progress = _Progress(total, echo)
-    # The teacher runs once for every point that nests in the cover store; the others are sliced from it.
-    covering = cover_compression(hsk_points, config.teacher, max_length)
-    cover = None
-    if covering is not None:
-        cover = obtain_store(config, covering, out / "stores" / "cover.zarr", max_length, data_seed)
-    stores = {p.key: obtain_store(config, p.compression, out / "stores" / f"{p.key}.zarr", max_length, data_seed,
-                                  cover) for p in hsk_points[:1]}
+    # The teacher runs once per cover store; every point that nests in one is sliced from it, and points
+    # that keep every token are sliced from the full-HSK store.
+    sources = []
+    for i, covering in enumerate(cover_compressions(hsk_points, config.teacher, max_length)):
+        name = "cover.zarr" if i == 0 else f"cover-{i + 1}.zarr"
+        sources.append(obtain_store(config, covering, out / "stores" / name, max_length, data_seed))
+    full = [p for p in hsk_points if p.kind == "full"]
+    if full and any(p.kind == "hsk" and p.compression.length is None for p in hsk_points):
+        sources.append(obtain_store(config, full[0].compression, out / "stores" / "full.zarr", max_length, data_seed))
+    stores: dict[str, str] = {}
+
+    def store_of(point: SweepPoint) -> str:
+        if point.store_key not in stores:
+            stores[point.store_key] = obtain_store(config, point.compression,
+                                                   out / "stores" / f"{point.store_key}.zarr", max_length,
+                                                   data_seed, sources)
+        return stores[point.store_key]
+
+    first_store = store_of(hsk_points[0])
     student = config.student
     if student == "rosita":  # one initial student for every point and seed: only the HSK differs
         student = str(out / "student")
         if not (Path(student) / "config.json").is_file():
-            build_student("rosita", student, teacher=config.teacher, store=stores[hsk_points[0].key],
+            build_student("rosita", student, teacher=config.teacher, store=first_store,
                           importance_examples=config.importance_examples, device="cpu", progress=False)
-    rows, amounts = [], {}
+    rows = []
+    point_grid = list(config.point_lr_grid)
     for point in hsk_points:
-        if point.key not in stores:
-            stores[point.key] = obtain_store(config, point.compression, out / "stores" / f"{point.key}.zarr",
-                                             max_length, data_seed, cover)
+        store = store_of(point)
         # As `hskstore info` counts it: full HSK keeps real tokens only, not the padded slots.
-        amounts[point.key] = store_info(stores[point.key])["amount_hsk"]
-        for seed in config.seeds:
-            result = _train(config, stores[point.key], student, out / "runs" / point.key / f"seed{seed}", seed,
-                            ("hsk", "pred"))
-            rows.append(_row(point, seed, result, result["metric"], amount=amounts[point.key]))
-            progress.update(f"{point.key} seed {seed}", rows[-1]["dev"], None if result["reused"] else result["seconds"])
+        amount = store_info(store)["amount_hsk"]
+        options = dict(point.train_options)
+        if not point_grid:
+            for seed in config.seeds:
+                result = _train(config, store, student, out / "runs" / point.key / f"seed{seed}", seed,
+                                ("hsk", "pred"), **options)
+                rows.append(_row(point, seed, result, result["metric"], amount=amount))
+                progress.update(f"{point.key} seed {seed}", rows[-1]["dev"],
+                                None if result["reused"] else result["seconds"])
+            continue
+        rows += _tuned(config, point, store, student, out, point_grid, progress, ("hsk", "pred"),
+                       lambda lr: options | {"hsk_lr": lr, "pred_lr": lr}, amount)
     if grid:
-        rows += _prediction_only(config, [p for p in points if p.kind == "pred"][0], stores[hsk_points[0].key],
+        rows += _prediction_only(config, [p for p in points if p.kind == "pred"][0], first_store,
                                  student, out, grid, progress)
     summary = _summarise(rows)
     files = _write_results(out, rows, summary)
@@ -283,7 +357,7 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
 
 
 # What finished runs depend on: a rerun may add points, levels or seeds, but not change these.
-_RECIPE = ("teacher", "task", "student", "student_layers", "pred_lr_grid", "hsk_epochs", "pred_epochs", "hsk_lr",
+_RECIPE = ("teacher", "task", "student", "student_layers", "pred_lr_grid", "point_lr_grid", "hsk_epochs", "pred_epochs", "hsk_lr",
            "pred_lr", "hsk_batch_size", "pred_batch_size", "limit", "max_length", "data_seed", "importance_examples",
            "extract_options")
 
@@ -306,21 +380,28 @@ def _prediction_only(config, point, store, student, out: Path, grid, progress) -
     from .store import open_store
 
     hsk_epochs, pred_epochs = config.epochs(open_store(store).task["name"])
-    epochs = hsk_epochs + pred_epochs
+    return _tuned(config, point, store, student, out, grid, progress, ("pred",),
+                  lambda lr: {"pred_epochs": hsk_epochs + pred_epochs, "pred_lr": lr})
+
+
+def _tuned(config, point, store, student, out: Path, grid, progress, stages, overrides, amount=None) -> list[dict]:
+    """Every lr of the grid with the first seed, then the best on dev with the other seeds: one tuning
+    rule for every arm, so no arm wins by having had more tries."""
     first, scores = config.seeds[0], {}
     for lr in grid:
-        result = _train(config, store, student, out / "runs" / "pred" / f"lr{lr:g}-seed{first}", first, ("pred",),
-                        pred_epochs=epochs, pred_lr=lr)
-        scores[lr] = (result, _row(point, first, result, result["metric"], lr))
-        progress.update(f"pred lr {lr:g} seed {first}", scores[lr][1]["dev"],
+        result = _train(config, store, student, out / "runs" / point.key / f"lr{lr:g}-seed{first}", first, stages,
+                        **overrides(lr))
+        scores[lr] = _row(point, first, result, result["metric"], lr, amount)
+        progress.update(f"{point.key} lr {lr:g} seed {first}", scores[lr]["dev"],
                         None if result["reused"] else result["seconds"])
-    best = max(grid, key=lambda lr: scores[lr][1]["dev"])
-    rows = [dict(scores[best][1], grid={f"{lr:g}": scores[lr][1]["dev"] for lr in grid})]
+    best = max(grid, key=lambda lr: scores[lr]["dev"])
+    rows = [dict(scores[best], grid={f"{lr:g}": scores[lr]["dev"] for lr in grid})]
     for seed in config.seeds[1:]:
-        result = _train(config, store, student, out / "runs" / "pred" / f"lr{best:g}-seed{seed}", seed, ("pred",),
-                        pred_epochs=epochs, pred_lr=best)
-        rows.append(_row(point, seed, result, result["metric"], best))
-        progress.update(f"pred lr {best:g} seed {seed}", rows[-1]["dev"], None if result["reused"] else result["seconds"])
+        result = _train(config, store, student, out / "runs" / point.key / f"lr{best:g}-seed{seed}", seed, stages,
+                        **overrides(best))
+        rows.append(_row(point, seed, result, result["metric"], best, amount))
+        progress.update(f"{point.key} lr {best:g} seed {seed}", rows[-1]["dev"],
+                        None if result["reused"] else result["seconds"])
     return rows
 
 
@@ -332,7 +413,8 @@ def _summarise(rows: list[dict]) -> list[dict]:
         devs = [r["dev"] for r in group]
         summary.append({"point": key, "kind": group[0]["kind"], "amount_hsk": group[0]["amount_hsk"],
                         "depth": group[0]["depth"], "length": group[0]["length"], "width": group[0]["width"],
-                        "pred_lr": group[0]["pred_lr"], "seeds": len(devs), "dev_mean": statistics.mean(devs),
+                        "variant": group[0].get("variant", ""), "pred_lr": group[0]["pred_lr"],
+                        "lr": group[0].get("lr"), "grid": group[0].get("grid"), "seeds": len(devs), "dev_mean": statistics.mean(devs),
                         "dev_std": statistics.stdev(devs) if len(devs) > 1 else 0.0,
                         "teacher_dev": group[0]["teacher_dev"], "metric": group[0]["metric"]})
     return summary
@@ -340,7 +422,7 @@ def _summarise(rows: list[dict]) -> list[dict]:
 
 def _write_results(out: Path, rows: list[dict], summary: list[dict]) -> dict:
     (out / "results.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
-    columns = ["point", "kind", "depth", "length", "width", "amount_hsk", "pred_lr", "seeds", "dev_mean", "dev_std",
+    columns = ["point", "kind", "variant", "depth", "length", "width", "amount_hsk", "lr", "seeds", "dev_mean", "dev_std",
                "teacher_dev", "metric"]
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -94,3 +94,47 @@ def test_a_rerun_with_another_recipe_is_refused_before_any_work(tiny_teacher, tm
     with pytest.raises(ConfigError, match="another recipe.*hsk_epochs: 2 then, 1 now"):
         sweep(config)
     assert not (tmp_path / "s" / "stores").exists()
+
+
+def test_a_point_may_change_strategies_and_the_hsk_loss_and_keep_every_token():
+    from hskstore.cli import _point
+
+    entry = _point("1,9,0.1,width_strategy=rand,l_top=4,hsk_loss=kept")
+    assert entry == (1, 9, 0.1, {"width_strategy": "rand", "l_top": 4, "hsk_loss": "kept"})
+    config = SweepConfig(teacher="t", task="tweets", output="o", points=(entry, (1, 9, 0.1, {"l_top": 4}),
+                                                                         _point("2,all,all")))
+    varied, base, deep = plan(config, max_length=32)[:3]
+    assert varied.key == "hsk-1-9-0.1+hsk_loss=kept+l_top=4+width_strategy=rand"
+    assert varied.compression.width_strategy == "rand" and varied.compression.l_top == 4
+    assert varied.train_options == (("hsk_loss", "kept"),)
+    assert base.store_key == "hsk-1-9-0.1+l_top=4" and varied.store_key != base.store_key
+    assert deep.key == "hsk-2-all-all" and deep.compression.length_strategy == "all"
+    with pytest.raises(ConfigError, match="unknown point options.*'lr'"):
+        SweepConfig(teacher="t", task="tweets", output="o", points=((1, 9, 0.1, {"lr": 1}),))
+    with pytest.raises(ConfigError, match="points repeat"):
+        plan(SweepConfig(teacher="t", task="tweets", output="o", points=((1, 9, 0.1), (1, 9, 0.1))), 32)
+
+
+@pytest.mark.slow
+def test_every_arm_can_get_the_baselines_tuning_and_stores_are_shared_or_sliced(tiny_teacher, tiny_student, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--teacher", tiny_teacher, "--output", str(out), "--student", tiny_student,
+            "--point", "1,3,0.25", "--point", "1,3,0.25,hsk_loss=kept", "--point", "1,all,all", "--no-pred",
+            "--seeds", "0,1", "--student-layers", "2", "--limit", "40", "--hsk-epochs", "1", "--pred-epochs", "1",
+            "--point-lr-grid", "1e-4,1e-3", "--device", "cpu"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "[12/12]" in result.output                       # 4 arms x (a 2-lr grid with seed 0, then seed 1)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    for key in ("hsk-1-3-0.25", "hsk-1-3-0.25+hsk_loss=kept", "hsk-1-all-all", "full"):
+        first, second = [r for r in rows if r["point"] == key]
+        assert first["lr"] == float(max(first["grid"], key=first["grid"].get)) == second["lr"]
+        assert (out / "runs" / key / f"lr{second['lr']:g}-seed1" / "metrics.json").is_file()
+    kept = json.loads((out / "runs" / "hsk-1-3-0.25+hsk_loss=kept" / "lr0.001-seed0" / "metrics.json").read_text())
+    assert kept["config"]["hsk_loss"] == "kept" and kept["config"]["hsk_lr"] == kept["config"]["pred_lr"] == 1e-3
+    stores = sorted(p.name for p in (out / "stores").iterdir() if p.suffix == ".zarr")
+    assert stores == ["full.zarr", "hsk-1-3-0.25.zarr", "hsk-1-all-all.zarr"]   # the loss variant shares a store
+    from hskstore.store import open_store
+
+    with open_store(str(out / "stores" / "hsk-1-all-all.zarr")) as store:     # every token: sliced from full HSK
+        assert store.attrs["derived_from"]["location"].endswith("full.zarr")
