@@ -185,9 +185,10 @@ def cover_compressions(points, teacher: str, max_length: int) -> list[Compressio
     covers = []
     for group in (g for g in groups.values() if len(g) > 1):
         resolved = [c.resolve(config["num_hidden_layers"], config["hidden_size"], max_length) for c in group]
-        covers.append(Compression.from_dict(group[0].to_dict() | {"depth": max(r.depth for r in resolved),
-                                                                  "length": max(r.length for r in resolved),
-                                                                  "width": max(r.width for r in resolved)}))
+        # Each dimension as the largest member spells it, so "every activation" stays None and nests.
+        largest = {name: getattr(max(zip(group, resolved), key=lambda cr: getattr(cr[1], name))[0], name)
+                   for name in ("depth", "length", "width")}
+        covers.append(Compression.from_dict(group[0].to_dict() | largest))
     return covers
 
 

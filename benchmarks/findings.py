@@ -1,0 +1,148 @@
+"""The paper's findings on one teacher, over seeds: single-dimension curves and the method's open choices.
+
+    python benchmarks/findings.py --teacher runs/default/teacher --output runs/findings \
+        [--limit 2000] [--hsk-epochs 2] [--pred-epochs 2] [--lr 1e-4] [--seeds 0,1,2] [--plots docs]
+
+Every arm is one `hskstore sweep` point in one sweep directory, so the teacher runs once per cover store,
+shared arms train once, and a rerun resumes. Studies (student L' = 3, so N^D runs 1..4; "all" keeps the
+whole dimension):
+  depth   (N^D, all, all) for N^D = 1, 2, 3 and full HSK          (the paper's Figure 3)
+  length  (4, N^L, all) for N^L = 1, 3, 9, 27 and full HSK         (Figure 4), tokens by att-nosep
+  width   (4, all, N^W) for N^W = 0.01, 0.1, 0.3 and full HSK      (Figure 5), activations by mag
+  at the base point (1, 9, 0.1): length strategy att-nosep | att | left; width strategy mag | uniform | rand;
+  L_top 4 | 5 (default) | 6; HSK loss masked-zero | kept; token scores post-softmax | pre-softmax.
+Every arm trains HSK then prediction stage at one lr for both stages; prediction-only KD (same total
+epochs, same lr) is drawn as the reference. Prints one markdown table per study and writes
+findings-<study>.png into --plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402,F401  (sets the offline environment first)
+
+from hskstore.sweep import SweepConfig, sweep  # noqa: E402
+
+BASE = (1, 9, 0.1)
+STUDIES = {
+    "depth": [(d, None, None) for d in (1, 2, 3)],
+    "length": [(4, n, None) for n in (1, 3, 9, 27)],
+    "width": [(4, None, w) for w in (0.01, 0.1, 0.3)],
+    "length strategy": [BASE, BASE + ({"length_strategy": "att"},), BASE + ({"length_strategy": "left"},)],
+    "width strategy": [BASE, BASE + ({"width_strategy": "uniform"},), BASE + ({"width_strategy": "rand"},)],
+    "L_top": [BASE + ({"l_top": 4},), BASE, BASE + ({"l_top": 6},)],
+    "HSK loss": [BASE, BASE + ({"hsk_loss": "kept"},)],
+    "token scores": [BASE, BASE + ({"score_kind": "logits"},)],
+}
+CURVES = {"depth": "depth", "length": "length", "width": "width"}   # study -> the dimension on the x axis
+
+
+def _key(entry) -> str:
+    from hskstore.sweep import _key as sweep_key
+
+    return sweep_key(entry[:3], entry[3] if len(entry) == 4 else None)
+
+
+def _label(entry) -> str:
+    if len(entry) == 4:
+        return ", ".join(f"{k}={v}" for k, v in entry[3].items())
+    return "default (att-nosep, mag, L_top 5, masked-zero, post-softmax)" if tuple(entry) == BASE else \
+        "(" + ", ".join("all" if v is None else f"{v:g}" for v in entry) + ")"
+
+
+def table(study: str, summary: dict) -> str:
+    lines = [f"**{study}**", "", "| arm | (N^D, N^L, N^W) | A^HSK | dev accuracy, mean ± sd | seeds |", "|---|---|---|---|---|"]
+    arms = [(e, summary[_key(e)]) for e in STUDIES[study]]
+    if study in CURVES:
+        arms.append(("full HSK", summary["full"]))
+    arms.append(("prediction-only KD", summary["pred"]))
+    for entry, row in arms:
+        label = entry if isinstance(entry, str) else _label(entry)
+        triple = "—" if row["kind"] == "pred" else "(all, all, all)" if row["kind"] == "full" else \
+            "(" + ", ".join("all" if v is None else f"{v:g}" for v in entry[:3]) + ")"
+        lines.append(f"| {label} | {triple} | {row['amount_hsk']:.3g} | {row['dev_mean']:.3f} ± {row['dev_std']:.3f} "
+                     f"| {row['seeds']} |")
+    return "\n".join(lines)
+
+
+def plot(study: str, summary: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    pred, full = summary["pred"], summary["full"]
+    if study in CURVES:
+        rows = [summary[_key(e)] for e in STUDIES[study]] + [full]
+        dim = CURVES[study]
+        full_value = {"depth": 4, "length": 64, "width": 1.0}[dim]
+        xs = [full_value if r["kind"] == "full" or r[dim] is None else r[dim] for r in rows]
+        ax.errorbar(xs, [r["dev_mean"] for r in rows], yerr=[r["dev_std"] for r in rows], fmt="o-", capsize=3,
+                    label=f"HSK + prediction, {dim} compressed")
+        ax.set_xscale("log" if dim != "depth" else "linear")
+        ax.set_xlabel({"depth": "N^D (student layers distilled; 4 = all)", "length": "N^L (tokens; 64 = all)",
+                       "width": "N^W (fraction of activations; 1 = all)"}[dim])
+    else:
+        rows = [summary[_key(e)] for e in STUDIES[study]]
+        labels = [_label(e).split(" (")[0] for e in STUDIES[study]]
+        ax.errorbar(range(len(rows)), [r["dev_mean"] for r in rows], yerr=[r["dev_std"] for r in rows], fmt="o",
+                    capsize=4, color="C0", label="HSK + prediction")
+        ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=15)
+        ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.axhline(pred["dev_mean"], linestyle=":", color="C2", label="prediction-only KD")
+    ax.axhspan(pred["dev_mean"] - pred["dev_std"], pred["dev_mean"] + pred["dev_std"], color="C2", alpha=0.12)
+    ax.axhline(pred["teacher_dev"], color="grey", linewidth=0.8, label="teacher")
+    ax.set_ylabel("dev accuracy (mean ± sd)")
+    ax.set_title(f"tweets, MiniLM teacher: {study}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--limit", type=int, default=2000)
+    parser.add_argument("--hsk-epochs", type=int, default=2)
+    parser.add_argument("--pred-epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-4, help="Both stages' lr, and prediction-only KD's.")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--studies", default=",".join(STUDIES), help="Comma-separated subset of the studies.")
+    parser.add_argument("--plots", default=None, help="Directory for findings-<study>.png [default: --output].")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    studies = [s.strip() for s in args.studies.split(",")]
+    unknown = [s for s in studies if s not in STUDIES]
+    if unknown:
+        parser.error(f"unknown studies {unknown}; known: {list(STUDIES)}")
+    points = list({_key(e): e for s in studies for e in STUDIES[s]}.values())
+    config = SweepConfig(teacher=args.teacher, task="tweets", output=args.output, points=tuple(points),
+                         seeds=tuple(int(s) for s in args.seeds.split(",")), student_layers=3,
+                         pred_lr_grid=(args.lr,), hsk_epochs=args.hsk_epochs, pred_epochs=args.pred_epochs,
+                         hsk_lr=args.lr, pred_lr=args.lr, limit=args.limit, device=args.device)
+    result = sweep(config, echo=lambda line: print(line, flush=True))
+    summary = {row["point"]: row for row in result["summary"]}
+    plots = Path(args.plots or args.output)
+    plots.mkdir(parents=True, exist_ok=True)
+    for study in studies:
+        print("\n" + table(study, summary))
+        try:
+            print(f"\nplot: {plot(study, summary, plots / ('findings-' + study.replace(' ', '-').lower() + '.png'))}")
+        except ImportError:
+            print("plot skipped: matplotlib is not installed")
+    (Path(args.output) / "findings.json").write_text(json.dumps(
+        {"studies": {s: [_key(e) for e in STUDIES[s]] for s in studies}, "summary": result["summary"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
