@@ -329,6 +329,8 @@ class Trainer:
         scaler = self.precision.scaler(self.device)
         if state.get("stage") == stage and state.get("optimizer"):
             _load_optimizer(optimizer, state.pop("optimizer"))
+        if state.get("stage") == stage and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])  # fp16: resume at the learned loss scale, not 2**16 again
         start_epoch = state.get("epoch", 0) if state.get("stage") == stage else 0
         step = state.get("step", 0) if state.get("stage") == stage else 0
         best = state.get("best")
@@ -391,7 +393,8 @@ class Trainer:
             self.history.append(record)
             if world.is_main:
                 self._save_checkpoint({"stage": stage, "epoch": epoch + 1, "step": step, "best": best,
-                                       "stages_done": state.get("stages_done", [])}, optimizer)
+                                       "stages_done": state.get("stages_done", []),
+                                       "scaler": scaler.state_dict()}, optimizer)  # {} unless fp16
             distributed.barrier(world)  # no rank moves on before the epoch's checkpoint is on disk
         self._ddp = None
         state.update(best=best)

@@ -192,3 +192,31 @@ def test_a_failing_step_closes_the_prefetch_thread(tiny_store, tiny_student, tmp
     with pytest.raises(RuntimeError, match="out of memory"):
         trainer.train()
     assert not [t for t in threading.enumerate() if t.name == "hskstore-prefetch" and t.is_alive()]
+
+
+def test_a_resumed_fp16_run_keeps_its_learned_loss_scale(tiny_store, tiny_student, tmp_path, monkeypatch):
+    """fp16 training (CUDA below capability 8.0) scales the loss; a resume must not restart at 2**16."""
+    import hskstore.train as train_module
+    from hskstore.device import Precision
+
+    # A GradScaler runs on the CPU too: the fp16 path's bookkeeping, without fp16 kernels.
+    monkeypatch.setattr(train_module, "precision_for", lambda device, amp=True: Precision("fp16-autocast", None, True))
+    loaded = []
+    original_load = torch.amp.GradScaler.load_state_dict
+    monkeypatch.setattr(torch.amp.GradScaler, "load_state_dict",
+                        lambda self, state: (loaded.append(dict(state)), original_load(self, state))[1])
+    config = _config(tiny_store, tiny_student, tmp_path, stages=("pred",), pred_epochs=2)
+    original_save = Trainer._save_checkpoint
+
+    def stop_after_first_epoch(self, state, optimizer):
+        original_save(self, state, optimizer)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, progress=False).train()
+    saved = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["scaler"]
+    assert saved["scale"] > 0 and "_growth_tracker" in saved
+    monkeypatch.setattr(Trainer, "_save_checkpoint", original_save)
+    Trainer(config, progress=False).train()
+    assert loaded == [saved]
