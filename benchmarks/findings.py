@@ -1,16 +1,18 @@
 """The paper's findings on one teacher, over seeds: single-dimension curves and the method's open choices.
 
     python benchmarks/findings.py --teacher runs/default/teacher --output runs/findings \
-        [--limit 2000] [--hsk-epochs 2] [--pred-epochs 2] [--lr 1e-4] [--seeds 0,1,2] [--plots docs]
+        [--limit 2000] [--hsk-epochs 2] [--pred-epochs 1] [--lr 5e-4] [--seeds 0,1,2] [--plots docs]
 
 Every arm is one `hskstore sweep` point in one sweep directory, so the teacher runs once per cover store,
 shared arms train once, and a rerun resumes. Studies (student L' = 3, so N^D runs 1..4; "all" keeps the
 whole dimension):
-  depth   (N^D, all, all) for N^D = 1, 2, 3 and full HSK          (the paper's Figure 3)
-  length  (4, N^L, all) for N^L = 1, 3, 9, 27 and full HSK         (Figure 4), tokens by att-nosep
-  width   (4, all, N^W) for N^W = 0.01, 0.1, 0.3 and full HSK      (Figure 5), activations by mag
+  depth   (N^D, all, all) for N^D = 1, 2 and full HSK (N^D = 4)   (the paper's Figure 3)
+  length  (4, N^L, all) for N^L = 1, 9, 27 and full HSK            (Figure 4), tokens by att-nosep
+  width   (4, all, N^W) for N^W = 0.01, 0.1 and full HSK           (Figure 5), activations by mag
   at the base point (1, 9, 0.1): length strategy att-nosep | att | left; width strategy mag | uniform | rand;
-  L_top 4 | 5 (default) | 6; HSK loss masked-zero | kept; token scores post-softmax | pre-softmax.
+  L_top 5 (default, round(10 L / 12)) | 6 (the top layer); HSK loss masked-zero | kept; token scores
+  post-softmax | pre-softmax.
+17 arms x 3 seeds: sized to finish in about an hour on a 2-core CPU at --limit 2000 and 2 + 1 epochs.
 Every arm trains HSK then prediction stage at one lr for both stages; prediction-only KD (same total
 epochs, same lr) is drawn as the reference. Prints one markdown table per study and writes
 findings-<study>.png into --plots.
@@ -30,12 +32,12 @@ from hskstore.sweep import SweepConfig, sweep  # noqa: E402
 
 BASE = (1, 9, 0.1)
 STUDIES = {
-    "depth": [(d, None, None) for d in (1, 2, 3)],
-    "length": [(4, n, None) for n in (1, 3, 9, 27)],
-    "width": [(4, None, w) for w in (0.01, 0.1, 0.3)],
+    "depth": [(d, None, None) for d in (1, 2)],
+    "length": [(4, n, None) for n in (1, 9, 27)],
+    "width": [(4, None, w) for w in (0.01, 0.1)],
     "length strategy": [BASE, BASE + ({"length_strategy": "att"},), BASE + ({"length_strategy": "left"},)],
     "width strategy": [BASE, BASE + ({"width_strategy": "uniform"},), BASE + ({"width_strategy": "rand"},)],
-    "L_top": [BASE + ({"l_top": 4},), BASE, BASE + ({"l_top": 6},)],
+    "L_top": [BASE, BASE + ({"l_top": 6},)],
     "HSK loss": [BASE, BASE + ({"hsk_loss": "kept"},)],
     "token scores": [BASE, BASE + ({"score_kind": "logits"},)],
 }
@@ -113,8 +115,8 @@ def main() -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--limit", type=int, default=2000)
     parser.add_argument("--hsk-epochs", type=int, default=2)
-    parser.add_argument("--pred-epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-4, help="Both stages' lr, and prediction-only KD's.")
+    parser.add_argument("--pred-epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=5e-4, help="Both stages' lr, and prediction-only KD's.")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--studies", default=",".join(STUDIES), help="Comma-separated subset of the studies.")
     parser.add_argument("--plots", default=None, help="Directory for findings-<study>.png [default: --output].")
