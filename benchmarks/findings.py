@@ -1,21 +1,23 @@
-"""The paper's findings on one teacher, over seeds: single-dimension curves and the method's open choices.
+"""The paper's findings on one teacher, over seeds: a fairly tuned baseline, single-dimension curves,
+and the method's open choices.
 
     python benchmarks/findings.py --teacher runs/default/teacher --output runs/findings \
-        [--limit 2000] [--hsk-epochs 2] [--pred-epochs 1] [--lr 5e-4] [--seeds 0,1,2] [--plots docs]
+        [--limit 1000] [--hsk-epochs 1] [--pred-epochs 1] [--batch-size 16] [--lr-grid 2e-4,5e-4,1e-3] \
+        [--seeds 0,1,2] [--plots docs]
 
-Every arm is one `hskstore sweep` point in one sweep directory, so the teacher runs once per cover store,
-shared arms train once, and a rerun resumes. Studies (student L' = 3, so N^D runs 1..4; "all" keeps the
-whole dimension):
-  depth   (N^D, all, all) for N^D = 1, 2 and full HSK (N^D = 4)   (the paper's Figure 3)
-  length  (4, N^L, all) for N^L = 1, 9, 27 and full HSK            (Figure 4), tokens by att-nosep
-  width   (4, all, N^W) for N^W = 0.01, 0.1 and full HSK           (Figure 5), activations by mag
-  at the base point (1, 9, 0.1): length strategy att-nosep | att | left; width strategy mag | uniform | rand;
-  L_top 5 (default, round(10 L / 12)) | 6 (the top layer); HSK loss masked-zero | kept; token scores
-  post-softmax | pre-softmax.
-17 arms x 3 seeds: sized to finish in about an hour on a 2-core CPU at --limit 2000 and 2 + 1 epochs.
-Every arm trains HSK then prediction stage at one lr for both stages; prediction-only KD (same total
-epochs, same lr) is drawn as the reference. Prints one markdown table per study and writes
-findings-<study>.png into --plots.
+Two `hskstore sweep`s, each resumable:
+  fair     prediction-only KD, the base point (1, 9, 0.1) and full HSK, every arm tuned the same way:
+           each lr of --lr-grid (both stages at that lr) with the first seed, the best on dev with the
+           others. Prediction-only KD trains for HSK + prediction's total epochs.
+  studies  every other arm at the lr the base point picked, HSK then prediction stage, same seeds:
+    depth   (N^D, all, all) for N^D = 1, 2, and full HSK (N^D = 4)   (the paper's Figure 3)
+    length  (4, N^L, all) for N^L = 1, 9, 27, and full HSK           (Figure 4), tokens by att-nosep
+    width   (4, all, N^W) for N^W = 0.01, 0.1, and full HSK          (Figure 5), activations by mag
+    at the base point: length strategy att-nosep | att | left; width strategy mag | uniform | rand;
+    L_top 5 (default, round(10 L / 12)) | 6 (the top layer); HSK loss masked-zero | kept; token scores
+    post-softmax | pre-softmax.
+The teacher runs once per cover store; shared arms train once. Prints one markdown table per study and
+writes findings-<study>.png into --plots. Sized for about an hour on a 2-core CPU with the defaults.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from hskstore.sweep import SweepConfig, sweep  # noqa: E402
 
 BASE = (1, 9, 0.1)
 STUDIES = {
+    "fair": [BASE],
     "depth": [(d, None, None) for d in (1, 2)],
     "length": [(4, n, None) for n in (1, 9, 27)],
     "width": [(4, None, w) for w in (0.01, 0.1)],
@@ -58,17 +61,20 @@ def _label(entry) -> str:
 
 
 def table(study: str, summary: dict) -> str:
-    lines = [f"**{study}**", "", "| arm | (N^D, N^L, N^W) | A^HSK | dev accuracy, mean ± sd | seeds |", "|---|---|---|---|---|"]
+    lines = [f"**{study}**", "", "| arm | (N^D, N^L, N^W) | A^HSK | lr | dev accuracy, mean ± sd | seeds |",
+             "|---|---|---|---|---|---|"]
     arms = [(e, summary[_key(e)]) for e in STUDIES[study]]
-    if study in CURVES:
+    if study in CURVES or study == "fair":
         arms.append(("full HSK", summary["full"]))
     arms.append(("prediction-only KD", summary["pred"]))
     for entry, row in arms:
         label = entry if isinstance(entry, str) else _label(entry)
         triple = "—" if row["kind"] == "pred" else "(all, all, all)" if row["kind"] == "full" else \
             "(" + ", ".join("all" if v is None else f"{v:g}" for v in entry[:3]) + ")"
-        lines.append(f"| {label} | {triple} | {row['amount_hsk']:.3g} | {row['dev_mean']:.3f} ± {row['dev_std']:.3f} "
-                     f"| {row['seeds']} |")
+        grid = ", ".join(f"{lr}: {dev:.3f}" for lr, dev in (row.get("grid") or {}).items())
+        lr = f"{row['lr']:g}" + (f" (grid {grid})" if grid else "") if row.get("lr") else "fixed"
+        lines.append(f"| {label} | {triple} | {row['amount_hsk']:.3g} | {lr} | {row['dev_mean']:.3f} ± "
+                     f"{row['dev_std']:.3f} | {row['seeds']} |")
     return "\n".join(lines)
 
 
@@ -113,10 +119,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--limit", type=int, default=2000)
-    parser.add_argument("--hsk-epochs", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--hsk-epochs", type=int, default=1)
     parser.add_argument("--pred-epochs", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=5e-4, help="Both stages' lr, and prediction-only KD's.")
+    parser.add_argument("--batch-size", type=int, default=16, help="Both stages' batch size.")
+    parser.add_argument("--lr-grid", default="2e-4,5e-4,1e-3", help="The learning rates every fair arm is tuned over.")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--studies", default=",".join(STUDIES), help="Comma-separated subset of the studies.")
     parser.add_argument("--plots", default=None, help="Directory for findings-<study>.png [default: --output].")
@@ -127,23 +134,37 @@ def main() -> None:
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         parser.error(f"unknown studies {unknown}; known: {list(STUDIES)}")
-    points = list({_key(e): e for s in studies for e in STUDIES[s]}.values())
-    config = SweepConfig(teacher=args.teacher, task="tweets", output=args.output, points=tuple(points),
-                         seeds=tuple(int(s) for s in args.seeds.split(",")), student_layers=3,
-                         pred_lr_grid=(args.lr,), hsk_epochs=args.hsk_epochs, pred_epochs=args.pred_epochs,
-                         hsk_lr=args.lr, pred_lr=args.lr, limit=args.limit, device=args.device)
-    result = sweep(config, echo=lambda line: print(line, flush=True))
-    summary = {row["point"]: row for row in result["summary"]}
+    grid = tuple(float(v) for v in args.lr_grid.split(","))
+    common = dict(teacher=args.teacher, task="tweets", seeds=tuple(int(s) for s in args.seeds.split(",")),
+                  student_layers=3, hsk_epochs=args.hsk_epochs, pred_epochs=args.pred_epochs,
+                  hsk_batch_size=args.batch_size, pred_batch_size=args.batch_size, limit=args.limit, device=args.device)
+    echo = lambda line: print(line, flush=True)  # noqa: E731
+    out = Path(args.output)
+    # One initial student for both sweeps: cut once, by the fair sweep, from the base point's store.
+    fair = sweep(SweepConfig(output=str(out / "fair"), points=(BASE,), pred_lr_grid=grid, point_lr_grid=grid,
+                             **common), echo=echo)
+    summary = {row["point"]: row for row in fair["summary"]}
+    lr = summary[_key(BASE)]["lr"]
+    print(f"\nthe base point picked lr {lr:g}: every study arm trains at it", flush=True)
+    others = list({_key(e): e for s in studies for e in STUDIES[s] if _key(e) not in summary}.values())
+    if others:
+        result = sweep(SweepConfig(output=str(out / "studies"), points=tuple(others), student=str(out / "fair" / "student"),
+                                   full_baseline=False, pred_baseline=False, hsk_lr=lr, pred_lr=lr, **common),
+                       echo=echo)
+        summary |= {row["point"]: row | {"lr": lr} for row in result["summary"]}
     plots = Path(args.plots or args.output)
     plots.mkdir(parents=True, exist_ok=True)
     for study in studies:
         print("\n" + table(study, summary))
+        if study == "fair":
+            continue
         try:
             print(f"\nplot: {plot(study, summary, plots / ('findings-' + study.replace(' ', '-').lower() + '.png'))}")
         except ImportError:
             print("plot skipped: matplotlib is not installed")
-    (Path(args.output) / "findings.json").write_text(json.dumps(
-        {"studies": {s: [_key(e) for e in STUDIES[s]] for s in studies}, "summary": result["summary"]}, indent=2))
+    (out / "findings.json").write_text(json.dumps(
+        {"studies": {s: [_key(e) for e in STUDIES[s]] for s in studies}, "lr": lr, "summary": list(summary.values())},
+        indent=2))
 
 
 if __name__ == "__main__":
