@@ -2,7 +2,7 @@
 and the method's open choices.
 
     python benchmarks/findings.py --teacher runs/default/teacher --output runs/findings \
-        [--limit 1000] [--hsk-epochs 1] [--pred-epochs 1] [--batch-size 16] [--lr-grid 2e-4,5e-4,1e-3] \
+        [--limit 2000] [--hsk-epochs 1] [--pred-epochs 1] [--batch-size 16] [--lr-grid 2e-4,5e-4,1e-3] \
         [--seeds 0,1,2] [--plots docs]
 
 Two `hskstore sweep`s, each resumable:
@@ -119,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=2000)
     parser.add_argument("--hsk-epochs", type=int, default=1)
     parser.add_argument("--pred-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16, help="Both stages' batch size.")
