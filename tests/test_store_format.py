@@ -17,7 +17,7 @@ GOLDEN_CODECS = {
                {"name": "blosc", "configuration": {"typesize": 2, "cname": "zstd", "clevel": 1, "shuffle": "shuffle",
                                                    "blocksize": 1048576}},
                {"name": "crc32c"}],
-    "masks": [{"name": "bytes"}, {"name": "zstd", "configuration": {"level": 1, "checksum": False}}, {"name": "crc32c"}],
+    "masks": [{"name": "bytes"}, {"name": "zstd", "configuration": {"level": 19, "checksum": False}}, {"name": "crc32c"}],
     "positions": [{"name": "bytes", "configuration": {"endian": "little"}},
                   {"name": "zstd", "configuration": {"level": 3, "checksum": False}}, {"name": "crc32c"}],
     "input_ids": [{"name": "bytes", "configuration": {"endian": "little"}},
@@ -71,6 +71,38 @@ def test_xarray_and_dask_read_a_split(tiny_store):
     np.testing.assert_array_equal(dataset["positions"].values, expected["positions"])
     lazy = da.from_zarr(tiny_store, component="train/masks")
     np.testing.assert_array_equal(lazy.compute(), expected["masks"])
+
+
+def test_stores_with_the_old_masks_codec_read_the_same(tiny_store, tmp_path):
+    """Stores written before masks moved to zstd19 hold them as zstd1: zarr reads the chain from metadata."""
+    import shutil
+
+    from hskstore.store._zarr import _codecs
+
+    old = tmp_path / "old-masks.zarr"
+    shutil.copytree(tiny_store, old)
+    group = zarr.open_group(str(old), mode="r+", use_consolidated=False)
+    for split in ("train", "validation"):
+        masks = group[split]["masks"]
+        data, attrs, chunks = masks[:], masks.attrs.asdict(), masks.chunks
+        del group[split]["masks"]
+        rewritten = group[split].create_array("masks", shape=data.shape, chunks=chunks, dtype="uint8",
+                                              compressors=_codecs("zstd1", 1), dimension_names=masks.metadata.dimension_names)
+        rewritten[:] = data
+        rewritten.attrs.update(attrs)
+        zarr.consolidate_metadata(str(old), path=split)
+    attrs = group.attrs.asdict()
+    group.attrs.update(codecs={**attrs["codecs"], "masks": "zstd1"})
+    zarr.consolidate_metadata(str(old))
+    meta = json.loads((old / "train" / "masks" / "zarr.json").read_text())
+    assert meta["codecs"][1] == {"name": "zstd", "configuration": {"level": 1, "checksum": False}}
+    with open_store(str(old)) as a, open_store(tiny_store) as b:
+        for split in ("train", "validation"):
+            rows = b.split(split).num_examples
+            x, y = a.split(split).read_rows(0, rows), b.split(split).read_rows(0, rows)
+            assert all(np.array_equal(x[n], y[n]) for n in y)
+    converted = convert_store(str(old), str(tmp_path / "old.h5"))   # keeps the codec name the store records
+    assert converted["examples"] == 150
 
 
 def _as_version_1(source: str, target: Path) -> str:

@@ -27,6 +27,7 @@ _FILTERS = {
     "blosc-zstd1-byteshuffle": dict(shuffle=True, compression="gzip", compression_opts=1),
     "zstd3": dict(compression="gzip", compression_opts=4),
     "zstd1": dict(compression="gzip", compression_opts=1),
+    "zstd19": dict(compression="gzip", compression_opts=9),
 }
 
 

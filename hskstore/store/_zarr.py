@@ -117,6 +117,8 @@ def _codecs(codec: str, itemsize: int) -> list:
         first = ZstdCodec(level=3)
     elif codec == "zstd1":
         first = ZstdCodec(level=1)
+    elif codec == "zstd19":
+        first = ZstdCodec(level=19)
     else:
         raise ValueError(f"unknown codec {codec!r}")
     return [first, Crc32cCodec()]

@@ -46,7 +46,10 @@ CODECS = {
     "blosc-zstd1-byteshuffle": {"zarr": "blosc(zstd, clevel=1, shuffle, blocksize=1MiB) + crc32c",
                                 "hdf5": "shuffle + gzip(1) + fletcher32"},
     "zstd3": {"zarr": "zstd(3) + crc32c", "hdf5": "gzip(4) + fletcher32"},
-    "zstd1": {"zarr": "zstd(1) + crc32c", "hdf5": "gzip(1) + fletcher32"},
+    "zstd1": {"zarr": "zstd(1) + crc32c", "hdf5": "gzip(1) + fletcher32"},   # masks before zstd19; still read
+    # Bitpacked masks: zstd's optimal parser (levels 17+) finds what level 1 leaves, 0.59x instead of 0.64x
+    # at (3, 8, 0.2). Encoding is slow (2-3 MB/s), decoding as fast as level 1's (docs/storage-notes.md).
+    "zstd19": {"zarr": "zstd(19) + crc32c", "hdf5": "gzip(9) + fletcher32"},
 }
 
 # The files `train` may copy out of a store's tokenizer group: a crafted store must not be able to name
@@ -81,7 +84,7 @@ def array_specs(resolved, compression, vocab_size: int, num_labels: int) -> list
                   dims=("example", "layer", "slot", "kept")),
     ]
     if resolved.has_mask and compression.width_strategy == "mag":
-        specs.append(ArraySpec("masks", (D, n, resolved.mask_bytes), "uint8", "zstd1",
+        specs.append(ArraySpec("masks", (D, n, resolved.mask_bytes), "uint8", "zstd19",
                                dims=("example", "layer", "slot", "mask_byte")))
     return specs
 
