@@ -16,6 +16,8 @@ Two `hskstore sweep`s, each resumable:
     at the base point: length strategy att-nosep | att | left; width strategy mag | uniform | rand;
     L_top 5 (default, round(10 L / 12)) | 6 (the top layer); HSK loss masked-zero | kept; token scores
     post-softmax | pre-softmax.
+    amount  one triple per target A^HSK in 0.3, 1, 3, 10, 30 (drawn as `hskstore sweep --level` draws),
+            against the fair baselines: the paper's Figure 8.
 The teacher runs once per cover store; shared arms train once. Prints one markdown table per study and
 writes findings-<study>.png into --plots. Sized for about an hour on a 2-core CPU with the defaults.
 """
@@ -43,7 +45,9 @@ STUDIES = {
     "L_top": [BASE, BASE + ({"l_top": 6},)],
     "HSK loss": [BASE, BASE + ({"hsk_loss": "kept"},)],
     "token scores": [BASE, BASE + ({"score_kind": "logits"},)],
+    "amount": [],   # filled in main: the triples `hskstore sweep --level` draws for LEVELS (the paper's Figure 8)
 }
+LEVELS = (0.3, 1, 3, 10, 30)   # the "amount" study: one triple per target A^HSK, drawn as `hskstore sweep --level`
 CURVES = {"depth": "depth", "length": "length", "width": "width"}   # study -> the dimension on the x axis
 
 
@@ -64,7 +68,7 @@ def table(study: str, summary: dict) -> str:
     lines = [f"**{study}**", "", "| arm | (N^D, N^L, N^W) | A^HSK | lr | dev accuracy, mean ± sd | seeds |",
              "|---|---|---|---|---|---|"]
     arms = [(e, summary[_key(e)]) for e in STUDIES[study]]
-    if study in CURVES or study == "fair":
+    if study in CURVES or study in ("fair", "amount"):
         arms.append(("full HSK", summary["full"]))
     arms.append(("prediction-only KD", summary["pred"]))
     for entry, row in arms:
@@ -84,6 +88,11 @@ def plot(study: str, summary: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if study == "amount":
+        from hskstore.sweep import plot_sweep
+
+        rows = [summary[_key(e)] for e in STUDIES[study]] + [summary["full"], summary["pred"]]
+        return plot_sweep(rows, path, title="tweets, MiniLM teacher: dev accuracy against A^HSK")
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
     pred, full = summary["pred"], summary["full"]
     if study in CURVES:
@@ -135,6 +144,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown studies {unknown}; known: {list(STUDIES)}")
     grid = tuple(float(v) for v in args.lr_grid.split(","))
+    from hskstore.extract import teacher_max_length
+    from hskstore.sweep import plan
+
+    drawn = plan(SweepConfig(teacher=args.teacher, task="tweets", output=args.output, levels=LEVELS,
+                             full_baseline=False, pred_baseline=False), teacher_max_length(args.teacher))
+    STUDIES["amount"] = [(p.compression.depth, p.compression.length, p.compression.width) for p in drawn]
     common = dict(teacher=args.teacher, task="tweets", seeds=tuple(int(s) for s in args.seeds.split(",")),
                   student_layers=3, hsk_epochs=args.hsk_epochs, pred_epochs=args.pred_epochs,
                   hsk_batch_size=args.batch_size, pred_batch_size=args.batch_size, limit=args.limit, device=args.device)
