@@ -289,8 +289,8 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: i
     if "values" in batch:
         positions = put(batch["positions"], torch.int64)
         if "masks" in batch and device.type == "cpu":
-            # One numpy scatter from the packed bytes, no sort: 4x the old unpack + argsort path per CPU-second,
-            # 23x in wall time with two torch threads on a loaded box (benchmarks/reader.py).
+            # Straight from the packed bytes, no sort: the set bits' flat indices, then one scatter of the k kept
+            # values (select.densify_packed). On CUDA the device unpacks and scatters; the host only copies.
             dense, packed_mask = densify_packed(batch["values"], batch["masks"], hidden_size)
             targets, mask = torch.from_numpy(dense), torch.from_numpy(packed_mask)
         else:
