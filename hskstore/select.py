@@ -115,10 +115,11 @@ def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> 
     """`densify` for the CPU reader, straight from the stored bytes: no sort, one pass to find the kept entries.
 
     The stable argsort in `densify` made the CPU reader 4x slower per CPU-second at d=768, and a boolean
-    scatter (`targets[mask] = kept`) still cost ~25 us a row there, against ~6 us for `np.flatnonzero` plus
-    a scatter of only the k kept values (benchmarks/reader.py); the CPU reader must keep up with training.
-    The flat indices of the set bits come in row-major order, which is ascending dimension order within
-    each vector, the order the kept values are stored in: the same result as `densify`, bit for bit.
+    scatter (`targets[mask] = kept`) over all d mask entries was slower again than `np.flatnonzero` plus a
+    scatter of only the k kept values (benchmarks/reader.py). `np.flatnonzero` is what bounds the CPU reader
+    now (docs/benchmarks.md). The flat indices of the set bits come in row-major order, which is ascending
+    dimension order within each vector, the order the kept values are stored in: the same result as
+    `densify`, bit for bit.
 
     Args:
         values: (..., k) kept values of the store (float16); empty slots hold zeros.

@@ -125,10 +125,10 @@ def _codecs(codec: str, itemsize: int) -> list:
 class _ChunkFileDecoder:
     """Whole chunks of one local array read straight from their files: CRC-32C, then zstd or Blosc, into numpy.
 
-    The reader reads whole chunks, and zarr's own path costs ~2 us a row more than the decoding itself
-    at d=768 (event-loop hand-offs, a copy into the output; benchmarks/reader.py): ~40% of the reader's
-    host-side work for a GPU student. Only the codec chains this package writes (`_codecs`) take this
-    path, checked against each array's metadata; anything else, and every partial read, goes through zarr.
+    The reader reads whole chunks, and zarr's own read of them ran at 0.6x this one at d=768 and 0.5x at
+    d=384 (event-loop hand-offs, a copy into the output; benchmarks/reader.py), a quarter of the host's
+    work for a GPU student. Only the codec chains this package writes (`_codecs`) take this path, checked
+    against each array's metadata; anything else, and every partial read, goes through zarr.
     """
 
     def __init__(self, array, root: str, decompressor):
