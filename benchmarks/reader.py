@@ -13,7 +13,8 @@ depth). Timed over one epoch of the train split each, interleaved in rounds, med
   `to_device` only pins and copies the packed arrays and densifies on the device;
 - chunk reads alone: zarr's read against the direct whole-chunk read;
 - the parts of CPU `to_device`, on batches read beforehand: the token arrays alone, `densify_packed`,
-  and within it `np.flatnonzero` over the unpacked masks alone (the bound, see docs/benchmarks.md).
+  and within it the search for the set mask entries: plain `np.flatnonzero`, and `select._set_entries`
+  (the same, past numpy's 10%-density switch) as `densify_packed` runs it.
 Both wall-clock rows/s and rows per CPU-second of this process are reported: on a shared machine the
 second is the one other users' load distorts less. After timing, both readers' batches are checked
 equal, byte for byte. Goal: >= 100k rows/s from one process. Writes benchmarks/results/reader-*.json.
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 from hskstore.bench import time_reader  # noqa: E402
 from hskstore.config import Compression  # noqa: E402
 from hskstore.extract import ExtractConfig, extract  # noqa: E402
-from hskstore.select import densify_packed  # noqa: E402
+from hskstore.select import _set_entries, densify_packed  # noqa: E402
 from hskstore.store import open_store  # noqa: E402
 from hskstore.stream import HSK_ARRAYS, TOKEN_ARRAYS, StoreStream, to_device  # noqa: E402
 
@@ -156,6 +157,7 @@ def main():
         timed("to_device_tokens_only", lambda: each(token_batches, lambda b: to_device(b, cpu_device)))
         timed("densify_packed", lambda: each(held, lambda b: densify_packed(b["values"], b["masks"], hidden)))
         timed("flatnonzero_alone", lambda: each(unpacked, np.flatnonzero))
+        timed("set_entries_padded", lambda: each(unpacked, lambda m: _set_entries(m.reshape(-1))))
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} ({cpu_timings[k][-1]:,.0f}/CPU-s)"
                                                   for k, v in timings.items()), flush=True)
     stream.set_epoch(0)
