@@ -1,16 +1,23 @@
-"""Store reader throughput: rows/s from a (1, 9, 0.1) store at d=768 into device-ready CPU batches.
+"""Store reader throughput: rows/s from a (1, 9, 0.1) store into device-ready batches, before and now.
 
-    python benchmarks/reader.py [--store S.zarr] [--examples 8192] [--rounds 5] [--batch-size 32]
+    python benchmarks/reader.py [--store S.zarr] [--examples 8192] [--hidden 768] [--rounds 5] [--threads 1]
 
-Without --store, a d=768 store is extracted first from a random 2-layer, 768-wide BERT (the reader's
-work depends only on the stored shapes: 1 layer x 9 tokens x 77 of 768 activations, not on the
-teacher's depth). Three things are timed, interleaved in rounds, medians reported:
-- `to_device` before: masks unpacked with numpy, then the torch stable-argsort `densify` (the old path);
-- `to_device` now: one numpy boolean scatter from the packed bytes (`densify_packed`);
-- the whole reader: chunk reads, shuffle, batching and `to_device` now (`hskstore.bench.time_reader`).
+Without --store, a store is extracted first from a random 2-layer BERT of width --hidden (the reader's
+work depends only on the stored shapes: 1 layer x 9 tokens x k of d activations, not on the teacher's
+depth). Timed over one epoch of the train split each, interleaved in rounds, medians reported:
+- reader before / now: chunk reads, shuffle, batching and CPU `to_device` (masks unpacked, values
+  scattered to full width, float32). "Before" is the previous implementation, kept here as the
+  reference: zarr's own chunk reads, a fancy-indexed copy of every array per batch, and a boolean
+  scatter (`targets[mask] = kept`). "Now" is `hskstore.bench.time_reader`, what `hskstore bench` prints;
+- host side before / now: the same without `to_device`, i.e. the host's work for a GPU student, whose
+  `to_device` only pins and copies the packed arrays and densifies on the device;
+- chunk reads alone: zarr's read against the direct whole-chunk read;
+- the parts of CPU `to_device`, on batches read beforehand: the token arrays alone, `densify_packed`,
+  and within it the search for the set mask entries: plain `np.flatnonzero`, and `select._set_entries`
+  (the same, past numpy's 10%-density switch) as `densify_packed` runs it.
 Both wall-clock rows/s and rows per CPU-second of this process are reported: on a shared machine the
-second is the one other users' load distorts less. Correctness is checked after timing: both paths give equal targets and masks on every batch.
-Goal: >= 100k rows/s from one process on CPU. Writes benchmarks/results/reader-<device>.json.
+second is the one other users' load distorts less. After timing, both readers' batches are checked
+equal, byte for byte. Goal: >= 100k rows/s from one process. Writes benchmarks/results/reader-*.json.
 """
 
 from __future__ import annotations
@@ -32,74 +39,143 @@ import torch  # noqa: E402
 from hskstore.bench import time_reader  # noqa: E402
 from hskstore.config import Compression  # noqa: E402
 from hskstore.extract import ExtractConfig, extract  # noqa: E402
-from hskstore.select import densify  # noqa: E402
+from hskstore.select import _set_entries, densify_packed  # noqa: E402
+from hskstore.store import open_store  # noqa: E402
 from hskstore.stream import HSK_ARRAYS, TOKEN_ARRAYS, StoreStream, to_device  # noqa: E402
 
+ARRAYS = list(TOKEN_ARRAYS + HSK_ARRAYS)
 
-def make_store(work: Path, examples: int) -> str:
-    teacher = common.random_bert_teacher(work / "bert-768", layers=2, hidden=768, heads=12, ffn=3072)
-    store = work / "reader-768.zarr"
+
+def make_store(work: Path, examples: int, hidden: int) -> str:
+    teacher = common.random_bert_teacher(work / f"bert-{hidden}", layers=2, hidden=hidden, heads=12, ffn=4 * hidden)
+    store = work / f"reader-{hidden}.zarr"
     extract(ExtractConfig(teacher=teacher, task="tweets", output=str(store), limit=examples, max_length=64,
                           compression=Compression(depth=1, length=9, width=0.1, student_layers=2), overwrite=True),
             progress=False)
     return str(store)
 
 
-def before(batch, hidden: int):
-    """The reader's HSK targets as they were made before: numpy unpack, torch sort-based densify."""
-    mask = torch.from_numpy(np.unpackbits(batch["masks"], axis=-1, count=hidden, bitorder="little").astype(bool))
-    return densify(torch.from_numpy(batch["values"]).float(), mask), mask
+def batches_before(stream: StoreStream):
+    """The previous reader's batches: zarr reads, concatenate, permute, a fancy-indexed copy per array per batch.
+
+    The store is opened per epoch and its chunk listing made anew, as the previous `StoreStream.__iter__` did.
+    """
+    with open_store(stream.path) as store:
+        yield from _batches_before(stream, store)
+
+
+def _batches_before(stream: StoreStream, store):
+    reader = store.split(stream.split)
+    rng = np.random.default_rng([stream.seed, stream.epoch, stream.rank, 0])
+    chunks = stream._shard_chunks(stream.rank, stream.world_size)
+    sizes = stream.batch_plan(1)[stream.rank][::-1]
+    buffer, buffered = {name: [] for name in stream.arrays}, 0
+    for i, chunk in enumerate(chunks):
+        start, stop = reader.chunk_bounds(chunk)
+        for name in stream.arrays:
+            store.missing_chunk(stream.split, name, start, stop)
+            buffer[name].append(store._array(stream.split, name)[start:stop])
+        buffered += stop - start
+        if buffered >= stream.buffer_rows or i == len(chunks) - 1:
+            rows = {name: np.concatenate(parts) for name, parts in buffer.items()}
+            order = rng.permutation(buffered) if stream.shuffle else np.arange(buffered)
+            begin = 0
+            while sizes and buffered - begin >= sizes[-1]:
+                index = order[begin:begin + sizes.pop()]
+                begin += len(index)
+                yield {name: rows[name][index] for name in stream.arrays}
+            buffer = {name: [rows[name][order[begin:]]] for name in stream.arrays}
+            buffered = len(order) - begin
+
+
+def to_device_before(batch, hidden: int):
+    """The previous CPU `to_device`: the token arrays as now, then a boolean scatter of the kept values."""
+    moved = to_device({name: batch[name] for name in TOKEN_ARRAYS}, torch.device("cpu"))
+    mask = np.unpackbits(batch["masks"], axis=-1, count=hidden, bitorder="little").view(bool)
+    targets = np.zeros(mask.shape, dtype=np.float32)
+    targets[mask] = batch["values"][batch["masks"].any(-1)].reshape(-1)
+    return moved, torch.from_numpy(batch["positions"]).long(), torch.from_numpy(targets), torch.from_numpy(mask)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--store", default=None)
     parser.add_argument("--examples", type=int, default=8192)
+    parser.add_argument("--hidden", type=int, default=768, help="teacher width when the store is extracted here")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32, help="the HSK stage's batch size for tweets/SST-2")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads [torch's default]")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    store = args.store or make_store(Path(tempfile.mkdtemp(prefix="hskstore-reader-")), args.examples)
-    stream = StoreStream(store, "train", args.batch_size, arrays=list(TOKEN_ARRAYS + HSK_ARRAYS))
-    batches = list(stream)
-    hidden = 768
-    rows = sum(len(b["labels"]) for b in batches)
-    cpu = torch.device("cpu")
-    timings = {"to_device_before": [], "to_device_now": [], "reader_now": []}
-    cpu_timings = {key: [] for key in timings}  # rows per CPU-second of this process: less hit by other users
+    store_path = args.store or make_store(Path(tempfile.mkdtemp(prefix="hskstore-reader-")), args.examples, args.hidden)
+    store = open_store(store_path)
+    hidden = store.resolved.hidden_size
+    stream = StoreStream(store_path, "train", args.batch_size, arrays=ARRAYS)
+    batches = stream.num_batches()
+    rows = store.split("train").num_examples
+    reader = store.split("train")
+    timings: dict[str, list[float]] = {}
+    cpu_timings: dict[str, list[float]] = {}
 
-    def timed(key, fn):
+    def timed(key, fn, count=rows):
         wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        timings[key].append(rows / (time.perf_counter() - wall))
-        cpu_timings[key].append(rows / max(time.process_time() - cpu, 1e-9))
+        timings.setdefault(key, []).append(count / (time.perf_counter() - wall))
+        cpu_timings.setdefault(key, []).append(count / max(time.process_time() - cpu, 1e-9))
 
+    def epoch(source, transform=None):
+        for batch in source:
+            if transform:
+                transform(batch)
+
+    def each(items, fn):
+        for item in items:
+            fn(item)
+
+    def zarr_reads():
+        for k in range(reader.num_chunks):
+            start, stop = reader.chunk_bounds(k)
+            for name in ARRAYS:
+                store._array("train", name)[start:stop]
+
+    held = list(stream)
+    token_batches = [{name: b[name] for name in TOKEN_ARRAYS} for b in held]
+    unpacked = [np.unpackbits(b["masks"], axis=-1, count=hidden, bitorder="little").view(bool) for b in held]
+    cpu_device = torch.device("cpu")
     for round_ in range(args.rounds):
-        timed("to_device_before", lambda: [before(batch, hidden) for batch in batches])
-        timed("to_device_now", lambda: [to_device(batch, cpu, hidden) for batch in batches])
-        timed("reader_now", lambda: time_reader(store, batch_size=args.batch_size, batches=len(batches), repeats=1,
-                                                device="cpu"))
-        print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} rows/s ({cpu_timings[k][-1]:,.0f} per CPU-s)"
+        stream.set_epoch(round_)
+        timed("reader_before", lambda: epoch(batches_before(stream), lambda b: to_device_before(b, hidden)))
+        now = time_reader(store_path, batch_size=args.batch_size, batches=batches, repeats=1, device="cpu")
+        timings.setdefault("reader_now", []).append(now["rows_per_second"][0])   # as `hskstore bench` times it
+        cpu_timings.setdefault("reader_now", []).append(now["rows_per_cpu_second"][0])
+        timed("host_side_before", lambda: epoch(batches_before(stream)))
+        timed("host_side_now", lambda: epoch(stream))
+        timed("chunk_reads_zarr", zarr_reads)
+        timed("chunk_reads_direct", lambda: [reader.read_chunk(k, ARRAYS) for k in range(reader.num_chunks)])
+        # Each result is dropped before the next, as in training: held, 256 batches of fresh targets cost page faults.
+        timed("to_device_tokens_only", lambda: each(token_batches, lambda b: to_device(b, cpu_device)))
+        timed("densify_packed", lambda: each(held, lambda b: densify_packed(b["values"], b["masks"], hidden)))
+        timed("flatnonzero_alone", lambda: each(unpacked, np.flatnonzero))
+        timed("set_entries_padded", lambda: each(unpacked, lambda m: _set_entries(m.reshape(-1))))
+        print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} ({cpu_timings[k][-1]:,.0f}/CPU-s)"
                                                   for k, v in timings.items()), flush=True)
-    for batch in batches:  # correctness after timing
-        targets, mask = before(batch, hidden)
-        moved = to_device(batch, cpu, hidden)
-        assert torch.equal(moved.targets, targets) and torch.equal(moved.mask, mask), "fast path differs"
+    stream.set_epoch(0)
+    for ours, theirs in zip(stream, batches_before(stream), strict=True):  # correctness after timing
+        assert all(ours[n].tobytes() == theirs[n].tobytes() for n in ARRAYS), "batches differ"
+        now, before = to_device(ours, torch.device("cpu"), hidden), to_device_before(theirs, hidden)
+        assert torch.equal(now.targets.view(torch.int32), before[2].view(torch.int32))
+        assert torch.equal(now.mask, before[3]), "targets or masks differ"
     medians = {k: statistics.median(v) for k, v in timings.items()}
     cpu_medians = {k: statistics.median(v) for k, v in cpu_timings.items()}
-    result = {"store": store, "rows": rows, "batch_size": args.batch_size, "rounds": args.rounds,
-              "rows_per_second": timings, "median_rows_per_second": medians,
+    result = {"store": store_path, "hidden_size": hidden, "rows": rows, "batch_size": args.batch_size,
+              "rounds": args.rounds, "rows_per_second": timings, "median_rows_per_second": medians,
               "rows_per_cpu_second": cpu_timings, "median_rows_per_cpu_second": cpu_medians,
-              "load_average": os.getloadavg(),
-              "to_device_speedup": medians["to_device_now"] / medians["to_device_before"],
-              "torch_threads": torch.get_num_threads(), "equal_after_timing": True}
-    print(f"\nmedian rows/s over {args.rounds} rounds ({rows} rows, batch {args.batch_size}, d=768, (1, 9, 0.1)):")
+              "load_average": os.getloadavg(), "torch_threads": torch.get_num_threads(), "equal_after_timing": True}
+    print(f"\nmedian rows/s over {args.rounds} rounds ({rows} rows, batch {args.batch_size}, d={hidden}, (1, 9, 0.1)):")
     for key, value in medians.items():
-        print(f"  {key:<18} {value:>10,.0f} wall   {cpu_medians[key]:>10,.0f} per CPU-second")
-    print(f"  to_device now / before: {result['to_device_speedup']:.1f}x")
-    suffix = f"-threads{args.threads}" if args.threads else ""
+        print(f"  {key:<22} {value:>10,.0f} wall   {cpu_medians[key]:>10,.0f} per CPU-second")
+    suffix = f"-d{hidden}" + (f"-threads{args.threads}" if args.threads else "")
     print(f"saved {common.save('reader' + suffix, result)}")
 
 

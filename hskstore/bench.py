@@ -141,7 +141,8 @@ def time_reader(store: str, *, batch_size: int | None = None, batches: int = 200
     """Rows per second from the store into device-ready HSK batches (read, shuffle, unpack, scatter).
 
     Returns:
-        {"rows_per_second": [per repeat], "median_rows_per_second": float, "batch_size": int, ...}
+        {"rows_per_second": [per repeat], "median_rows_per_second": float, "rows_per_cpu_second": [per repeat],
+         "median_rows_per_cpu_second": float, "batch_size": int, ...}
     """
     from .device import resolve_device
     from .schedules import default_schedules
@@ -155,9 +156,10 @@ def time_reader(store: str, *, batch_size: int | None = None, batches: int = 200
     static = None if static is None else torch.from_numpy(static).to(resolved_device)
     hidden = opened.resolved.hidden_size
     stream = StoreStream(store, split, batch_size, arrays=list(TOKEN_ARRAYS + HSK_ARRAYS))
-    rates = []
+    rates, cpu_rates = [], []
     for repeat in range(repeats):
         rows, started, epoch = 0, time.perf_counter(), repeat * 1000
+        cpu_started = time.process_time()
         done = 0
         while done < batches:
             stream.set_epoch(epoch)
@@ -174,8 +176,12 @@ def time_reader(store: str, *, batch_size: int | None = None, batches: int = 200
         if resolved_device.type == "cuda":
             torch.cuda.synchronize()
         rates.append(rows / (time.perf_counter() - started))
+        # CPU seconds of the whole process (read-ahead thread included): on a shared machine other users'
+        # load distorts this less than wall time.
+        cpu_rates.append(rows / max(time.process_time() - cpu_started, 1e-9))
     return {"device": str(resolved_device), "batch_size": batch_size, "batches": batches, "repeats": repeats,
             "rows_per_second": rates, "median_rows_per_second": statistics.median(rates),
+            "rows_per_cpu_second": cpu_rates, "median_rows_per_cpu_second": statistics.median(cpu_rates),
             "hidden_size": hidden, "compression": opened.compression.to_dict()}
 
 
@@ -201,6 +207,7 @@ def format_bench(result: dict) -> str:
         lines.append(f"  online / offline        {steps['online_over_offline']:.2f}")
     else:
         lines.append("  online / offline        (pass --teacher to time the online mode)")
-    lines.append(f"reader: {reader['median_rows_per_second']:,.0f} rows/s into device batches "
+    lines.append(f"reader: {reader['median_rows_per_second']:,.0f} rows/s into device batches, "
+                 f"{reader['median_rows_per_cpu_second']:,.0f} per CPU-second "
                  f"(median of {reader['repeats']} x {reader['batches']} batches of {reader['batch_size']}, d={reader['hidden_size']})")
     return "\n".join(lines)

@@ -112,12 +112,14 @@ def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`densify` for the CPU reader, straight from the stored bytes: one boolean scatter, no sort.
+    """`densify` for the CPU reader, straight from the stored bytes: no sort, one pass to find the kept entries.
 
-    The stable argsort in `densify` made the CPU reader 4x slower per CPU-second at d=768
-    (benchmarks/reader.py), and there the reader must keep up with training. Kept values fill the
-    set bits in row-major order, which is ascending dimension order within each vector: the same
-    result as `densify`, bit for bit.
+    The stable argsort in `densify` made the CPU reader 4x slower per CPU-second at d=768, and a boolean
+    scatter (`targets[mask] = kept`) over all d mask entries was slower again than `np.flatnonzero` plus a
+    scatter of only the k kept values (benchmarks/reader.py). `np.flatnonzero` is what bounds the CPU reader
+    now (docs/benchmarks.md). The flat indices of the set bits come in row-major order, which is ascending
+    dimension order within each vector, the order the kept values are stored in: the same result as
+    `densify`, bit for bit.
 
     Args:
         values: (..., k) kept values of the store (float16); empty slots hold zeros.
@@ -125,19 +127,85 @@ def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> 
     Returns:
         (targets (..., d) float32, mask (..., d) bool)
     Raises:
-        StoreError: a non-empty vector's mask does not have exactly k set bits.
+        StoreError: the masks' set bits do not match the stored values (k per non-empty vector).
     """
     mask = np.unpackbits(packed, axis=-1, count=hidden_size, bitorder="little").view(bool)  # (..., d)
-    targets = np.zeros(mask.shape, dtype=np.float32)
-    kept = values[packed.any(-1)]                                         # (vectors, k), empty slots dropped
-    try:
-        targets[mask] = kept.reshape(-1)
-    except ValueError:
+    index = _set_entries(mask.reshape(-1))                                # kept entries, row-major
+    nonempty = packed.any(-1)
+    kept = values if nonempty.all() else values[nonempty]                 # (vectors, k), empty slots dropped
+    if index.size != kept.size:
         from .errors import StoreError
 
-        raise StoreError(f"store masks hold {int(mask.sum())} set bits for {kept.size} stored values: the store "
-                         "is corrupt; re-extract it.") from None
+        raise StoreError(f"store masks hold {index.size} set bits for {kept.size} stored values: the store "
+                         "is corrupt; re-extract it.")
+    targets = _TARGETS.zeros(mask.shape)
+    # float16 -> float32 once, by torch: numpy's cast is slower.
+    targets.reshape(-1)[index] = torch.from_numpy(np.ascontiguousarray(kept)).reshape(-1).float().numpy()
     return targets, mask
+
+
+class _ZeroedBuffers:
+    """Zeroed float32 arrays for `densify_packed`, each reused once nothing refers to it any more.
+
+    A fresh 0.9 MB array per batch (d=768, batch 32) is mapped anew and page-faulted in as it is
+    written; reusing a few made CPU `to_device` ~1.4x faster per CPU-second at d=768 in this session.
+    A buffer is a bytearray, free when nothing holds an export of it: every array over it, every view
+    of those and every tensor `torch.from_numpy` made of them keeps one, and CPython refuses to resize
+    a bytearray with exports. At most `per_shape` buffers of each of `shapes` shapes are kept; past
+    that, arrays are plain `np.zeros`.
+    """
+
+    def __init__(self, per_shape: int = 6, shapes: int = 2):
+        import threading
+
+        self.per_shape, self.shapes = per_shape, shapes
+        self._pools: dict[tuple[int, ...], list[bytearray]] = {}
+        self._lock = threading.Lock()   # the prefetch thread and the main thread may both densify
+
+    @staticmethod
+    def _in_use(buffer: bytearray) -> bool:
+        try:
+            buffer.append(0)
+        except BufferError:             # "Existing exports of data: object cannot be re-sized"
+            return True
+        del buffer[-1]
+        return False
+
+    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        shape = tuple(shape)
+        with self._lock:   # picking a buffer and exporting it is one step, or two threads could share one
+            pool = self._pools.get(shape)
+            if pool is None:
+                if len(self._pools) >= self.shapes:
+                    self._pools.pop(next(iter(self._pools)))
+                pool = self._pools[shape] = []
+            buffer = next((b for b in pool if not self._in_use(b)), None)
+            if buffer is None:
+                if len(pool) >= self.per_shape:
+                    return np.zeros(shape, dtype=np.float32)
+                pool.append(bytearray(4 * int(np.prod(shape))))   # zeroed on creation
+                return np.frombuffer(pool[-1], dtype=np.float32).reshape(shape)
+            array = np.frombuffer(buffer, dtype=np.float32).reshape(shape)
+        array.fill(0)
+        return array
+
+
+_TARGETS = _ZeroedBuffers()
+
+
+def _set_entries(flat: np.ndarray) -> np.ndarray:
+    """np.flatnonzero of a 1-d bool array, 2-3x faster at the <= 10% density of a width-0.1 mask.
+
+    numpy's nonzero takes a memchr loop, one unpredictable branch per set entry, when at most 10% of a
+    bool array is set, and a branch-free loop above that (numpy/_core/src/multiarray/item_selection.c).
+    A tail of set entries lifts the density just past 10%; the indices inside `flat` come out the same.
+    """
+    count, n = np.count_nonzero(flat), flat.size
+    if count * 10 > n:
+        return np.flatnonzero(flat)
+    padded = np.ones(n + (n - 10 * count) // 9 + 1, dtype=bool)          # count + tail > 10% of the whole
+    padded[:n] = flat
+    return np.flatnonzero(padded)[:count]
 
 
 def full_width(values: torch.Tensor, mask: torch.Tensor | None = None,

@@ -28,6 +28,9 @@ HSK_ARRAYS = ("positions", "values", "masks")
 class StoreStream(IterableDataset):
     """Batches of one split of a store, as dicts of numpy arrays (use DataLoader(batch_size=None)).
 
+    A batch's arrays are views of its shuffled buffer (a few chunks): copy one to keep it past the
+    batch without keeping the whole buffer alive.
+
     Args:
         arrays: which arrays to read; "logits" and the HSK arrays are skipped when not needed.
         buffer_chunks: rows are shuffled within a buffer of this many chunks.
@@ -157,16 +160,22 @@ class StoreStream(IterableDataset):
             buffered += len(data[self.arrays[0]])
             last = i == len(chunks) - 1
             if buffered >= self.buffer_rows or last:
-                rows = {name: np.concatenate(parts) for name, parts in buffer.items()}
                 order = rng.permutation(buffered) if self.shuffle else np.arange(buffered)
+                batch_sizes, used = [], 0
+                while sizes and buffered - used >= sizes[-1]:
+                    batch_sizes.append(sizes.pop())
+                    used += batch_sizes[-1]
+                # One gather per array puts the buffer in batch order; each batch is then a contiguous view of
+                # it, not a fancy-indexed copy per array per batch (the same rows in the same order as before).
+                rows = {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in buffer.items()}
+                shuffled = {name: rows[name].take(order[:used], axis=0) for name in self.arrays}
                 start = 0
-                while sizes and buffered - start >= sizes[-1]:
-                    index = order[start:start + sizes.pop()]
-                    start += len(index)
-                    yield {name: rows[name][index] for name in self.arrays}
+                for size in batch_sizes:
+                    yield {name: shuffled[name][start:start + size] for name in self.arrays}
+                    start += size
                 # Rows that did not fill a batch stay for the next buffer (dropped after the last one).
-                rest = order[start:]
-                buffer = {name: [rows[name][rest]] for name in self.arrays}
+                rest = order[used:]
+                buffer = {name: [rows[name].take(rest, axis=0)] for name in self.arrays}
                 buffered = len(rest)
 
 
@@ -280,8 +289,8 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: i
     if "values" in batch:
         positions = put(batch["positions"], torch.int64)
         if "masks" in batch and device.type == "cpu":
-            # One numpy scatter from the packed bytes, no sort: 4x the old unpack + argsort path per CPU-second,
-            # 23x in wall time with two torch threads on a loaded box (benchmarks/reader.py).
+            # Straight from the packed bytes, no sort: the set bits' flat indices, then one scatter of the k kept
+            # values (select.densify_packed). On CUDA the device unpacks and scatters; the host only copies.
             dense, packed_mask = densify_packed(batch["values"], batch["masks"], hidden_size)
             targets, mask = torch.from_numpy(dense), torch.from_numpy(packed_mask)
         else:

@@ -284,7 +284,7 @@ class Trainer:
             with self.precision.autocast(self.device):
                 out = self.student(moved.input_ids, moved.attention_mask, moved.token_type_ids)
             logits.append(out.logits.float().cpu().numpy())
-            labels.append(batch["labels"])
+            labels.append(batch["labels"].copy())  # a view would keep its whole buffer alive
         return compute_metrics(self.task["metric"], np.concatenate(logits), np.concatenate(labels))
 
     def teacher_metrics(self, split: str = "validation") -> dict[str, float]:

@@ -36,6 +36,7 @@ def test_the_reader_counts_rows_across_epochs(tiny_store):
     # 120 train rows in batches of 50: 3 batches per epoch, so 7 batches need a third epoch.
     result = time_reader(tiny_store, batch_size=50, batches=7, repeats=1, device="cpu")
     assert result["batches"] == 7 and result["rows_per_second"][0] > 0
+    assert result["rows_per_cpu_second"][0] > 0  # CPU-time rate too: the one a shared machine distorts less
 
 
 def test_bench_config_lists_every_problem():

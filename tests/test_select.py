@@ -81,6 +81,18 @@ def test_densify_inverts_top_magnitude():
     assert torch.equal(densify(values, mask), vectors * mask)
 
 
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.0999, 0.1, 0.1001, 0.3, 1.0])
+def test_the_readers_set_entry_search_is_flatnonzero_on_either_side_of_numpys_10_percent_switch(density):
+    from hskstore.select import _set_entries
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 10, 997, 6912):
+        flat = np.zeros(n, dtype=bool)
+        flat[rng.permutation(n)[:round(density * n)]] = True
+        assert np.array_equal(_set_entries(flat), np.flatnonzero(flat))
+        assert _set_entries(flat).dtype == np.flatnonzero(flat).dtype
+
+
 def test_masks_pack_little_endian_like_numpy_and_unpack_back():
     mask = torch.rand(4, 9, 21) > 0.6  # 21 is not a multiple of 8: the last byte is zero-padded
     packed = pack_bits(mask)

@@ -117,18 +117,101 @@ def test_too_few_chunks_for_the_ranks_is_a_one_line_error(tiny_store):
         stream.num_batches()
 
 
-@pytest.mark.parametrize("hidden_size, k", [(21, 5), (768, 77)])
-def test_the_numpy_reader_path_equals_the_sorting_densify_bit_for_bit(hidden_size, k):
+def _reference_batches(stream, store):
+    """The reader as first written: concatenate the buffer, permute, fancy-index a copy per array per batch."""
+    reader = open_store(store).split(stream.split)
+    rng = np.random.default_rng([stream.seed, stream.epoch, stream.rank, 0])
+    chunks = stream._shard_chunks(stream.rank, stream.world_size)
+    sizes = stream.batch_plan(1)[stream.rank][::-1]
+    buffer, buffered = {name: [] for name in stream.arrays}, 0
+    for i, chunk in enumerate(chunks):
+        data = reader.read_chunk(chunk, stream.arrays)
+        for name in stream.arrays:
+            buffer[name].append(data[name])
+        buffered += len(data[stream.arrays[0]])
+        if buffered >= stream.buffer_rows or i == len(chunks) - 1:
+            rows = {name: np.concatenate(parts) for name, parts in buffer.items()}
+            order = rng.permutation(buffered) if stream.shuffle else np.arange(buffered)
+            start = 0
+            while sizes and buffered - start >= sizes[-1]:
+                index = order[start:start + sizes.pop()]
+                start += len(index)
+                yield {name: rows[name][index] for name in stream.arrays}
+            buffer = {name: [rows[name][order[start:]]] for name in stream.arrays}
+            buffered = len(order) - start
+
+
+@pytest.mark.parametrize("batch_size, buffer_chunks, shuffle, world_size, drop_last",
+                         [(7, 2, True, 1, False), (32, 1, True, 1, False), (50, 3, True, 1, True),
+                          (16, 2, False, 1, False), (5, 2, True, 2, False)])
+def test_batches_are_the_reference_readers_bit_for_bit(tiny_store, batch_size, buffer_chunks, shuffle, world_size,
+                                                       drop_last):
+    # Batches are views of one gathered buffer now; rows, order and bytes must be what the copying reader gave.
+    for rank in range(world_size):
+        for epoch in range(2):
+            stream = StoreStream(tiny_store, "train", batch_size, seed=3, buffer_chunks=buffer_chunks, shuffle=shuffle,
+                                 rank=rank, world_size=world_size, drop_last=drop_last)
+            stream.set_epoch(epoch)
+            ours, reference = list(stream), list(_reference_batches(stream, tiny_store))
+            assert len(ours) == len(reference) == stream.num_batches()
+            for a, b in zip(ours, reference):
+                assert a.keys() == b.keys()
+                assert all(a[n].dtype == b[n].dtype and a[n].tobytes() == b[n].tobytes() for n in a)
+
+
+def test_cpu_device_batches_are_the_sorting_reference_bit_for_bit(tiny_store):
+    from hskstore.select import full_width
+
+    for batch in StoreStream(tiny_store, "train", 16, seed=1):
+        moved = to_device(batch, torch.device("cpu"), hidden_size=32)
+        mask = unpack_bits(torch.from_numpy(np.ascontiguousarray(batch["masks"])), 32)
+        targets, _ = full_width(torch.from_numpy(batch["values"]).float(), mask)
+        assert torch.equal(moved.mask, mask)
+        assert moved.targets.dtype == torch.float32
+        assert torch.equal(moved.targets.view(torch.int32), targets.view(torch.int32))
+
+
+@pytest.mark.parametrize("hidden_size, k, empty_fraction", [(21, 5, 0.3), (768, 77, 0.3), (768, 77, 0.0)])
+def test_the_numpy_reader_path_equals_the_sorting_densify_bit_for_bit(hidden_size, k, empty_fraction):
     from hskstore.select import densify_packed, pack_bits, top_magnitude
 
     torch.manual_seed(0)
     vectors = torch.randn(6, 2, 9, hidden_size).half()
     values, mask = top_magnitude(vectors, k)                         # (6, 2, 9, k), (6, 2, 9, d)
-    empty = torch.rand(6, 2, 9) < 0.3                                # short texts leave slots empty
+    empty = torch.rand(6, 2, 9) < empty_fraction                     # short texts leave slots empty
     values, mask = values.masked_fill(empty[..., None], 0), mask & ~empty[..., None]
     targets, unpacked = densify_packed(values.numpy(), pack_bits(mask).numpy(), hidden_size)
     assert torch.equal(torch.from_numpy(unpacked), mask)
     assert torch.equal(torch.from_numpy(targets), densify(values.float(), mask))
+
+
+def test_densified_targets_reuse_memory_only_once_nothing_refers_to_it():
+    import gc
+
+    from hskstore.select import _ZeroedBuffers, densify_packed, pack_bits, top_magnitude
+
+    buffers = _ZeroedBuffers(per_shape=2)
+    first = buffers.zeros((2, 3))
+    first[:] = 7
+    held = torch.from_numpy(first[1:])[0]                            # a tensor of a view: all that is left
+    del first
+    gc.collect()
+    second = buffers.zeros((2, 3))
+    assert not np.shares_memory(second, held.numpy()) and held.tolist() == [7, 7, 7]
+    second[:] = 5
+    overflow = buffers.zeros((2, 3))                                 # both pooled buffers in use: a plain array
+    assert overflow.tolist() == [[0, 0, 0]] * 2
+    del held, overflow
+    gc.collect()
+    third = buffers.zeros((2, 3))                                    # the first buffer again, zeroed
+    assert third.tolist() == [[0, 0, 0]] * 2 and not np.shares_memory(third, second)
+
+    # Batch after batch, each dropped in turn, the reused buffers give the same targets as fresh ones.
+    torch.manual_seed(1)
+    for _ in range(4):
+        values, mask = top_magnitude(torch.randn(3, 1, 9, 64).half(), 6)
+        targets, _ = densify_packed(values.numpy(), pack_bits(mask).numpy(), 64)
+        assert torch.equal(torch.from_numpy(targets), densify(values.float(), mask))
 
 
 def test_a_mask_that_disagrees_with_its_values_is_a_store_error():
@@ -137,5 +220,8 @@ def test_a_mask_that_disagrees_with_its_values_is_a_store_error():
 
     packed = np.zeros((2, 1), dtype=np.uint8)
     packed[0, 0] = 0b111                                             # 3 bits set, 2 values stored
+    with pytest.raises(StoreError, match="corrupt"):
+        densify_packed(np.ones((2, 2), dtype=np.float16), packed, 8)
+    packed[0, 0] = 0b1                                               # 1 bit set, 2 values stored
     with pytest.raises(StoreError, match="corrupt"):
         densify_packed(np.ones((2, 2), dtype=np.float16), packed, 8)
