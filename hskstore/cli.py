@@ -243,8 +243,9 @@ def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, see
 @click.option("--length-strategy", type=click.Choice(length_choices()), default="att-nosep", show_default=True)
 @click.option("--score-layer", type=click.Choice(["uniform", "same"]), default="uniform", show_default=True,
               help="Rank tokens with the attention of layer g(l, L) (uniform) or of the stored layer (same).")
-@click.option("--score-kind", type=click.Choice(["softmax", "logits"]), default="softmax", show_default=True,
-              help="Average post-softmax attention (paper) or pre-softmax scores (released code).")
+@click.option("--score-kind", type=click.Choice(["logits", "softmax"]), default="logits", show_default=True,
+              help="Average pre-softmax scores (released code; ahead over 3 seeds, docs/results.md) or "
+                   "post-softmax attention (the paper's text).")
 @click.option("--width-strategy", type=click.Choice(width_choices()), default="mag", show_default=True)
 @click.option("--width-seed", default=0, show_default=True)
 @click.option("--full", is_flag=True, help="Full HSK: every mapped layer, token and activation (baseline).")

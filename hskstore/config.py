@@ -56,7 +56,7 @@ class Compression:
     l_top: int | None = None            # teacher layer paired with the student's top layer (None: round(10L/12))
     length_strategy: str = "att-nosep"  # att-nosep | att | left | all
     score_layer: str = "uniform"        # uniform: attention of layer g(l, L); same: of the stored layer
-    score_kind: str = "softmax"         # softmax | logits
+    score_kind: str = "logits"          # logits (pre-softmax, the default: docs/results.md) | softmax
     width_strategy: str = "mag"         # mag | uniform | rand
     width_seed: int = 0                 # seed of the static `rand` mask
     value_dtype: str = "float16"        # dtype of the stored kept activations
