@@ -15,7 +15,8 @@ Two `hskstore sweep`s, each resumable:
     width   (4, all, N^W) for N^W = 0.01, 0.1, and full HSK          (Figure 5), activations by mag
     at the base point: length strategy att-nosep | att | left; width strategy mag | uniform | rand;
     L_top 5 (default, round(10 L / 12)) | 6 (the top layer); HSK loss masked-zero | kept; token scores
-    post-softmax | pre-softmax.
+    pre-softmax (the default since 2026-12-02) | post-softmax. docs/results.md was made when the
+    default was post-softmax, so its base arms score tokens post-softmax.
     amount  one triple per target A^HSK in 0.3, 1, 3, 10, 30 (drawn as `hskstore sweep --level` draws),
             against the fair baselines: the paper's Figure 8.
 The teacher runs once per cover store; shared arms train once. Prints one markdown table per study and
@@ -44,7 +45,7 @@ STUDIES = {
     "width strategy": [BASE, BASE + ({"width_strategy": "uniform"},), BASE + ({"width_strategy": "rand"},)],
     "L_top": [BASE, BASE + ({"l_top": 6},)],
     "HSK loss": [BASE, BASE + ({"hsk_loss": "kept"},)],
-    "token scores": [BASE, BASE + ({"score_kind": "logits"},)],
+    "token scores": [BASE, BASE + ({"score_kind": "softmax"},)],
     "amount": [],   # filled in main: the triples `hskstore sweep --level` draws for LEVELS (the paper's Figure 8)
 }
 LEVELS = (0.3, 1, 3, 10, 30)   # the "amount" study: one triple per target A^HSK, drawn as `hskstore sweep --level`
@@ -60,7 +61,7 @@ def _key(entry) -> str:
 def _label(entry) -> str:
     if len(entry) == 4:
         return ", ".join(f"{k}={v}" for k, v in entry[3].items())
-    return "default (att-nosep, mag, L_top 5, masked-zero, post-softmax)" if tuple(entry) == BASE else \
+    return "default (att-nosep, mag, L_top 5, masked-zero, pre-softmax)" if tuple(entry) == BASE else \
         "(" + ", ".join("all" if v is None else f"{v:g}" for v in entry) + ")"
 
 

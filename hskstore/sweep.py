@@ -323,7 +323,7 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     student = config.student
     if student == "rosita":  # one initial student for every point and seed: only the HSK differs
         student = str(out / "student")
-        if not (Path(student) / "config.json").is_file():
+        if not any((Path(student) / name).is_file() for name in ("student.json", "config.json")):  # a rerun reuses it
             build_student("rosita", student, teacher=config.teacher, store=first_store,
                           importance_examples=config.importance_examples, device="cpu", progress=False)
     rows = []
