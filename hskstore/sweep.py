@@ -43,11 +43,7 @@ class SweepPoint:
     compression: Compression | None   # None for prediction-only KD
     train_options: tuple = ()         # (name, value) pairs for TrainConfig, such as (("hsk_loss", "kept"),)
     variant: str = ""                 # the options that differ from the defaults, as in the key
-
-    @property
-    def store_key(self) -> str:
-        """Points that differ only in training options share one store."""
-        return self.key.split("+hsk_loss=")[0]
+    store_key: str = ""               # the key without training options: points differing only there share a store
 
 
 @dataclass(frozen=True)
@@ -138,7 +134,9 @@ def point_of(entry, student_layers: int) -> SweepPoint:
                               width=width, student_layers=student_layers, **compression_options)
     train_options = tuple(sorted((k, v) for k, v in options.items() if k in POINT_TRAIN_OPTIONS))
     variant = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
-    return SweepPoint(_key((depth, length, width), options), "hsk", compression, train_options, variant)
+    store_options = {k: v for k, v in options.items() if k in POINT_COMPRESSION_OPTIONS}
+    return SweepPoint(_key((depth, length, width), options), "hsk", compression, train_options, variant,
+                      _key((depth, length, width), store_options))
 
 
 def plan(config: SweepConfig, max_length: int) -> list[SweepPoint]:
@@ -157,7 +155,8 @@ def plan(config: SweepConfig, max_length: int) -> list[SweepPoint]:
     if repeated:
         raise ConfigError(f"points repeat: {repeated}; give each point once")
     if config.full_baseline:
-        points.append(SweepPoint("full", "full", Compression.full(student_layers=config.student_layers)))
+        points.append(SweepPoint("full", "full", Compression.full(student_layers=config.student_layers),
+                                 store_key="full"))
     if config.pred_baseline:
         points.append(SweepPoint("pred", "pred", None))
     return points
@@ -190,12 +189,6 @@ def cover_compressions(points, teacher: str, max_length: int) -> list[Compressio
                    for name in ("depth", "length", "width")}
         covers.append(Compression.from_dict(group[0].to_dict() | largest))
     return covers
-
-
-def cover_compression(points, teacher: str, max_length: int) -> Compression | None:
-    """The first group's cover store (see cover_compressions), or None."""
-    covers = cover_compressions(points, teacher, max_length)
-    return covers[0] if covers else None
 
 
 def obtain_store(config: SweepConfig, compression: Compression, path: Path, max_length: int, data_seed: int,
