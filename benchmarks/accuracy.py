@@ -22,11 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (sets the offline environment first)
 
-from hskstore.config import Compression  # noqa: E402
-from hskstore.extract import ExtractConfig, extract  # noqa: E402
-from hskstore.pipeline import build_student  # noqa: E402
-from hskstore.report import store_info  # noqa: E402
-from hskstore.train import TrainConfig, train  # noqa: E402
+from hskstore.method.compression import Compression  # noqa: E402
+from hskstore.stages.extract import ExtractConfig, extract  # noqa: E402
+from hskstore.experiments.demo import build_student  # noqa: E402
+from hskstore.store.report import store_info  # noqa: E402
+from hskstore.stages.train import TrainConfig, train  # noqa: E402
 
 ROWS = [
     # name, compression kwargs (None: reuse the default store), train kwargs

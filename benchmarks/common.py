@@ -23,8 +23,8 @@ def minilm_teacher(directory: Path, num_labels: int = 3, seed: int = 0) -> str:
 
     Timing does not depend on fine-tuning; pass a fine-tuned teacher with --teacher to use one instead.
     """
-    from hskstore.pipeline import packaged_teacher_path
-    from hskstore.teacher import load_teacher, load_tokenizer
+    from hskstore.experiments.demo import packaged_teacher_path
+    from hskstore.models.teacher import load_teacher, load_tokenizer
 
     if not (directory / "config.json").is_file():
         torch.manual_seed(seed)
@@ -38,8 +38,8 @@ def random_bert_teacher(directory: Path, layers=12, hidden=768, heads=12, ffn=30
     """A BERT-base-shaped teacher with random weights and the real uncased WordPiece tokenizer."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from hskstore.pipeline import packaged_teacher_path
-    from hskstore.teacher import load_tokenizer
+    from hskstore.experiments.demo import packaged_teacher_path
+    from hskstore.models.teacher import load_tokenizer
 
     if not (directory / "config.json").is_file():
         torch.manual_seed(seed)
@@ -55,7 +55,7 @@ def long_tweets_csv(path: Path, rows: int, min_words: int = 140, seed: int = 0) 
     import csv
     import random
 
-    from hskstore.data import load_task
+    from hskstore.data.tasks import load_task
 
     if path.is_file():
         return str(path)

@@ -28,10 +28,10 @@ import common  # noqa: E402  (sets the offline environment first)
 
 import torch  # noqa: E402
 
-from hskstore.config import Compression  # noqa: E402
-from hskstore.data import load_task, tokenize  # noqa: E402
-from hskstore.select import Selector, gather_tokens, rank_tokens, eligible_tokens  # noqa: E402
-from hskstore.teacher import load_teacher, load_tokenizer  # noqa: E402
+from hskstore.method.compression import Compression  # noqa: E402
+from hskstore.data.tasks import load_task, tokenize  # noqa: E402
+from hskstore.method.select import Selector, gather_tokens, rank_tokens, eligible_tokens  # noqa: E402
+from hskstore.models.teacher import load_teacher, load_tokenizer  # noqa: E402
 
 WIDTHS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

@@ -22,12 +22,12 @@ import common  # noqa: E402  (sets the offline environment first)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hskstore.config import Compression  # noqa: E402
-from hskstore.data import load_task, tokenize  # noqa: E402
-from hskstore.device import resolve_device  # noqa: E402
-from hskstore.extract import ExtractConfig, extract  # noqa: E402
-from hskstore.report import store_info  # noqa: E402
-from hskstore.teacher import load_teacher, load_tokenizer  # noqa: E402
+from hskstore.method.compression import Compression  # noqa: E402
+from hskstore.data.tasks import load_task, tokenize  # noqa: E402
+from hskstore.runtime.device import resolve_device  # noqa: E402
+from hskstore.stages.extract import ExtractConfig, extract  # noqa: E402
+from hskstore.store.report import store_info  # noqa: E402
+from hskstore.models.teacher import load_teacher, load_tokenizer  # noqa: E402
 
 
 def plain_inference(model, encoded, batch_size, chunk_rows, device) -> float:

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402,F401  (sets the offline environment first)
 
-from hskstore.sweep import SweepConfig, sweep  # noqa: E402
+from hskstore.experiments.sweep import SweepConfig, sweep  # noqa: E402
 
 BASE = (1, 9, 0.1)
 STUDIES = {
@@ -53,7 +53,7 @@ CURVES = {"depth": "depth", "length": "length", "width": "width"}   # study -> t
 
 
 def _key(entry) -> str:
-    from hskstore.sweep import _key as sweep_key
+    from hskstore.experiments.sweep import _key as sweep_key
 
     return sweep_key(entry[:3], entry[3] if len(entry) == 4 else None)
 
@@ -90,7 +90,7 @@ def plot(study: str, summary: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     if study == "amount":
-        from hskstore.sweep import plot_sweep
+        from hskstore.experiments.sweep import plot_sweep
 
         rows = [summary[_key(e)] for e in STUDIES[study]] + [summary["full"], summary["pred"]]
         return plot_sweep(rows, path, title="tweets, MiniLM teacher: dev accuracy against A^HSK")
@@ -145,8 +145,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown studies {unknown}; known: {list(STUDIES)}")
     grid = tuple(float(v) for v in args.lr_grid.split(","))
-    from hskstore.extract import teacher_max_length
-    from hskstore.sweep import plan
+    from hskstore.stages.extract import teacher_max_length
+    from hskstore.experiments.sweep import plan
 
     drawn = plan(SweepConfig(teacher=args.teacher, task="tweets", output=args.output, levels=LEVELS,
                              full_baseline=False, pred_baseline=False), teacher_max_length(args.teacher))

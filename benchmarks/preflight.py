@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (sets the offline environment first)
 
-from hskstore.preflight import check_writable  # noqa: E402
-from hskstore.teacher import (check_bert_family, check_max_length, check_tokenizer_files, load_teacher,  # noqa: E402
+from hskstore.runtime.preflight import check_writable  # noqa: E402
+from hskstore.models.teacher import (check_bert_family, check_max_length, check_tokenizer_files, load_teacher,  # noqa: E402
                               teacher_fingerprint)
 
 

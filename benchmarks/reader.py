@@ -8,7 +8,7 @@ depth). Timed over one epoch of the train split each, interleaved in rounds, med
 - reader before / now: chunk reads, shuffle, batching and CPU `to_device` (masks unpacked, values
   scattered to full width, float32). "Before" is the previous implementation, kept here as the
   reference: zarr's own chunk reads, a fancy-indexed copy of every array per batch, and a boolean
-  scatter (`targets[mask] = kept`). "Now" is `hskstore.bench.time_reader`, what `hskstore bench` prints;
+  scatter (`targets[mask] = kept`). "Now" is `hskstore.experiments.bench.time_reader`, what `hskstore bench` prints;
 - host side before / now: the same without `to_device`, i.e. the host's work for a GPU student, whose
   `to_device` only pins and copies the packed arrays and densifies on the device;
 - chunk reads alone: zarr's read against the direct whole-chunk read;
@@ -36,12 +36,12 @@ import common  # noqa: E402  (sets the offline environment first)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hskstore.bench import time_reader  # noqa: E402
-from hskstore.config import Compression  # noqa: E402
-from hskstore.extract import ExtractConfig, extract  # noqa: E402
-from hskstore.select import _set_entries, densify_packed  # noqa: E402
+from hskstore.experiments.bench import time_reader  # noqa: E402
+from hskstore.method.compression import Compression  # noqa: E402
+from hskstore.stages.extract import ExtractConfig, extract  # noqa: E402
+from hskstore.method.select import _set_entries, densify_packed  # noqa: E402
 from hskstore.store import open_store  # noqa: E402
-from hskstore.stream import HSK_ARRAYS, TOKEN_ARRAYS, StoreStream, to_device  # noqa: E402
+from hskstore.store.stream import HSK_ARRAYS, TOKEN_ARRAYS, StoreStream, to_device  # noqa: E402
 
 ARRAYS = list(TOKEN_ARRAYS + HSK_ARRAYS)
 

@@ -58,7 +58,7 @@ def main():
     parser.add_argument("--base-examples", type=int, default=256, help="BERT-base-shaped extraction, one process")
     args = parser.parse_args()
 
-    from hskstore.pipeline import build_student
+    from hskstore.experiments.demo import build_student
     from hskstore.store import open_store
 
     work = Path(tempfile.mkdtemp(prefix="hskstore-scaling-"))

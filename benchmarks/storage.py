@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (sets the offline environment first)
 
-from hskstore.config import Compression  # noqa: E402
-from hskstore.extract import ExtractConfig, extract  # noqa: E402
-from hskstore.report import store_info  # noqa: E402
+from hskstore.method.compression import Compression  # noqa: E402
+from hskstore.stages.extract import ExtractConfig, extract  # noqa: E402
+from hskstore.store.report import store_info  # noqa: E402
 
 MNLI_EXAMPLES, MNLI_D, MNLI_T, MNLI_LABELS = 392_702, 768, 128, 3
 GIB = 1 << 30

@@ -44,7 +44,7 @@ def _s3_server():
 
 def _scan(location, options, batch_size=256) -> float:
     """Rows/s of one full pass over the train split into numpy batches (every array, shuffled)."""
-    from hskstore.stream import Prefetcher, StoreStream
+    from hskstore.store.stream import Prefetcher, StoreStream
 
     stream = StoreStream(location, "train", batch_size, storage_options=options, seed=1)
     start, rows = time.perf_counter(), 0
@@ -56,8 +56,8 @@ def _scan(location, options, batch_size=256) -> float:
 
 def _step_times(location, options, student, steps, workdir) -> float:
     """Median seconds per offline HSK-stage step, data loading included (the loop a user runs)."""
-    from hskstore.stream import Prefetcher
-    from hskstore.train import TrainConfig, Trainer
+    from hskstore.store.stream import Prefetcher
+    from hskstore.stages.train import TrainConfig, Trainer
 
     trainer = Trainer(TrainConfig(store=location, student=student, output=str(workdir), device="cpu",
                                   storage_options=options), progress=False)
@@ -85,12 +85,12 @@ def main():
     parser.add_argument("--workdir", default="runs/bench-store")
     args = parser.parse_args()
 
-    from hskstore.config import Compression
-    from hskstore.extract import ExtractConfig, extract
-    from hskstore.report import store_info
+    from hskstore.method.compression import Compression
+    from hskstore.stages.extract import ExtractConfig, extract
+    from hskstore.store.report import store_info
     from hskstore.store import open_store, store_state
     from hskstore.store.convert import convert_store
-    from hskstore.student import build_bert_student, save_student
+    from hskstore.models.student import build_bert_student, save_student
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -20,15 +20,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402  (sets the offline environment first)
 
-from hskstore.bench import time_steps  # noqa: E402
-from hskstore.config import Compression  # noqa: E402
-from hskstore.device import resolve_device  # noqa: E402
-from hskstore.extract import ExtractConfig, extract  # noqa: E402
-from hskstore.pipeline import build_student  # noqa: E402
+from hskstore.experiments.bench import time_steps  # noqa: E402
+from hskstore.method.compression import Compression  # noqa: E402
+from hskstore.runtime.device import resolve_device  # noqa: E402
+from hskstore.stages.extract import ExtractConfig, extract  # noqa: E402
+from hskstore.experiments.demo import build_student  # noqa: E402
 
 
 def time_setting(name, teacher, student_dir, store, batch_size, steps, rounds, device, work) -> dict:
-    """The package's own `hskstore bench` step timing (hskstore/bench.py), printed per round."""
+    """The package's own `hskstore bench` step timing (hskstore/experiments/bench.py), printed per round."""
     return time_steps(store, student_dir, teacher, steps=steps, rounds=rounds, batch_size=batch_size,
                       device=str(device), echo=lambda line: print(f"  {name} {line}", flush=True))
 

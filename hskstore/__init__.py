@@ -4,49 +4,58 @@ The library is usable without the CLI:
 
     from hskstore import Compression, ExtractConfig, run_extract, open_store, TrainConfig, run_train
 
-The pipeline's modules keep their names (`hskstore.extract`, `hskstore.train`, `hskstore.finetune` are
-modules); their entry points are re-exported as `run_*`, so no name here shadows a module. Names load
-on first use: `import hskstore` (and `hskstore --help`) does not import torch.
+The package is laid out by role (docs/architecture.md): `method`, `models`, `data`, `runtime`, `store`,
+`stages` (finetune -> extract -> train -> evaluate/export), `experiments`, and `cli` on top. The stages'
+short names still work as attributes (`hskstore.extract` is the module `hskstore.stages.extract`); their
+entry points are re-exported as `run_*`, so no name here shadows a module. Names load on first use:
+`import hskstore` (and `hskstore --help`) does not import torch.
 """
 
 from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> (module, attribute)
 _EXPORTS = {
-    "Compression": ("config", "Compression"),
-    "ResolvedCompression": ("config", "ResolvedCompression"),
-    "layer_mapping": ("config", "layer_mapping"),
+    "Compression": ("method.compression", "Compression"),
+    "ResolvedCompression": ("method.compression", "ResolvedCompression"),
+    "layer_mapping": ("method.compression", "layer_mapping"),
     "HskError": ("errors", "HskError"),
     "ConfigError": ("errors", "ConfigError"),
     "DataError": ("errors", "DataError"),
     "ModelError": ("errors", "ModelError"),
     "StoreError": ("errors", "StoreError"),
-    "load_task": ("data", "load_task"),
-    "FinetuneConfig": ("finetune", "FinetuneConfig"),
-    "run_finetune": ("finetune", "finetune"),
-    "ExtractConfig": ("extract", "ExtractConfig"),
-    "run_extract": ("extract", "extract"),
-    "store_info": ("report", "store_info"),
+    "load_task": ("data.tasks", "load_task"),
+    "FinetuneConfig": ("stages.finetune", "FinetuneConfig"),
+    "run_finetune": ("stages.finetune", "finetune"),
+    "ExtractConfig": ("stages.extract", "ExtractConfig"),
+    "run_extract": ("stages.extract", "extract"),
+    "store_info": ("store.report", "store_info"),
     "open_store": ("store", "open_store"),
-    "build_bert_student": ("student", "build_bert_student"),
-    "build_rosita": ("student", "build_rosita"),
-    "load_student": ("student", "load_student"),
-    "save_student": ("student", "save_student"),
-    "TrainConfig": ("train", "TrainConfig"),
-    "Trainer": ("train", "Trainer"),
-    "run_train": ("train", "train"),
-    "evaluate_student": ("evaluate", "evaluate_student"),
-    "predict_texts": ("evaluate", "predict_texts"),
-    "export_student": ("export", "export_student"),
+    "build_bert_student": ("models.student", "build_bert_student"),
+    "build_rosita": ("models.student", "build_rosita"),
+    "load_student": ("models.student", "load_student"),
+    "save_student": ("models.student", "save_student"),
+    "TrainConfig": ("stages.train", "TrainConfig"),
+    "Trainer": ("stages.train", "Trainer"),
+    "run_train": ("stages.train", "train"),
+    "evaluate_student": ("stages.evaluate", "evaluate_student"),
+    "predict_texts": ("stages.evaluate", "predict_texts"),
+    "export_student": ("stages.export", "export_student"),
 }
 
-_MODULES = ("config", "errors", "data", "tables", "glue_files", "finetune", "teacher", "select", "extract", "store",
-            "stream", "student", "losses", "schedules", "train", "evaluate", "metrics", "report", "export",
-            "pipeline", "device", "outputs", "cli")
+# Short names for the pipeline's modules: `hskstore.stages.extract.ExtractConfig` works after a bare `import hskstore`.
+_MODULES = {
+    "config": "method.compression", "strategies": "method.strategies", "select": "method.select",
+    "losses": "method.losses", "teacher": "models.teacher", "student": "models.student", "data": "data",
+    "tasks": "data.tasks", "tables": "data.tables", "glue_files": "data.glue_files", "metrics": "data.metrics",
+    "device": "runtime.device", "outputs": "runtime.outputs", "schedules": "runtime.schedules", "store": "store",
+    "stream": "store.stream", "report": "store.report", "finetune": "stages.finetune", "extract": "stages.extract",
+    "train": "stages.train", "evaluate": "stages.evaluate", "export": "stages.export", "pipeline": "experiments.demo",
+    "demo": "experiments.demo", "errors": "errors", "cli": "cli",
+}
 
 __all__ = ["__version__", *_EXPORTS]
 
@@ -57,8 +66,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{module}", __name__), attribute)
         globals()[name] = value  # later lookups skip this hook
         return value
-    if name in _MODULES:  # `hskstore.extract.ExtractConfig` works after a bare `import hskstore`
-        return importlib.import_module(f".{name}", __name__)
+    if name in _MODULES:  # `hskstore.stages.extract.ExtractConfig` works after a bare `import hskstore`
+        return importlib.import_module(f".{_MODULES[name]}", __name__)
     raise AttributeError(f"module 'hskstore' has no attribute {name!r}")
 
 

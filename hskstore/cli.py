@@ -11,7 +11,7 @@ import sys
 import click
 
 from .errors import HskError
-from .strategies import length_choices, width_choices
+from .method.strategies import length_choices, width_choices
 
 __all__ = ["main", "cli"]
 
@@ -82,7 +82,7 @@ def _os_error_line(exc: OSError) -> str:
 
 def _is_main_rank() -> bool:
     """Under torchrun only rank 0 prints the summary (every rank prints its own errors)."""
-    from .distributed import world_from_env
+    from .runtime.distributed import world_from_env
 
     return world_from_env().is_main
 
@@ -128,7 +128,7 @@ def _check_device(ctx, param, value):
     """Fail at parse time, before any data or weights load: a typo or a missing GPU is a one-line error."""
     if value in (None, "auto", "cpu"):
         return value
-    from .device import resolve_device  # imports torch: only for a device that needs checking
+    from .runtime.device import resolve_device  # imports torch: only for a device that needs checking
 
     try:
         resolve_device(value)
@@ -219,8 +219,8 @@ def _task_kwargs(text_columns=(), label_column=None, validation_file=None, data_
 def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, seed, data_seed, device, no_resume,
              overwrite, quiet, as_json, **task_kw):
     """Fine-tune a BERT checkpoint on a task and save it as a teacher (safetensors)."""
-    from .finetune import FinetuneConfig, finetune as run
-    from .pipeline import packaged_teacher_path
+    from .stages.finetune import FinetuneConfig, finetune as run
+    from .experiments.demo import packaged_teacher_path
 
     config = FinetuneConfig(model=model or packaged_teacher_path(), task=task, output=output, max_length=max_length,
                             epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, seed=seed, data_seed=data_seed, device=device,
@@ -273,10 +273,10 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
             chunk_rows, limit, data_seed, device, overwrite, dry_run, as_json, quiet, allow_task_mismatch,
             storage_options, **task_kw):
     """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
-    from .config import Compression
-    from .extract import ExtractConfig, extract as run, teacher_data_seed, teacher_max_length
-    from .report import format_info
-    from .teacher import check_bert_family, check_max_length
+    from .method.compression import Compression
+    from .stages.extract import ExtractConfig, extract as run, teacher_data_seed, teacher_max_length
+    from .store.report import format_info
+    from .models.teacher import check_bert_family, check_max_length
 
     if full:
         compression = Compression.full(student_layers=student_layers, l_top=l_top, value_dtype=value_dtype)
@@ -317,7 +317,7 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
 @storage_option
 def info(store, as_json, allow_incomplete, storage_options):
     """What a store holds: config, counts, A^HSK, bytes per component."""
-    from .report import format_info, store_info
+    from .store.report import format_info, store_info
 
     result = store_info(store, allow_incomplete=allow_incomplete, storage_options=storage_options)
     click.echo(json.dumps(result, indent=2, default=str) if as_json else format_info(result))
@@ -344,8 +344,8 @@ def info(store, as_json, allow_incomplete, storage_options):
 def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, hidden, importance_examples, seed,
             device, overwrite, quiet, as_json, storage_options):
     """Build a student: ROSITA-style from the teacher, or TinyBERT-style (checkpoint or fresh config)."""
-    from .device import resolve_device
-    from .pipeline import build_student
+    from .runtime.device import resolve_device
+    from .experiments.demo import build_student
 
     ignored = [flag for flag, value, kinds in (("--rank", rank, "rosita"), ("--hidden", hidden, "bert"),
                                                ("--teacher", teacher, "rosita"), ("--checkpoint", checkpoint, "bert"),
@@ -391,7 +391,7 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
           pred_batch_size, hsk_loss, temperature, weight_decay, max_steps, workers, seed, device, no_amp, no_resume,
           overwrite, quiet, as_json, storage_options):
     """Distil a student from a store (HSK stage, then prediction stage); no teacher loaded."""
-    from .train import TrainConfig, train as run
+    from .stages.train import TrainConfig, train as run
 
     config = TrainConfig(store=store, student=student, output=output, teacher=teacher,
                          stages=tuple(s.strip() for s in stages.split(",") if s.strip()), hsk_epochs=hsk_epochs,
@@ -421,7 +421,7 @@ def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
 def bench(store, student, teacher, steps, rounds, batch_size, reader_batches, reader_batch_size, device, as_json):
     """Time HSK-stage steps student-only, offline and online, and the store reader alone."""
-    from .bench import BenchConfig, bench as run, format_bench
+    from .experiments.bench import BenchConfig, bench as run, format_bench
 
     config = BenchConfig(store=store, student=student, teacher=teacher, steps=steps, rounds=rounds,
                          batch_size=batch_size, reader_batches=reader_batches, reader_batch_size=reader_batch_size,
@@ -432,7 +432,7 @@ def bench(store, student, teacher, steps, rounds, batch_size, reader_batches, re
 
 def _point(value: str) -> tuple:
     """N^D,N^L,N^W[,option=value...]: 1,9,0.1 or 4,all,all or 1,9,0.1,width_strategy=rand,hsk_loss=kept."""
-    from .sweep import POINT_COMPRESSION_OPTIONS
+    from .experiments.sweep import POINT_COMPRESSION_OPTIONS
 
     usage = f"a point is N^D,N^L,N^W[,option=value...] such as 1,9,0.1 or 1,all,0.1,hsk_loss=kept, got {value!r}"
     parts = value.split(",")
@@ -493,7 +493,7 @@ def sweep(teacher, task, output, student, points, levels, per_level, seeds, stud
           pred_lr_grid, point_lr_grid, hsk_epochs, pred_epochs, hsk_lr, pred_lr, hsk_batch_size, pred_batch_size, limit, max_length,
           device, dry_run, as_json):
     """Dev metric against A^HSK over points and seeds, with prediction-only KD and full HSK baselines."""
-    from .sweep import SweepConfig, sweep as run
+    from .experiments.sweep import SweepConfig, sweep as run
 
     config = SweepConfig(teacher=teacher, task=task, output=output, student=student,
                          points=tuple(_point(p) for p in points), levels=tuple(levels), per_level=per_level,
@@ -528,7 +528,7 @@ def sweep(teacher, task, output, student, points, levels, per_level, seeds, stud
 def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store, storage_options, allow_task_mismatch,
              **task_kw):
     """GLUE metrics of a saved student on a task split."""
-    from .evaluate import evaluate_on_store, evaluate_student
+    from .stages.evaluate import evaluate_on_store, evaluate_student
 
     if store is not None:
         result = evaluate_on_store(student_dir, store, split, device=device, storage_options=storage_options)
@@ -545,7 +545,7 @@ def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store,
 @device_option()
 def predict(student_dir, texts, text_file, device):
     """Label texts with a saved student (one JSON line each)."""
-    from .evaluate import predict_texts
+    from .stages.evaluate import predict_texts
 
     lines = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
     if not lines:
@@ -620,7 +620,7 @@ def slice_(src, dst, depth, length, width, limit, overwrite, src_options, dst_op
 @json_option
 def export(student_dir, output, fmt, opset, overwrite, as_json):
     """Write a student for use outside hskstore: a transformers directory or ONNX, with its tokenizer."""
-    from .export import export_student
+    from .stages.export import export_student
 
     summary = export_student(student_dir, output, fmt, overwrite=overwrite, opset=opset)
     _echo_summary(summary, as_json, f"{summary['kind']} student exported to {output} ({fmt}): "
@@ -641,7 +641,7 @@ def export(student_dir, output, fmt, opset, overwrite, as_json):
 @quiet_option
 def demo(workdir, limit, teacher_epochs, hsk_epochs, pred_epochs, hsk_lr, pred_lr, pred_only_lr, device, quiet):
     """The embedded default end to end: MiniLM teacher on tweets -> (1, 9, 0.1) store -> ROSITA student."""
-    from .pipeline import DefaultRun, run_default
+    from .experiments.demo import DefaultRun, run_default
 
     run_default(DefaultRun(workdir=workdir, limit=limit, teacher_epochs=teacher_epochs, hsk_epochs=hsk_epochs,
                            pred_epochs=pred_epochs, hsk_lr=hsk_lr, pred_lr=pred_lr, pred_only_lr=pred_only_lr,

@@ -18,7 +18,7 @@ def minilm_path() -> str:
 
 @pytest.fixture(scope="session")
 def minilm_tokenizer(minilm_path):
-    from hskstore.teacher import load_tokenizer
+    from hskstore.models.teacher import load_tokenizer
 
     return load_tokenizer(minilm_path)
 

@@ -22,7 +22,7 @@ def main():
     counts = {"chunks": 0, "steps": 0}
 
     from hskstore.store.base import StoreWriter
-    from hskstore.train import Trainer
+    from hskstore.stages.train import Trainer
 
     def die_at(kind):
         counts[kind] += 1

@@ -24,7 +24,7 @@ def save_tiny_teacher(directory, num_labels=3, layers=4, hidden=32, heads=4, see
 
     from transformers import BertConfig, BertForSequenceClassification
 
-    from hskstore.teacher import load_tokenizer
+    from hskstore.models.teacher import load_tokenizer
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
@@ -44,8 +44,8 @@ def tiny_teacher(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_store(tiny_teacher, tmp_path_factory) -> str:
     """120 train + 30 validation tweets, (N^D, N^L, N^W) = (2, 5, 8 of 32), chunks of 32 rows."""
-    from hskstore.config import Compression
-    from hskstore.extract import ExtractConfig, extract
+    from hskstore.method.compression import Compression
+    from hskstore.stages.extract import ExtractConfig, extract
 
     path = tmp_path_factory.mktemp("tiny_store") / "tweets.zarr"
     extract(ExtractConfig(teacher=tiny_teacher, task="tweets", output=str(path), limit=120, chunk_rows=32,
@@ -56,7 +56,7 @@ def tiny_store(tiny_teacher, tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_student(tmp_path_factory) -> str:
     """A fresh 2-layer BERT student (d_S 16 < d 32, so the projection P is exercised)."""
-    from hskstore.student import build_bert_student, save_student
+    from hskstore.models.student import build_bert_student, save_student
 
     directory = tmp_path_factory.mktemp("tiny_student")
     student = build_bert_student(num_labels=3, vocab_size=30522, num_layers=2, hidden_size=16, intermediate_size=32,

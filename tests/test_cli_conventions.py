@@ -115,7 +115,7 @@ def test_device_is_checked_before_any_work(tmp_path):
 def test_finetune_interrupted_after_an_epoch_resumes_to_the_same_teacher(tiny_bert_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    import hskstore.finetune as finetune_module
+    import hskstore.stages.finetune as finetune_module
 
     args = ["finetune", "--model", tiny_bert_dir, "--task", "tweets", "--limit", 48, "--epochs", 2,
             "--max-length", 16, "--batch-size", 16, "--device", "cpu", "--quiet", "--json"]
@@ -148,7 +148,7 @@ def test_finetune_interrupted_after_an_epoch_resumes_to_the_same_teacher(tiny_be
 
 
 def test_ctrl_c_during_extract_keeps_finished_chunks_and_the_rerun_completes(tiny_teacher, tmp_path, monkeypatch):
-    import hskstore.extract as extract_module
+    import hskstore.stages.extract as extract_module
     from hskstore.store import open_store
 
     args = ["extract", "--teacher", tiny_teacher, "--task", "tweets", "--limit", 64, "--chunk-rows", 16,

@@ -16,13 +16,13 @@ from click.testing import CliRunner
 
 from conftest import save_tiny_teacher
 from hskstore.cli import cli
-from hskstore.config import Compression
+from hskstore.method.compression import Compression
 from hskstore.errors import ConfigError, ModelError
-from hskstore.extract import ExtractConfig
-from hskstore.finetune import FinetuneConfig
+from hskstore.stages.extract import ExtractConfig
+from hskstore.stages.finetune import FinetuneConfig
 from hskstore.store import StoreWriter, open_store
-from hskstore.teacher import load_tokenizer, teacher_fingerprint
-from hskstore.train import TrainConfig, store_identity
+from hskstore.models.teacher import load_tokenizer, teacher_fingerprint
+from hskstore.stages.train import TrainConfig, store_identity
 
 STORE_OPTS = ("--task", "tweets", "--limit", 40, "--chunk-rows", 16, "--student-layers", 2, "--depth", 2, "--length", 5, "--width", 8,
               "--device", "cpu")
@@ -274,7 +274,7 @@ def test_overwrite_with_a_max_length_the_teacher_cannot_take_keeps_the_old_store
 
 
 def test_train_refuses_a_student_with_fewer_positions_than_the_stores_length(store, tmp_path):
-    from hskstore.student import build_bert_student, save_student
+    from hskstore.models.student import build_bert_student, save_student
 
     short = build_bert_student(num_labels=3, vocab_size=30522, num_layers=2, hidden_size=16, intermediate_size=32,
                                num_heads=2, max_position_embeddings=16)
@@ -429,7 +429,7 @@ def test_a_disk_full_when_the_teacher_is_saved_is_one_line(tiny_teacher, tmp_pat
         raise _enospc(tmp_path / "t" / "model.safetensors")
 
     # The module, not the `finetune` function that hskstore re-exports under the same name.
-    monkeypatch.setattr(importlib.import_module("hskstore.finetune"), "_save", full)
+    monkeypatch.setattr(importlib.import_module("hskstore.stages.finetune"), "_save", full)
     result = hsk("finetune", "--model", tiny_teacher, "--output", tmp_path / "t", "--limit", 8, "--epochs", 1,
                  "--device", "cpu")
     assert_one_line_error(result, "no space left on device", "model.safetensors")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Compression, ResolvedCompression
+from ..method.compression import Compression, ResolvedCompression
 from ..errors import StoreError
 from .format import TOKENIZER_FILE_NAMES, ArraySpec
 

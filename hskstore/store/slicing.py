@@ -27,7 +27,7 @@ def plan_slice(store, depth=None, length=None, width=None):
 
     `None` keeps the store's own value for that dimension.
     """
-    from ..config import Compression
+    from ..method.compression import Compression
     from ..errors import ConfigError
 
     c, r = store.compression, store.resolved
@@ -52,7 +52,7 @@ def plan_slice(store, depth=None, length=None, width=None):
             new_r.score_layer_ids != r.score_layer_ids[r.depth - new_r.depth:]:
         raise StoreError("the sliced layers are not the top layers of the stored ones: slicing keeps L' and L_top")
     if new_r.has_mask and new_c.width_strategy != "mag":
-        from ..select import static_mask
+        from ..method.select import static_mask
 
         smaller = static_mask(r.hidden_size, new_r.width, new_c.width_strategy, new_c.width_seed).numpy()
         stored = store.static_mask()
@@ -74,7 +74,7 @@ def _retop(values: np.ndarray, masks: np.ndarray | None, hidden: int, k: int, po
         bits = torch.from_numpy(unpack_bits_numpy(masks, hidden))
         # The kept dims of each vector, ascending (as the values are stored): stable sort of the 0/1 mask.
         dims = bits.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :values.shape[-1]]
-    from ..select import magnitude_order
+    from ..method.select import magnitude_order
 
     # Ranked as extraction ranks: stored magnitudes, ties to the lower dimension; back to ascending order.
     index = magnitude_order(values_t)[..., :k].sort(dim=-1).values
@@ -104,7 +104,7 @@ def slice_store(src: str, dst: str, *, depth=None, length=None, width=None, limi
         static = None
         column_index = None  # static masks: which stored value columns the smaller mask keeps
         if new_r.has_mask and new_c.width_strategy != "mag":
-            from ..select import static_mask
+            from ..method.select import static_mask
 
             smaller = static_mask(d, new_r.width, new_c.width_strategy, new_c.width_seed).numpy()
             stored = store.static_mask()

@@ -1,0 +1,2 @@
+"""Data: task sources (hub, GLUE files, local tables, the embedded tweets), tokenisation and GLUE metrics.
+"""

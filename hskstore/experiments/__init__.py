@@ -1,0 +1,2 @@
+"""Experiments built from the stages: the embedded demo, `bench` and the accuracy-against-A^HSK `sweep`.
+"""

@@ -1,0 +1,180 @@
+"""The compression triple (N^D, N^L, N^W) and how it resolves against a teacher (docs/method.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import ConfigError
+from .strategies import LENGTH, WIDTH
+
+__all__ = [
+    "Compression",
+    "ResolvedCompression",
+    "layer_mapping",
+    "strict_from_dict",
+    "default_l_top",
+    "LENGTH_STRATEGIES",
+    "WIDTH_STRATEGIES",
+    "SCORE_KINDS",
+    "SCORE_LAYERS",
+]
+
+LENGTH_STRATEGIES = tuple(LENGTH)       # the registries in strategies.py are the one list
+WIDTH_STRATEGIES = tuple(WIDTH)
+SCORE_KINDS = ("softmax", "logits")      # post-softmax attention (paper text) or pre-softmax q.k/sqrt(h) (code)
+SCORE_LAYERS = ("uniform", "same")       # score from layer g(l, L) ("Att (L_top=L)"), or the stored layer g(l, L_top)
+VALUE_DTYPES = ("float16", "float32")
+
+
+def strict_from_dict(cls, data: dict, what: str):
+    """Build a config dataclass from a dict, naming unknown keys instead of a TypeError from __init__."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**data)
+
+
+def layer_mapping(student_layers: int, l_top: int) -> list[int]:
+    """g(l, L_top) = round(l * L_top / L') for l = 0..L', Python's round (half to even)."""
+    return [round(i * l_top / student_layers) for i in range(student_layers + 1)]
+
+
+def default_l_top(teacher_layers: int) -> int:
+    """10 for a 12-layer teacher, round(10 * L / 12) in general."""
+    return round(10 * teacher_layers / 12)
+
+
+@dataclass(frozen=True)
+class Compression:
+    """What a store keeps. `None` means "all" along that dimension (full HSK)."""
+
+    depth: int | None = 1               # N^D: student layers distilled, counted from the top (None: all L'+1)
+    length: int | None = 9              # N^L: tokens kept per layer (None: every token, strategy `all`)
+    width: float | int | None = 0.1     # N^W: count, or fraction of d when < 1 (None or 1.0: all d)
+    student_layers: int = 3             # L': student depth the layer mapping is made for
+    l_top: int | None = None            # teacher layer paired with the student's top layer (None: round(10L/12))
+    length_strategy: str = "att-nosep"  # att-nosep | att | left | all
+    score_layer: str = "uniform"        # uniform: attention of layer g(l, L); same: of the stored layer
+    score_kind: str = "logits"          # logits (pre-softmax, the default: docs/results.md) | softmax
+    width_strategy: str = "mag"         # mag | uniform | rand
+    width_seed: int = 0                 # seed of the static `rand` mask
+    value_dtype: str = "float16"        # dtype of the stored kept activations
+    value_bits: int | None = None       # float16 mantissa bits kept (lossy, 1..9); None keeps all 10
+
+    def __post_init__(self):
+        problems = []
+        if self.student_layers < 1:
+            problems.append(f"student_layers (L') must be >= 1, got {self.student_layers}")
+        if self.depth is not None and not 1 <= self.depth <= self.student_layers + 1:
+            problems.append(
+                f"depth N^D must be in 1..L'+1 = 1..{self.student_layers + 1} for L'={self.student_layers}, "
+                f"got {self.depth}: lower --depth or raise --student-layers"
+            )
+        if self.length is not None and self.length < 1:
+            problems.append(f"length N^L must be >= 1, got {self.length}")
+        if self.width is not None and not (self.width > 0):
+            problems.append(f"width N^W must be a positive count or a fraction in (0, 1], got {self.width}")
+        if isinstance(self.width, float) and self.width > 1 and not self.width.is_integer():
+            problems.append(f"width N^W above 1 must be a whole count, got {self.width}")
+        for name, value, allowed in (
+            ("length_strategy", self.length_strategy, tuple(LENGTH)),
+            ("score_layer", self.score_layer, SCORE_LAYERS),
+            ("score_kind", self.score_kind, SCORE_KINDS),
+            ("width_strategy", self.width_strategy, tuple(WIDTH)),
+            ("value_dtype", self.value_dtype, VALUE_DTYPES),
+        ):
+            if value not in allowed:
+                problems.append(f"{name} must be one of {list(allowed)}, got {value!r}")
+        if self.value_bits is not None and not (self.value_dtype == "float16" and 1 <= self.value_bits <= 9):
+            problems.append(f"value_bits rounds float16 mantissas: expected 1..9 with value_dtype float16, "
+                            f"got {self.value_bits} with {self.value_dtype}")
+        every = [name for name, s in LENGTH.items() if s.every_token]
+        if self.length_strategy in LENGTH and (self.length is None) != LENGTH[self.length_strategy].every_token:
+            problems.append(f"length N^L = all goes with length_strategy {' or '.join(map(repr, every))} (and only then)")
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def full(cls, student_layers: int, l_top: int | None = None, value_dtype: str = "float16") -> "Compression":
+        """Full HSK: every mapped layer, every token, every activation (the uncompressed baseline)."""
+        return cls(depth=None, length=None, width=None, student_layers=student_layers, l_top=l_top,
+                   length_strategy="all", value_dtype=value_dtype)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Compression":
+        return strict_from_dict(cls, data, "compression")
+
+    def resolve(self, teacher_layers: int, hidden_size: int, max_length: int) -> "ResolvedCompression":
+        """Check the triple against a teacher and a max length; return concrete layer ids and counts."""
+        problems = []
+        l_top = default_l_top(teacher_layers) if self.l_top is None else self.l_top
+        if not 1 <= l_top <= teacher_layers:
+            problems.append(f"l_top must be in 1..{teacher_layers} (the teacher's layers), got {l_top}")
+        depth = self.student_layers + 1 if self.depth is None else self.depth
+        length = max_length if self.length is None else self.length
+        if length > max_length:
+            problems.append(
+                f"length N^L={length} is larger than the max sequence length {max_length}: "
+                f"lower --length or raise --max-length"
+            )
+        if self.width is None:
+            width = hidden_size
+        elif isinstance(self.width, float) and self.width <= 1:
+            width = max(1, round(self.width * hidden_size))
+        else:
+            width = int(self.width)
+        if width > hidden_size:
+            problems.append(f"width N^W={width} is larger than the teacher's hidden size d={hidden_size}: "
+                            f"lower --width (a count <= d or a fraction <= 1)")
+        if problems:
+            raise ConfigError(problems)
+        student_ids = list(range(self.student_layers - depth + 1, self.student_layers + 1))
+        stored = layer_mapping(self.student_layers, l_top)
+        uniform = layer_mapping(self.student_layers, teacher_layers)
+        teacher_ids = [stored[l] for l in student_ids]
+        score_source = uniform if self.score_layer == "uniform" else stored
+        # The attention that outputs H_k is encoder layer k-1; H_0 (embeddings) takes the first layer's.
+        score_ids = [max(score_source[l], 1) - 1 for l in student_ids]
+        return ResolvedCompression(
+            l_top=l_top,
+            depth=depth,
+            length=length,
+            width=width,
+            hidden_size=hidden_size,
+            max_length=max_length,
+            student_layer_ids=student_ids,
+            teacher_layer_ids=teacher_ids,
+            score_layer_ids=score_ids,
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedCompression:
+    l_top: int
+    depth: int                    # N^D
+    length: int                   # N^L
+    width: int                    # N^W as a count
+    hidden_size: int              # d
+    max_length: int               # T
+    student_layer_ids: list[int]  # l = L'-N^D+1 .. L'
+    teacher_layer_ids: list[int]  # g(l, L_top) for those l: indices into hidden_states (0 = embeddings)
+    score_layer_ids: list[int]    # encoder layer whose [CLS] attention ranks tokens, per stored layer
+
+    @property
+    def has_mask(self) -> bool:
+        return self.width < self.hidden_size
+
+    @property
+    def mask_bytes(self) -> int:
+        return (self.hidden_size + 7) // 8
+
+    def amount(self) -> float:
+        """A^HSK = N^D * N^L * N^W / d, in units of full token vectors."""
+        return self.depth * self.length * self.width / self.hidden_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)

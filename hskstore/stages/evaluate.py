@@ -1,0 +1,126 @@
+"""Use a trained student: GLUE-metric evaluation on a task split, predictions for raw texts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..runtime.device import resolve_device
+from ..data.metrics import compute_metrics
+from ..models.student import load_student
+from ..models.teacher import load_tokenizer
+
+__all__ = ["evaluate_student", "evaluate_on_store", "predict_texts", "student_task"]
+
+
+def student_task(student_dir) -> dict:
+    """The task a trained student was distilled for (task.json written by `train`), or {}."""
+    path = Path(student_dir) / "task.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@torch.no_grad()
+def _logits(student, tokens: dict[str, np.ndarray], batch_size: int, device) -> np.ndarray:
+    order = np.argsort(-tokens["lengths"], kind="stable")   # length-sorted: little padding
+    out = np.zeros((len(order), student.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = int(tokens["lengths"][rows].max())
+        batch = {k: torch.from_numpy(tokens[k][rows, :width]).to(device)
+                 for k in ("input_ids", "attention_mask", "token_type_ids")}
+        out[rows] = student(**batch).logits.float().cpu().numpy()
+    return out
+
+
+def evaluate_student(student_dir, task: str | None = None, split: str = "validation", *, limit: int | None = None,
+                     seed: int | None = None, max_length: int | None = None, batch_size: int = 128, device: str = "auto",
+                     task_options: dict | None = None, allow_task_mismatch: bool = False) -> dict:
+    """Metrics of a saved student on a task split (tokenised with the student's own tokenizer).
+
+    Without `task`, the split, seed and subset are those of the store the student was distilled from
+    (task.json), so "validation" is the same held-out rows and never the teacher's training rows.
+
+    Raises:
+        DataError: no task given and the student records none; a task other than the recorded one
+            (unless `allow_task_mismatch`); or the split does not exist.
+    """
+    from ..data.tasks import check_same_labels, load_task, resolve_task, tokenize
+
+    recorded = student_task(student_dir)
+    reference = recorded.get("task_ref") or {}
+    spec = recorded.get("task") or {}
+    known = {"task": reference.get("task") or spec.get("name"), "options": reference.get("options") or {},
+             "name": spec.get("name")} if recorded else None
+    if task is None:
+        # The store's own task, split seed and subset: the validation rows it was distilled against.
+        seed = recorded.get("data_seed", seed) if seed is None else seed
+        limit = recorded.get("limit") if limit is None else limit
+    task, task_options = resolve_task(known, task, task_options, allow_mismatch=allow_task_mismatch,
+                                      owner=f"student {student_dir}")
+    data = load_task(task, limit=limit, seed=0 if seed is None else seed, **task_options)
+    if "label_names" in spec:
+        check_same_labels(spec["label_names"], data.spec, f"student {student_dir}", allow_task_mismatch)
+    columns = data.split(split)  # "validation" also names MNLI's validation_matched
+    device = resolve_device(device)
+    student = load_student(student_dir, device=device)
+    tokens = tokenize(load_tokenizer(student_dir), columns, data.spec,
+                      max_length or recorded.get("max_length", 128))
+    logits = _logits(student, tokens, batch_size, device)
+    metrics = compute_metrics(data.spec.metric, logits[:, 0] if data.spec.is_regression else logits, tokens["labels"])
+    return {"task": data.spec.name, "split": split, "examples": len(logits), **metrics}
+
+
+def evaluate_on_store(student_dir, store, split: str = "validation", *, batch_size: int = 128, device: str = "auto",
+                      storage_options: dict | None = None) -> dict:
+    """Metrics of a saved student on a store's split, from the stored tokens and labels (no dataset, no hub).
+
+    Raises:
+        StoreError: the store is missing or incomplete, or its vocabulary or labels are not the student's.
+    """
+    from ..errors import StoreError
+    from ..store import open_store
+
+    device = resolve_device(device)
+    student = load_student(student_dir, device=device)
+    with open_store(store, storage_options=storage_options) as opened:
+        if (student.vocab_size, student.num_labels) != (opened.teacher["vocab_size"], opened.num_labels):
+            raise StoreError(f"store {store} holds {opened.num_labels}-label data tokenised with a "
+                             f"{opened.teacher['vocab_size']}-token vocabulary; student {student_dir} has "
+                             f"{student.num_labels} labels and {student.vocab_size} tokens: pass the store it was trained from")
+        reader = opened.split(split)
+        data = reader.read_rows(0, reader.num_examples, ["input_ids", "token_type_ids", "lengths", "labels"])
+        task = opened.task
+    positions = np.arange(data["input_ids"].shape[1])
+    tokens = {"input_ids": data["input_ids"].astype(np.int64), "token_type_ids": data["token_type_ids"].astype(np.int64),
+              "attention_mask": (positions[None, :] < data["lengths"][:, None]).astype(np.int64),
+              "lengths": data["lengths"].astype(np.int64), "labels": data["labels"]}
+    logits = _logits(student, tokens, batch_size, device)
+    metrics = compute_metrics(task["metric"], logits[:, 0] if student.num_labels == 1 else logits, tokens["labels"])
+    return {"task": task["name"], "split": split, "store": str(store), "examples": len(logits), **metrics}
+
+
+def predict_texts(student_dir, texts: list[str], pairs: list[str] | None = None, *, max_length: int | None = None,
+                  batch_size: int = 128, device: str = "auto") -> list[dict]:
+    """Label (or score) each text; pairs gives the second sentence of pair tasks."""
+    from ..data.tasks import TaskSpec, tokenize
+
+    recorded = student_task(student_dir)
+    device = resolve_device(device)
+    student = load_student(student_dir, device=device)
+    label_names = recorded.get("task", {}).get("label_names") or [str(i) for i in range(student.num_labels)]
+    columns = ("a", "b") if pairs is not None else ("a",)
+    spec = TaskSpec(name="predict", text_columns=columns, label_column="label",
+                    label_names=tuple(label_names) if student.num_labels > 1 else (), metric="accuracy"
+                    if student.num_labels > 1 else "pearson_spearman", source="file")
+    split = {"a": list(texts), "label": [0] * len(texts)} | ({"b": list(pairs)} if pairs is not None else {})
+    tokens = tokenize(load_tokenizer(student_dir), split, spec, max_length or recorded.get("max_length", 128))
+    logits = _logits(student, tokens, batch_size, device)
+    if student.num_labels == 1:
+        return [{"text": t, "score": float(s)} for t, s in zip(texts, logits[:, 0])]
+    probabilities = torch.from_numpy(logits).softmax(-1).numpy()
+    return [{"text": t, "label": label_names[int(p.argmax())], "probability": float(p.max())}
+            for t, p in zip(texts, probabilities)]

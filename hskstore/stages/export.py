@@ -1,0 +1,177 @@
+"""Students leave hskstore: as a transformers directory (BERT-shaped students) or as ONNX (every student).
+
+A BERT student is a BertForSequenceClassification already. A ROSITA student is one too when its
+attention is as wide as its hidden size and its word embedding is not factorised; the weights are then
+renamed key by key (the inverse of `_rosita.rosita_weights`). Other ROSITA shapes have no same-size
+BERT equivalent, and go to ONNX, which traces the student's own forward. Both formats carry the
+tokenizer and the label names; ONNX takes int64 input_ids, attention_mask, token_type_ids (B, T) and
+returns logits (B, C), with batch and sequence axes dynamic.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..runtime.outputs import check_output_dir
+from ..models.student import copy_weights, load_student
+from ..models.teacher import load_tokenizer, quiet_transformers
+
+__all__ = ["FORMATS", "export_student", "rosita_as_bert", "EXPORT_INFO_FILE"]
+
+FORMATS = ("transformers", "onnx")
+EXPORT_INFO_FILE = "hskstore_export.json"
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _label_names(student_dir: Path, num_labels: int) -> list[str]:
+    """Class names from the task the student was made for (task.json), else "0".."C-1"."""
+    task_file = student_dir / "task.json"
+    names = json.loads(task_file.read_text()).get("task", {}).get("label_names") if task_file.is_file() else None
+    if names and len(names) == num_labels:
+        return list(names)
+    return ["score"] if num_labels == 1 else [str(i) for i in range(num_labels)]
+
+
+def rosita_as_bert(student, label_names: list[str]):
+    """The same network as a BertForSequenceClassification, or a ModelError naming why it is not one.
+
+    Raises:
+        ModelError: attention width (heads x head size) differs from the hidden size, or the word
+            embedding is factorised: no BERT of the same size computes it.
+    """
+    from transformers import BertConfig, BertForSequenceClassification
+
+    c = student.config
+    problems = []
+    if c.attention_size != c.hidden_size:
+        problems.append(f"its attention is {c.num_heads} heads x {c.head_size} = {c.attention_size} wide, "
+                        f"not the hidden size {c.hidden_size}")
+    if c.embedding_rank is not None:
+        problems.append(f"its word embedding is factorised to rank {c.embedding_rank}")
+    if problems:
+        raise ModelError(f"this ROSITA student has no transformers (BERT) equivalent of its size: "
+                         f"{'; '.join(problems)}. Export it with --format onnx")
+    config = BertConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size, hidden_act=c.hidden_act,
+        max_position_embeddings=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
+        layer_norm_eps=c.layer_norm_eps, hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.dropout,
+        classifier_dropout=c.dropout, pad_token_id=c.pad_token_id, num_labels=c.num_labels,
+        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+        problem_type="regression" if c.num_labels == 1 else "single_label_classification",
+        architectures=["BertForSequenceClassification"])
+    model = BertForSequenceClassification(config).eval()
+    s = student.state_dict()
+    out = {"bert.embeddings." + k[len("embeddings."):]: v for k, v in s.items() if k.startswith("embeddings.")}
+    for i in range(c.num_layers):
+        src, dst = f"layers.{i}.", f"bert.encoder.layer.{i}."
+        for p in ("weight", "bias"):
+            for name in ("query", "key", "value"):
+                out[f"{dst}attention.self.{name}.{p}"] = s[f"{src}attention.{name}.{p}"]
+            out[f"{dst}attention.output.dense.{p}"] = s[f"{src}attention.output.{p}"]
+            out[f"{dst}attention.output.LayerNorm.{p}"] = s[f"{src}attention.LayerNorm.{p}"]
+            out[f"{dst}intermediate.dense.{p}"] = s[f"{src}ffn.intermediate.{p}"]
+            out[f"{dst}output.dense.{p}"] = s[f"{src}ffn.output.{p}"]
+            out[f"{dst}output.LayerNorm.{p}"] = s[f"{src}ffn.LayerNorm.{p}"]
+    for p in ("weight", "bias"):
+        out[f"bert.pooler.dense.{p}"] = s[f"pooler.{p}"]
+        out[f"classifier.{p}"] = s[f"classifier.{p}"]
+    copy_weights(model, out)
+    return model
+
+
+class _Logits(nn.Module):
+    """The student with plain tensor inputs and one output, as ONNX wants it."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.student(input_ids, attention_mask, token_type_ids).logits
+
+
+def _example(student, batch: int, length: int, seed: int):
+    """A padded batch of real-looking ids (B, T): [CLS] first, the last row half padding."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(min(1000, student.vocab_size - 1), student.vocab_size, (batch, length), generator=generator)
+    ids[:, 0] = min(101, student.vocab_size - 1)
+    ids[-1, length // 2:] = 0
+    types = torch.zeros_like(ids)
+    types[0, length // 2:] = 1
+    return ids, (ids != 0).long(), types
+
+
+def _export_onnx(student, path: Path, opset: int) -> float | None:
+    """Trace to ONNX, then check it with onnxruntime (when installed) on a batch of another shape.
+
+    Returns the largest absolute logit difference from PyTorch, or None without onnxruntime.
+    Raises ModelError when that difference exceeds 1e-3: a trace that froze a shape is caught here.
+    """
+    wrapper = _Logits(student).eval()  # eval on the wrapper: export restores the mode of the module it is given
+    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS} | {"logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        # The tracer warns about Python-level branches on shapes; the check below is what decides.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, _example(student, 2, 6, 0), str(path), input_names=list(ONNX_INPUTS),
+                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    inputs = _example(student, 3, 11, 1)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], dict(zip(ONNX_INPUTS, (t.numpy() for t in inputs))))[0]
+    with torch.no_grad():
+        expected = wrapper(*inputs).numpy()
+    difference = float(abs(got - expected).max())
+    if difference > 1e-3:
+        raise ModelError(f"the ONNX export differs from the PyTorch student by {difference:.2e} in the logits of a "
+                         f"(3, 11) batch; try another --opset")
+    return difference
+
+
+def export_student(student_dir, output, fmt: str = "transformers", *, overwrite: bool = False,
+                   opset: int = 17) -> dict:
+    """Write a saved student to `output` as a transformers directory or an ONNX file, with its tokenizer.
+
+    Returns:
+        {"format", "kind", "output", "files", "label_names"}; the same is written to hskstore_export.json.
+    Raises:
+        ModelError: not a student, an unknown format, or a ROSITA shape with no BERT equivalent.
+        ConfigError: `output` is not empty and `overwrite` is off (or it holds something else).
+    """
+    if fmt not in FORMATS:
+        raise ModelError(f"export format must be one of {list(FORMATS)}, got {fmt!r}")
+    student_dir, output = Path(student_dir), Path(output)
+    student = load_student(student_dir)
+    labels = _label_names(student_dir, student.num_labels)
+    if fmt == "transformers":
+        model = student.model if student.kind == "bert" else rosita_as_bert(student, labels)
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {n: i for i, n in enumerate(labels)}
+    check_output_dir(output, "export", overwrite)  # after the checks above: a refused export deletes nothing
+    output.mkdir(parents=True, exist_ok=True)
+    if fmt == "transformers":
+
+        with quiet_transformers():  # transformers' own "Writing model shards" bar: one file, no bar needed
+            model.save_pretrained(str(output), safe_serialization=True)
+    else:
+        checked = _export_onnx(student, output / "model.onnx", opset)
+    has_tokenizer = any((student_dir / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
+    if has_tokenizer:
+        load_tokenizer(student_dir).save_pretrained(str(output))
+    files = sorted(p.name for p in output.iterdir())
+    summary = {"format": fmt, "kind": student.kind, "source": str(student_dir.resolve()), "output": str(output),
+               "label_names": labels, "tokenizer": has_tokenizer, "files": files}
+    if fmt == "onnx":
+        summary |= {"inputs": list(ONNX_INPUTS), "outputs": ["logits"], "opset": opset,
+                    "max_abs_logit_difference": checked}  # None: onnxruntime not installed, not checked
+    (output / EXPORT_INFO_FILE).write_text(json.dumps(summary, indent=2))
+    return summary

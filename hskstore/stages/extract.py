@@ -1,0 +1,478 @@
+"""Run a fine-tuned teacher once over a task and write its compressed HSK to a store.
+
+Work is done one store chunk at a time (default 4096 rows): the chunk's examples are sorted by length
+and batched with dynamic padding, the teacher runs (GPU with autocast when present), the selection
+happens on the teacher's device (masks packed there too, so only compressed bytes cross to the host),
+and a background thread compresses and writes the finished chunk while the teacher runs the next one.
+A chunk is recorded only after all its arrays are written, so a rerun resumes where it stopped and
+produces the same bytes an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..version import __version__
+from ..method.compression import Compression
+from ..runtime import distributed
+from ..runtime.device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
+from ..errors import ConfigError, ModelError, StoreError
+from ..method.select import Selector, pack_bits, round_mantissa
+from ..runtime.preflight import check_writable
+from ..store import (StoreWriter, array_specs, backend_for, create_store, delete_store, is_remote, replace_store,
+                    reopen_store, root_attributes, staging_location, store_state)
+from ..store.lock import WriterLock
+from ..models.teacher import (check_bert_family, check_max_length, check_tokenizer_files, load_teacher,
+                      load_tokenizer, teacher_fingerprint)
+
+__all__ = ["ExtractConfig", "extract", "batch_bounds", "rank_chunks", "resolve_device", "teacher_max_length",
+           "teacher_data_seed", "teacher_task"]
+
+DEFAULT_MAX_LENGTH = 128
+
+
+def _teacher_info(teacher: str) -> dict:
+    """hskstore_teacher.json (written by finetune), or {} for a teacher made elsewhere; one-line error if broken."""
+    meta = Path(teacher) / "hskstore_teacher.json"
+    if not meta.is_file():
+        return {}
+    try:
+        info = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{meta} is not valid JSON ({exc}); delete it (extract then needs --max-length and "
+                         "--data-seed) or fine-tune the teacher again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config", {}), dict):
+        raise ModelError(f"{meta} is not an object of fine-tuning settings; delete it or fine-tune the teacher again")
+    return info
+
+
+def _info_int(teacher: str, value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(f"{Path(teacher) / 'hskstore_teacher.json'} has {name}={value!r}, expected an integer; "
+                         f"pass --{name.replace('_', '-')} or fine-tune the teacher again")
+    return value
+
+
+def teacher_max_length(teacher: str) -> int:
+    """The max length the teacher was fine-tuned with (hskstore_teacher.json), else 128."""
+    return _info_int(teacher, _teacher_info(teacher).get("max_length", DEFAULT_MAX_LENGTH), "max_length")
+
+
+def teacher_data_seed(teacher: str) -> int:
+    """The data seed the teacher was fine-tuned with (hskstore_teacher.json), else 0: same split everywhere."""
+    info = _teacher_info(teacher)
+    return _info_int(teacher, info.get("config", {}).get("data_seed", info.get("data_seed", 0)), "data_seed")
+
+
+def teacher_task(teacher: str) -> dict | None:
+    """The teacher's task as finetune recorded it: {"task", "options", "name", "label_names"}, or None."""
+    meta = Path(teacher) / "hskstore_teacher.json"
+    if not meta.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    spec, ref = info.get("task") or {}, info.get("task_ref")
+    if ref is None and info.get("config", {}).get("task"):  # written before task_ref existed
+        config = info["config"]
+        ref = {"task": config["task"], "options": {k: config.get(k) for k in (
+            "text_columns", "label_column", "label_names", "validation_file", "validation_fraction")}}
+    if ref is None:
+        return None
+    return {**ref, "name": spec.get("name"), "label_names": spec.get("label_names")}
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    teacher: str                          # fine-tuned teacher directory (transformers format)
+    task: str | None                      # GLUE name, "tweets", a file or saved dataset; None: the teacher's
+    output: str                           # store: a directory, an .h5 file, or a URL (s3://bucket/x.zarr)
+    compression: Compression = field(default_factory=Compression)
+    max_length: int | None = None         # None: the teacher's fine-tuning max length, else 128
+    batch_size: int | None = None         # rows per teacher batch; None: by tokens (batch_tokens)
+    batch_tokens: int | None = None       # padded tokens per batch; None: 32768 on GPU/mps, 8192 on CPU
+    chunk_rows: int = 4096                # rows per store chunk (docs/storage-notes.md: <= 1024 reads slowly)
+    splits: tuple[str, ...] = ("train", "validation")
+    limit: int | None = None              # cap examples per split (see hskstore.data.tasks.load_task)
+    data_seed: int = 0                    # train/validation split and `limit` subset: keep the teacher's
+    device: str = "auto"
+    overwrite: bool = False
+    task_options: dict = field(default_factory=dict)  # text_columns, label_column, data_dir... (load_task)
+    allow_task_mismatch: bool = False     # extract another task than the teacher's recorded one
+    storage_options: dict = field(default_factory=dict)  # fsspec options for URL outputs (endpoint_url, ...)
+
+    def __post_init__(self):
+        problems = []
+        if self.chunk_rows < 1:
+            problems.append(f"chunk_rows must be >= 1, got {self.chunk_rows}")
+        if self.batch_size is not None and self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            problems.append(f"batch_tokens must be >= 1, got {self.batch_tokens}")
+        if self.max_length is not None and not 2 <= self.max_length <= 512:
+            problems.append(f"max_length must be in 2..512, got {self.max_length}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"limit must be >= 1 (or None for every example), got {self.limit}")
+        if not 0 <= self.data_seed < 2**32:
+            problems.append(f"data_seed must be in 0..2**32-1 (a numpy seed), got {self.data_seed}")
+        if not self.splits:
+            problems.append("splits must name at least one split")
+        if problems:
+            raise ConfigError(problems)
+
+
+class _ChunkWriter:
+    """Background thread that compresses and writes finished chunks while the teacher keeps running."""
+
+    def __init__(self, writer: StoreWriter):
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="hskstore-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write_chunk(*item)
+                except BaseException as exc:  # surfaced in the main thread by put()/close()
+                    self.error = exc
+
+    def put(self, split: str, index: int, arrays: dict[str, np.ndarray]):
+        if self.error:
+            raise self.error
+        self.queue.put((split, index, arrays))
+
+    def close(self):
+        self.queue.put(None)
+        self.thread.join()
+        if self.error:
+            raise self.error
+
+    def abort(self, reason: BaseException) -> None:
+        """Stop after the chunks already queued, when the main loop failed: its error is the one raised;
+        a writer error is attached to it as a note, never raised in its place."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and self.error is not reason:
+            reason.add_note(f"the store writer had also failed: {type(self.error).__name__}: {self.error}")
+
+
+def _run_key(meta: dict) -> dict:
+    """What must match for a partial store to be resumed by this run.
+
+    The teacher is compared by content (its fingerprint), not by path: a teacher re-fine-tuned into the
+    same directory must not finish a store whose first chunks came from the old weights.
+    """
+    keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "data_seed", "numerics",
+            "batch_size", "batch_tokens", "teacher_fingerprint")
+    return {k: meta.get(k) for k in keys}
+
+
+def _differences(old: dict, new: dict, prefix="") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: store has {a!r}, this run {b!r}")
+    return diffs
+
+
+def _check_output(config: ExtractConfig) -> None:
+    """Fail on an unusable output before any slow work (loading data, tokenising, loading the teacher)."""
+    state, _ = store_state(config.output, config.storage_options)
+    if state == "foreign":
+        raise StoreError(f"{config.output} exists and is not an hskstore store; choose another --output "
+                         "(--overwrite only replaces stores)")
+    if state == "complete" and not config.overwrite:
+        raise StoreError(f"{config.output} already holds a complete store; pass --overwrite to replace it "
+                         "or choose another output.")
+
+
+def _check_writable(config: ExtractConfig) -> None:
+    if not is_remote(config.output):  # an object store is checked by _check_output's first request instead
+        check_writable(config.output if backend_for(config.output) == "zarr"
+                         else os.path.dirname(os.path.abspath(config.output)))
+
+
+def _write_location(config: ExtractConfig) -> str:
+    """Where this run writes: the output itself, or, to replace a store on local disk, a staging place
+    beside it, so the old store is lost only once the new one is complete."""
+    state, _ = store_state(config.output, config.storage_options)
+    if config.overwrite and state in ("partial", "complete") and not is_remote(config.output):
+        return staging_location(config.output)
+    return config.output
+
+
+def _prepare_store(config: ExtractConfig, location: str, meta: dict, split_sizes, specs, fixed_mask,
+                   tokenizer_files) -> StoreWriter:
+    options = config.storage_options
+    state, attrs = store_state(location, options)
+    staged = location != config.output
+    if state == "foreign" and staged:
+        raise StoreError(f"{location} (where --overwrite builds the new store) exists and is not a store; remove it")
+    if state == "half" or (state != "absent" and config.overwrite and not staged):
+        delete_store(location, options)  # half-created: nothing to keep; or --overwrite on an object store
+        state = "absent"
+    if state == "complete" and staged:  # a previous --overwrite finished but did not swap: remake it
+        delete_store(location, options)
+        state = "absent"
+    if state == "partial":  # a complete one was refused by _check_output without --overwrite
+        old = _run_key(attrs)
+        new = _run_key(json.loads(json.dumps(meta | {"splits": split_sizes, "chunk_rows": config.chunk_rows})))
+        diffs = _differences(old, new)
+        if diffs and staged:
+            delete_store(location, options)  # an abandoned --overwrite attempt with other options
+        elif diffs:
+            raise StoreError(f"{location} is a partial store from a different run ({'; '.join(diffs[:3])}); "
+                             "rerun with its original options to resume, or pass --overwrite.")
+        else:
+            return reopen_store(location, options)
+    packed_mask = None if fixed_mask is None else np.packbits(fixed_mask.numpy(), bitorder="little")
+    attrs = root_attributes(meta, split_sizes, config.chunk_rows, specs)
+    return create_store(location, attrs, specs, packed_mask, tokenizer_files, options)
+
+
+def _tokenizer_files(tokenizer) -> dict[str, bytes]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+
+
+def batch_bounds(sorted_lengths: np.ndarray, batch_size: int | None, batch_tokens: int) -> list[tuple[int, int]]:
+    """Batches over rows sorted longest first: `batch_size` rows each, or as many rows as fit in
+    `batch_tokens` padded tokens (rows x the batch's longest length), so short texts go in large batches
+    and long ones in small batches whatever the model and max length."""
+    bounds, start, total = [], 0, len(sorted_lengths)
+    while start < total:
+        rows = batch_size or max(1, batch_tokens // max(int(sorted_lengths[start]), 1))
+        bounds.append((start, min(start + rows, total)))
+        start += rows
+    return bounds
+
+
+def _teacher_chunk(model, selector, encoded, rows, batching, device, compression) -> dict[str, np.ndarray]:
+    """Run the teacher over the rows of one chunk; return that chunk's arrays in row order."""
+    lengths = encoded["lengths"][rows]
+    order = np.argsort(-lengths, kind="stable")      # longest first: dynamic padding wastes little
+    pieces = {"logits": [], "positions": [], "values": [], "masks": []}
+    precision = inference_precision(device.type)
+    accelerated = device.type != "cpu"
+    for start, stop in batch_bounds(lengths[order], *batching):
+        batch_rows = rows[order[start:stop]]
+        width = int(encoded["lengths"][batch_rows].max())
+        batch = {name: torch.from_numpy(encoded[name][batch_rows, :width]).to(device, non_blocking=True)
+                 for name in ("input_ids", "attention_mask", "token_type_ids")}
+        with torch.inference_mode(), precision.autocast(device):
+            out, selection = selector.run(model, **batch)
+        values = selection.values.to(getattr(torch, compression.value_dtype))
+        if compression.value_bits is not None:
+            values = round_mantissa(values, compression.value_bits)
+        produced = {"logits": out.logits.float(), "positions": selection.positions.to(torch.int16), "values": values}
+        if selection.mask is not None:
+            produced["masks"] = pack_bits(selection.mask)
+        # Each batch leaves the accelerator as it is produced (into pinned memory, without waiting), so
+        # device memory holds one batch, not a whole chunk (8-32 GB for --full with a BERT-base teacher).
+        for name, tensor in produced.items():
+            pieces[name].append(tensor.to("cpu", non_blocking=accelerated))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the copies above were queued: wait once per chunk, not per batch
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    gathered = {name: torch.cat(parts).numpy() for name, parts in pieces.items() if parts}
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    arrays = {name: data[inverse] for name, data in gathered.items()}
+    arrays["input_ids"] = encoded["input_ids"][rows]
+    arrays["token_type_ids"] = encoded["token_type_ids"][rows]
+    arrays["lengths"] = lengths
+    arrays["labels"] = encoded["labels"][rows]
+    return arrays
+
+
+def _absolute_if_file(value: str) -> str:
+    """Paths recorded absolutely, so a store (and a student trained from it) works from any directory."""
+    return str(Path(value).resolve()) if Path(value).exists() else value
+
+
+def _teacher_provenance(teacher: str, identity) -> dict:
+    """The teacher by absolute path and name (plus its fine-tuning base); its SHA-256s are `teacher_fingerprint`."""
+    info = identity.to_dict()
+    path = Path(teacher)
+    meta_file = path / "hskstore_teacher.json"
+    base = None
+    if meta_file.is_file():
+        try:
+            recorded = json.loads(meta_file.read_text())
+            base = recorded.get("base_model") or recorded.get("config", {}).get("model")
+        except ValueError:
+            base = None
+    info.update(path=_absolute_if_file(teacher), name=path.resolve().name if path.exists() else teacher,
+                base_model=_absolute_if_file(base) if isinstance(base, str) else None)
+    return info
+
+
+def rank_chunks(num_chunks: int, world) -> range:
+    """The chunks one rank extracts: a contiguous, chunk-aligned range, ranks in order, sizes within one."""
+    return range(num_chunks * world.rank // world.world_size, num_chunks * (world.rank + 1) // world.world_size)
+
+
+def extract(config: ExtractConfig, progress: bool = True) -> dict:
+    """Extract a store. Returns the run summary (examples, seconds, examples/s, bytes on disk).
+
+    Under torchrun every rank runs this: rank 0 creates (or reopens) the store, each rank writes only
+    the chunks of its `rank_chunks` range, and rank 0 marks the store complete once all have finished.
+    Holds the store's writer lock for the whole run (under torchrun, rank 0 holds it for the job).
+
+    Raises:
+        ConfigError / ModelError / DataError / StoreError with a one-line message naming the fix.
+    """
+    with distributed.process_group(config.device) as (world, device):
+        if not world.is_main:
+            return _extract(config, progress, world, device)
+        _check_writable(config)  # before the lock file is made beside the output
+        with WriterLock(config.output, config.storage_options):
+            return _extract(config, progress, world, device)
+
+
+def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
+    from ..data.tasks import absolute_task_ref, check_same_labels, load_task, resolve_task, tokenize
+    from ..store.report import store_info
+
+    if world.distributed and backend_for(config.output) == "hdf5":
+        raise ConfigError(f"{config.output} is an HDF5 file, which takes one writer: extract with torchrun into a "
+                          "Zarr store (a directory or URL), then `hskstore convert` it")
+    _check_writable(config)
+    _check_output(config)
+    compression = config.compression
+    max_length = config.max_length or teacher_max_length(config.teacher)
+    teacher_config = check_bert_family(config.teacher)  # fail fast: before data and weights are loaded
+    check_tokenizer_files(config.teacher)
+    check_max_length(max_length, teacher_config, "the teacher", config.teacher)
+    compression.resolve(teacher_config["num_hidden_layers"], teacher_config["hidden_size"], max_length)
+    recorded = teacher_task(config.teacher)
+    task_arg, task_options = resolve_task(recorded, config.task, config.task_options,
+                                          allow_mismatch=config.allow_task_mismatch, owner=f"teacher {config.teacher}")
+    task = load_task(task_arg, limit=config.limit, seed=config.data_seed, **task_options)
+    spec = task.spec
+    check_same_labels(recorded and recorded.get("label_names"), spec, f"teacher {config.teacher}",
+                      config.allow_task_mismatch)
+    columns = {s: task.split(s) for s in config.splits}  # "validation" also names MNLI's validation_matched
+    model, identity = load_teacher(config.teacher, device=device)
+    if identity.num_labels != spec.num_labels:
+        raise ConfigError(f"teacher {config.teacher} predicts {identity.num_labels} labels but task {spec.name!r} "
+                          f"has {spec.num_labels}: fine-tune a teacher on this task first (`hskstore finetune`).")
+    resolved = compression.resolve(identity.num_layers, identity.hidden_size, max_length)
+    tokenizer = load_tokenizer(config.teacher)
+    sep_id = tokenizer.sep_token_id
+    selector = Selector(compression, resolved, sep_id, model.bert.encoder.layer, identity.num_heads)
+    fixed_mask = selector.fixed_mask
+    batch_size = config.batch_size
+    batch_tokens = None if batch_size else (config.batch_tokens or (8192 if device.type == "cpu" else 32768))
+
+    split_sizes = {s: len(columns[s].get(spec.label_column, ())) for s in config.splits}
+    # Each rank tokenises only the rows of its own chunks (tokenising is ~2k examples/s a core here:
+    # the whole of a 10M-sentence corpus on every rank would take longer than extracting it on 64 GPUs).
+    chunk_rows = config.chunk_rows
+    mine = {s: rank_chunks(-(-split_sizes[s] // chunk_rows), world) for s in config.splits}
+    offset = {s: mine[s].start * chunk_rows for s in config.splits}
+    encoded = {s: tokenize(tokenizer, {c: v[offset[s]:mine[s].stop * chunk_rows] for c, v in columns[s].items()},
+                           spec, max_length) for s in config.splits}
+    meta = {
+        "created_by": f"hskstore {__version__}",
+        "compression": compression.to_dict(),
+        "resolved": resolved.to_dict(),
+        "amount_hsk": resolved.amount(),
+        "teacher": _teacher_provenance(config.teacher, identity),
+        # SHA-256 of the weights and tokenizer files: what a resumed extraction must be run with.
+        "teacher_fingerprint": teacher_fingerprint(config.teacher),
+        "task": asdict(spec),
+        # How to load the same data again (evaluate, predict): the task name or file, and its options.
+        "task_ref": absolute_task_ref(task_arg, task_options),
+        "label_names": list(spec.label_names),
+        "num_labels": spec.num_labels,
+        "max_length": max_length,
+        "limit": config.limit,
+        "data_seed": config.data_seed,
+        # CUDA runs the teacher under float16 autocast, CPU and mps in float32: a resumed store must not mix them.
+        "numerics": f"{device.type}-{'float16-autocast' if device.type == 'cuda' else 'float32'}",
+        "device": describe_device(device),         # where the store was created (resumes may differ in model)
+        "precision": inference_precision(device.type).name,
+        "tokenizer": {"source": _absolute_if_file(config.teacher), "class": type(tokenizer).__name__,
+                      "sep_token_id": sep_id, "pad_token_id": tokenizer.pad_token_id,
+                      "cls_token_id": tokenizer.cls_token_id},
+    }
+    # Batches are padded per batch: the same bytes need the same batching.
+    meta["batch_size"], meta["batch_tokens"] = batch_size, batch_tokens
+    specs = array_specs(resolved, compression, identity.vocab_size, spec.num_labels)
+    location = _write_location(config)  # the output, or the staging place an --overwrite builds in
+    error = None
+    if world.is_main:  # one creator; the others open the store once it exists
+        try:
+            writer = _prepare_store(config, location, meta, split_sizes, specs, fixed_mask,
+                                    _tokenizer_files(tokenizer))
+        except Exception as exc:
+            error = exc
+    distributed.raise_if_any_failed(world, error, "preparing the store", device)
+    if not world.is_main:
+        writer = reopen_store(location, config.storage_options)
+
+    try:
+        todo = {s: [k for k in mine[s] if k not in writer.chunks_done(s)] for s in config.splits}
+        remaining = sum(min(config.chunk_rows, split_sizes[s] - k * config.chunk_rows) for s in todo for k in todo[s])
+        started = time.perf_counter()
+        chunk_writer = _ChunkWriter(writer)
+        bar = tqdm(total=remaining, unit="ex", desc=f"extract{f' rank {world.rank}' if world.distributed else ''}",
+                   disable=not progress, smoothing=0.1, position=world.rank if world.distributed else None)
+        try:
+            for split in config.splits:
+                for k in todo[split]:
+                    rows = np.arange(k * config.chunk_rows, min((k + 1) * config.chunk_rows, split_sizes[split]))
+                    arrays = _teacher_chunk(model, selector, encoded[split], rows - offset[split],
+                                            (batch_size, batch_tokens), device, compression)
+                    chunk_writer.put(split, k, arrays)
+                    bar.update(len(rows))
+        except BaseException as exc:
+            bar.close()
+            chunk_writer.abort(exc)
+            raise
+        bar.close()
+        error = None
+        try:
+            chunk_writer.close()
+        except Exception as exc:  # every rank must hear of it, or they would wait at the next collective
+            error = exc
+        # A barrier too: no rank's chunks are missing once this returns.
+        distributed.raise_if_any_failed(world, error, "writing its chunks", device)
+        total = torch.tensor([remaining], dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+        distributed.all_reduce_sum(total, world)
+        extracted = int(total.item())
+        seconds = time.perf_counter() - started
+        summary = {"examples_extracted": extracted, "seconds": round(seconds, 3),
+                   "examples_per_second": round(extracted / seconds, 1) if seconds > 0 else None,
+                   "device": describe_device(device), "precision": inference_precision(device.type).name,
+                   "batch_size": batch_size, "batch_tokens": batch_tokens, "processes": world.world_size}
+        if world.is_main:
+            writer.mark_complete(summary)
+    finally:
+        writer.close()
+    if world.is_main and location != config.output:
+        replace_store(location, config.output)
+    distributed.barrier(world)  # the others return once the store is complete (and in place)
+    return summary | {"info": store_info(config.output, storage_options=config.storage_options)}

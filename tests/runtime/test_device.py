@@ -1,0 +1,76 @@
+"""Device and precision choices, with the hardware as an input: what a CUDA box, a Mac or a laptop gets."""
+
+import pytest
+import torch
+
+from hskstore.runtime.device import inference_precision, pick_device, training_precision
+from hskstore.runtime.distributed import World, rank_device, world_from_env
+from hskstore.errors import ConfigError
+
+
+@pytest.mark.parametrize("cuda_count, mps, expected", [(2, True, "cuda:0"), (0, True, "mps"), (0, False, "cpu")])
+def test_auto_picks_cuda_then_mps_then_cpu(cuda_count, mps, expected):
+    assert pick_device("auto", cuda_count=cuda_count, mps_available=mps) == torch.device(expected)
+
+
+def test_named_devices_are_checked_against_the_machine():
+    assert pick_device("cuda:1", cuda_count=2, mps_available=False) == torch.device("cuda", 1)
+    assert pick_device("cuda", cuda_count=1, mps_available=False) == torch.device("cuda", 0)
+    assert pick_device("mps", cuda_count=0, mps_available=True) == torch.device("mps")
+    with pytest.raises(ConfigError, match=r"cuda:2.*has 2 CUDA device\(s\), cuda:0..cuda:1"):
+        pick_device("cuda:2", cuda_count=2, mps_available=False)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        pick_device("cuda", cuda_count=0, mps_available=True)
+    with pytest.raises(ConfigError, match="MPS backend is not available"):
+        pick_device("mps", cuda_count=1, mps_available=False)
+    with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
+        pick_device("gpu0", cuda_count=1, mps_available=False)
+
+
+@pytest.mark.parametrize("capability, expected, scaler", [
+    ((9, 0), torch.bfloat16, False),   # H100
+    ((8, 0), torch.bfloat16, False),   # A100: native bf16 from here on
+    ((8, 6), torch.bfloat16, False),   # RTX 30xx / A10
+    ((7, 5), torch.float16, True),     # T4: bf16 only emulated, slower than fp32
+    ((7, 0), torch.float16, True),     # V100
+    ((6, 1), torch.float16, True),
+])
+def test_training_uses_bf16_only_from_capability_8_else_fp16_with_a_grad_scaler(capability, expected, scaler):
+    precision = training_precision("cuda", capability, amp=True)
+    assert precision.autocast_dtype == expected
+    assert precision.grad_scaler is scaler
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "mps"])
+def test_cpu_and_mps_train_in_fp32_and_amp_off_means_fp32_everywhere(device_type):
+    assert training_precision(device_type, None).name == "fp32"
+    assert training_precision("cuda", (9, 0), amp=False).name == "fp32"
+    assert not training_precision(device_type, None).scaler(torch.device("cpu")).is_enabled()
+
+
+def test_the_teacher_runs_in_fp16_on_cuda_and_fp32_elsewhere():
+    assert inference_precision("cuda").autocast_dtype == torch.float16
+    assert inference_precision("cuda").grad_scaler is False  # inference: nothing to scale
+    assert inference_precision("cpu").name == inference_precision("mps").name == "fp32"
+
+
+def test_each_torchrun_rank_takes_the_gpu_of_its_local_rank():
+    world = World(rank=5, world_size=8, local_rank=1)
+    assert rank_device("auto", world, cuda_count=4, mps_available=False) == torch.device("cuda", 1)
+    assert rank_device("cuda", world, cuda_count=4, mps_available=False) == torch.device("cuda", 1)
+    assert rank_device("auto", world, cuda_count=0, mps_available=True) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="cuda:LOCAL_RANK"):
+        rank_device("cuda:0", world, cuda_count=4, mps_available=False)
+    with pytest.raises(ConfigError, match="--nproc-per-node <= 1"):
+        rank_device("cuda", world, cuda_count=1, mps_available=False)
+    with pytest.raises(ConfigError, match="mps is not supported"):
+        rank_device("mps", world, cuda_count=0, mps_available=True)
+    # One process: the plain choice, cuda:N included.
+    assert rank_device("cuda:3", World(), cuda_count=4, mps_available=False) == torch.device("cuda", 3)
+
+
+def test_the_world_comes_from_torchruns_environment():
+    assert world_from_env({}) == World(0, 1, 0)
+    assert world_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == World(3, 4, 1)
+    with pytest.raises(ConfigError, match="inconsistent"):
+        world_from_env({"RANK": "4", "WORLD_SIZE": "4"})

@@ -1,0 +1,165 @@
+"""Two CPU processes under torchrun (gloo): sharded extraction and DDP training give the single-process results.
+
+Each test starts `python -m torch.distributed.run --standalone --nproc-per-node 2` on the real CLI
+(tests/_torchrun_probe.py wraps it to record batches and to kill rank 1 at a chosen point).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hskstore.store import open_store, store_state
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = ROOT / "tests" / "_torchrun_probe.py"
+TINY_EXTRACT = ["--task", "tweets", "--limit", "120", "--chunk-rows", "32", "--depth", "2", "--length", "5",
+                "--width", "0.25", "--student-layers", "2", "--device", "cpu"]  # the tiny_store fixture's options
+
+
+def torchrun(args, probe=None, crash_at=0, timeout=240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    target = [str(PROBE), str(probe), str(crash_at)] if probe is not None else ["-m", "hskstore"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *target, *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_same_store(a, b):
+    first, second = open_store(a), open_store(b)
+    assert first.splits == second.splits
+    for split in first.splits:
+        x, y = first.split(split), second.split(split)
+        assert x.array_names == y.array_names
+        for name in x.array_names:
+            np.testing.assert_array_equal(x.read_rows(0, len(x), [name])[name], y.read_rows(0, len(y), [name])[name],
+                                          err_msg=f"{split}/{name}")
+
+
+def test_two_processes_extract_the_same_store_as_one(tiny_teacher, tiny_store, tmp_path):
+    out = tmp_path / "two.zarr"
+    result = torchrun(["extract", "--teacher", tiny_teacher, "--output", str(out), *TINY_EXTRACT, "--json"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_store(out, tiny_store)
+    summary = open_store(out).attrs["summary"]
+    assert summary["processes"] == 2 and summary["examples_extracted"] == 150
+    assert json.loads(result.stdout)["processes"] == 2  # one JSON document: the summary is printed by rank 0 only
+
+
+def test_a_killed_rank_leaves_a_partial_store_that_a_rerun_finishes_identically(tiny_teacher, tiny_store, tmp_path):
+    out = tmp_path / "killed.zarr"
+    args = ["extract", "--teacher", tiny_teacher, "--output", str(out), *TINY_EXTRACT, "--json"]
+    crashed = torchrun(args, probe=tmp_path / "probe", crash_at=1)  # rank 1 dies after its first chunk
+    assert crashed.returncode != 0
+    state, _ = store_state(out)
+    assert state == "partial"
+    partial = open_store(out, allow_incomplete=True)
+    done = {s: partial.chunks_done(s) for s in partial.splits}
+    assert 2 in done["train"] and 3 not in done["train"]  # rank 1 owns train chunks 2-3 and wrote only the first
+
+    rerun = torchrun(args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same_store(out, tiny_store)
+    written = sum(min(32, open_store(out).split(s).num_examples - 32 * k) for s in done for k in done[s])
+    assert open_store(out).attrs["summary"]["examples_extracted"] == 150 - written  # resumed, not redone
+
+
+def _no_dropout_student(tiny_student, directory) -> str:
+    import shutil
+
+    shutil.copytree(tiny_student, directory)
+    meta = json.loads((directory / "student.json").read_text())
+    meta["config"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (directory / "student.json").write_text(json.dumps(meta))
+    return str(directory)
+
+
+def _epoch_rows(probe, steps):
+    """Rows each rank staged, as the first `steps` batches of its record (the prefetcher may stage more)."""
+    out = []
+    for rank in range(2):
+        lines = (probe / f"rows-rank{rank}.jsonl").read_text().splitlines()
+        out.append([np.array(json.loads(line)) for line in lines[:steps]])
+    return out
+
+
+def _multiset(rows):
+    return sorted(map(tuple, np.concatenate(rows).tolist()))
+
+
+def _reference_losses(store, student, output, epochs):
+    """One process, global batches of 16 made of the two ranks' batches: what DDP must reproduce."""
+    from hskstore.store.stream import HSK_ARRAYS, TOKEN_ARRAYS, StoreStream
+    from hskstore.stages.train import TrainConfig, Trainer
+
+    trainer = Trainer(TrainConfig(store=store, student=student, output=str(output), stages=("hsk",), hsk_epochs=2,
+                                  hsk_batch_size=16, hsk_lr=1e-3, device="cpu"), progress=False)
+    trainer.student.train()
+    trainer.projection.train()
+    optimizer = trainer.optimizer("hsk", 1e-3)
+    losses = []
+    for epoch in range(epochs):
+        ranks = [StoreStream(store, "train", 8, arrays=[*TOKEN_ARRAYS, *HSK_ARRAYS], seed=0, rank=r, world_size=2)
+                 for r in range(2)]
+        for stream in ranks:
+            stream.set_epoch(epoch)
+        for parts in zip(*ranks, strict=True):
+            batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            losses.append(trainer.step("hsk", optimizer, batch))
+    return losses, trainer
+
+
+def test_ddp_training_sees_every_example_once_matches_one_process_and_resumes(tiny_store, tiny_student, tmp_path):
+    student = _no_dropout_student(tiny_student, tmp_path / "student")
+    run = tmp_path / "run"
+    args = ["train", tiny_store, "--student", student, "--output", str(run), "--stages", "hsk", "--hsk-epochs", "2",
+            "--hsk-batch-size", "16", "--hsk-lr", "1e-3", "--device", "cpu"]
+    reference, trainer = _reference_losses(tiny_store, student, tmp_path / "reference", epochs=2)
+    steps = len(reference) // 2  # 120 rows over 2 ranks of 8: 8 steps an epoch (4 chunks of 32, 32, 32, 24 rows)
+
+    first = torchrun(args, probe=tmp_path / "first", crash_at=steps + 2)  # rank 1 dies in epoch 2
+    assert first.returncode != 0
+    history = json.loads((tmp_path / "first" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1]
+    rows = _epoch_rows(tmp_path / "first", steps)
+    everything = open_store(tiny_store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"]
+    assert _multiset(rows[0] + rows[1]) == _multiset([everything])  # each example once, over both ranks
+    np.testing.assert_allclose(history[0]["step_losses"], reference[:steps], rtol=1e-4)
+
+    second = torchrun(args, probe=tmp_path / "second")  # the same command: resumes at the epoch-1 checkpoint
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = json.loads((tmp_path / "second" / "history.json").read_text())
+    assert [h["epoch"] for h in resumed] == [1, 2] and "step_losses" not in resumed[0]  # epoch 1 not redone
+    rows = _epoch_rows(tmp_path / "second", steps)
+    assert [len(r) for r in rows] == [steps, steps]
+    assert _multiset(rows[0] + rows[1]) == _multiset([everything])
+    np.testing.assert_allclose(resumed[1]["step_losses"], reference[steps:], rtol=1e-4)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and [h["epoch"] for h in metrics["history"]] == [1, 2]
+    # Rank 0's saved student is the one-process reference's student after the same 16 steps.
+    from hskstore.models.student import load_student
+
+    saved = load_student(run / "student").state_dict()
+    for name, value in trainer.student.state_dict().items():
+        torch.testing.assert_close(saved[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_two_processes_extract_into_an_object_store(tiny_teacher, tiny_store, s3_server, s3_bucket_url):
+    endpoint, options = s3_server
+    result = torchrun(["extract", "--teacher", tiny_teacher, "--output", s3_bucket_url, *TINY_EXTRACT,
+                       "--storage-option", f"endpoint_url={endpoint}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = open_store(s3_bucket_url, storage_options=options)
+    assert remote.attrs["summary"]["processes"] == 2
+    local = open_store(tiny_store)
+    for split in local.splits:
+        for name in local.split(split).array_names:
+            np.testing.assert_array_equal(remote.split(split).read_rows(0, len(local.split(split)), [name])[name],
+                                          local.split(split).read_rows(0, len(local.split(split)), [name])[name])

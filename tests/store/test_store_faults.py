@@ -1,0 +1,225 @@
+"""Faults a storage engineer would inject, on every backend: flipped bytes, truncated and deleted
+chunks, a kill at each phase of writing, two writers at once, a crafted tokenizer, a failed --overwrite.
+
+Each is detected with a one-line error naming the split, array and chunk, or survived: a rerun
+finishes the same store.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hskstore.cli import cli
+from hskstore.method.compression import Compression
+from hskstore.errors import StoreError
+from hskstore.stages.extract import ExtractConfig, extract
+from hskstore.store import StoreWriter, open_store, store_state
+from hskstore.store.verify import verify_store
+
+pytestmark = pytest.mark.slow
+ARRAYS = ["input_ids", "token_type_ids", "lengths", "labels", "logits", "positions", "values", "masks"]
+
+
+def _config(teacher, output, **kwargs):
+    return ExtractConfig(teacher=teacher, task="tweets", output=str(output), limit=120, chunk_rows=32,
+                         compression=Compression(depth=2, length=5, width=0.25, student_layers=2), **kwargs)
+
+
+@pytest.fixture(params=["zarr-dir", "hdf5"])
+def backend_store(request, tiny_store, tmp_path):
+    """A fresh copy of the tiny store on one local backend."""
+    if request.param == "zarr-dir":
+        path = tmp_path / "s.zarr"
+        shutil.copytree(tiny_store, path)
+    else:
+        from hskstore.store.convert import convert_store
+
+        path = tmp_path / "s.h5"
+        convert_store(tiny_store, str(path))
+    return str(path)
+
+
+def _flip_chunk_bytes(location: str, split: str, name: str, chunk: int, count: int = 16) -> None:
+    """Flip `count` bytes in the middle of one stored chunk, as a bad disk or a bad copy would."""
+    if location.endswith(".h5"):
+        import h5py
+
+        with h5py.File(location, "r") as f:
+            info = f[split][name].id.get_chunk_info(chunk)
+        offset, size = info.byte_offset, info.size
+        path = Path(location)
+    else:
+        path = _chunk_file(location, split, name, chunk)
+        offset, size = 0, path.stat().st_size
+    data = bytearray(path.read_bytes())
+    middle = offset + size // 2
+    for i in range(middle, min(middle + count, offset + size)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _chunk_file(location, split, name, chunk):
+    files = [p for p in (Path(location) / split / name / "c" / str(chunk)).rglob("*") if p.is_file()]
+    return files[0] if files else Path(location) / split / name / "c" / str(chunk)
+
+
+def _one_error_line(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("name", ARRAYS)
+def test_every_array_with_a_flipped_chunk_is_named_by_verify_info_and_train(backend_store, tiny_student, tmp_path,
+                                                                           name):
+    _flip_chunk_bytes(backend_store, "train", name, 2)
+    runner = CliRunner()
+    _one_error_line(runner.invoke(cli, ["verify", backend_store]), f"train/{name} chunk 2", "is damaged")
+    trained = runner.invoke(cli, ["train", backend_store, "--student", tiny_student, "--output", str(tmp_path / "run"),
+                                  "--device", "cpu", "--hsk-epochs", "1", "--pred-epochs", "1", "--quiet"])
+    _one_error_line(trained, f"chunk 2 of train/{name} is damaged", "hskstore verify")
+    if name == "lengths":  # info reads every chunk's lengths
+        _one_error_line(runner.invoke(cli, ["info", backend_store]), "chunk 2 of train/lengths is damaged")
+
+
+def test_a_clean_store_verifies(backend_store):
+    result = CliRunner().invoke(cli, ["verify", backend_store, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["chunks_checked"] == (4 + 1) * 8   # 4 train + 1 validation chunks x 8 arrays
+
+
+@pytest.mark.parametrize("name", ["values", "token_type_ids", "labels"])
+def test_a_deleted_or_truncated_chunk_is_an_error_never_fill_values(tiny_store, tmp_path, name):
+    path = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, path)
+    _chunk_file(path, "train", name, 1).unlink()          # token_type_ids is all zeros: its chunk exists too
+    _one_error_line(CliRunner().invoke(cli, ["verify", str(path)]), f"train/{name} chunk 1", "is missing")
+    with open_store(path) as store, pytest.raises(StoreError, match=f"chunk 1 of train/{name} is missing"):
+        store.split("train").read_chunk(1)
+    shutil.rmtree(path)
+    shutil.copytree(tiny_store, path)
+    chunk = _chunk_file(path, "train", name, 3)
+    chunk.write_bytes(chunk.read_bytes()[: max(1, chunk.stat().st_size // 2)])
+    _one_error_line(CliRunner().invoke(cli, ["verify", str(path)]), f"train/{name} chunk 3", "is damaged")
+
+
+@pytest.mark.parametrize("phase", ["creation", "mid-chunk", "between data and record", "at completion"])
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_kill_at_each_phase_leaves_a_store_a_rerun_finishes(tiny_teacher, tiny_store, tmp_path, monkeypatch,
+                                                              phase, suffix):
+    from hskstore.store._hdf5 import Hdf5Writer
+    from hskstore.store._zarr import ZarrWriter
+
+    writer_class = ZarrWriter if suffix == ".zarr" else Hdf5Writer
+    path = tmp_path / f"s{suffix}"
+    calls = {"n": 0}
+
+    def killed(original, after):
+        def wrapper(self, *args):
+            calls["n"] += 1
+            if calls["n"] > after:
+                raise KeyboardInterrupt(f"killed {phase}")
+            return original(self, *args)
+        return wrapper
+
+    target = {"creation": ("_update_attrs", 0), "mid-chunk": ("_write_array", 20),
+              "between data and record": ("_record", 2), "at completion": ("_update_attrs", 1)}[phase]
+    monkeypatch.setattr(writer_class, target[0], killed(getattr(writer_class, target[0]), target[1]))
+    with pytest.raises(KeyboardInterrupt):
+        extract(_config(tiny_teacher, path), progress=False)
+    monkeypatch.undo()
+    expected_state = {"creation": "half", "at completion": "partial"}.get(phase, "partial")
+    assert store_state(str(path))[0] == expected_state
+    summary = extract(_config(tiny_teacher, path), progress=False)
+    if phase == "at completion":
+        assert summary["examples_extracted"] == 0           # every chunk was recorded: nothing recomputed
+    with open_store(str(path)) as store, open_store(tiny_store) as reference:
+        for split in reference.splits:
+            a = store.split(split).read_rows(0, reference.split(split).num_examples)
+            b = reference.split(split).read_rows(0, reference.split(split).num_examples)
+            assert all(np.array_equal(a[n], b[n]) for n in b)
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tiny_teacher, tmp_path, monkeypatch):
+    import os
+    import socket
+
+    path = tmp_path / "s.zarr"
+    seen = {}
+
+    def second_writer_arrives(self, *args):
+        if not seen:
+            seen["result"] = CliRunner().invoke(cli, ["extract", "--teacher", tiny_teacher, "--task", "tweets",
+                                                      "--output", str(path), "--limit", "120", "--chunk-rows", "32", "--quiet"])
+        return original(self, *args)
+
+    original = StoreWriter.write_chunk
+    monkeypatch.setattr(StoreWriter, "write_chunk", second_writer_arrives)
+    extract(_config(tiny_teacher, path), progress=False)
+    _one_error_line(seen["result"], "is being written by another run", f"host {socket.gethostname()}",
+                    f"PID {os.getpid()}")
+    assert store_state(str(path))[0] == "complete" and not Path(str(path) + ".lock").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tiny_teacher, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.zarr"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    Path(str(path) + ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout),
+                                                     "started_at": "2026-01-01T00:00:00+00:00"}))
+    extract(_config(tiny_teacher, path), progress=False)
+    assert store_state(str(path))[0] == "complete"
+
+
+def test_a_crafted_tokenizer_entry_cannot_overwrite_a_students_files(tiny_store, tiny_student, tmp_path):
+    import zarr
+
+    path = tmp_path / "crafted.zarr"
+    shutil.copytree(tiny_store, path)
+    group = zarr.open_group(str(path / "tokenizer"), mode="r+")
+    group.create_array("model.safetensors", data=np.frombuffer(b"not weights", dtype=np.uint8))
+    zarr.consolidate_metadata(str(path))   # a crafted store lists its entry like a real one
+    result = CliRunner().invoke(cli, ["train", str(path), "--student", tiny_student, "--output", str(tmp_path / "run"),
+                                      "--device", "cpu", "--hsk-epochs", "1", "--pred-epochs", "1", "--max-steps", "1", "--quiet"])
+    _one_error_line(result, "tokenizer entry 'model.safetensors'", "refusing")
+
+
+def test_a_failed_overwrite_keeps_the_old_store_and_a_good_one_replaces_it(tiny_teacher, tiny_store, tmp_path,
+                                                                          monkeypatch):
+    path = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, path)
+    with open_store(str(path)) as store:
+        old_uuid = store.uuid
+    calls = {"n": 0}
+    original = StoreWriter.write_chunk
+
+    def crash(self, *args):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt("killed mid-overwrite")
+        return original(self, *args)
+
+    monkeypatch.setattr(StoreWriter, "write_chunk", crash)
+    other = Compression(depth=1, length=3, width=4, student_layers=2)
+    with pytest.raises(KeyboardInterrupt):
+        extract(_config(tiny_teacher, path, overwrite=True) .__class__(**{**_config(tiny_teacher, path).__dict__,
+                                                                         "overwrite": True, "compression": other}),
+                progress=False)
+    monkeypatch.undo()
+    with open_store(str(path)) as store:                   # the old store is untouched and still complete
+        assert store.uuid == old_uuid and store.resolved.depth == 2
+    assert verify_store(str(path))["complete"]
+    config = _config(tiny_teacher, path)
+    extract(config.__class__(**{**config.__dict__, "overwrite": True, "compression": other}), progress=False)
+    with open_store(str(path)) as store:
+        assert store.uuid != old_uuid and store.resolved.depth == 1
+    assert not Path(str(path) + ".overwrite").exists() and not Path(str(path) + ".old").exists()

@@ -1,0 +1,227 @@
+"""Streaming a store split: exactly-once epochs, seeded shuffles, masks unpacked on the device."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from hskstore.method.select import densify, unpack_bits
+from hskstore.store import open_store
+from hskstore.store.stream import StoreStream, keep_numpy, to_device
+
+
+def _labels_and_ids(loader):
+    ids = []
+    for batch in loader:
+        ids.append(batch["input_ids"][:, :8].astype(np.int64))
+    return np.concatenate(ids)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_one_epoch_visits_every_example_exactly_once(tiny_store, workers):
+    stream = StoreStream(tiny_store, "train", batch_size=7, seed=3)
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_numpy)
+    seen = _labels_and_ids(loader)
+    reference = open_store(tiny_store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"][:, :8]
+    key = lambda rows: sorted(map(tuple, rows.tolist()))
+    assert len(seen) == 120
+    assert key(seen) == key(reference)
+
+
+def test_ranks_split_the_data_without_duplicates_or_gaps(tiny_store):
+    parts = [list(StoreStream(tiny_store, "train", 16, rank=r, world_size=2, seed=1)) for r in range(2)]
+    rows = [np.concatenate([b["input_ids"][:, :8] for b in part]) for part in parts]
+    assert len(rows[0]) + len(rows[1]) == 120
+    assert not set(map(tuple, rows[0].tolist())) & set(map(tuple, rows[1].tolist()))
+
+
+def test_shuffles_are_seeded_per_epoch(tiny_store):
+    def order(epoch, seed=0):
+        stream = StoreStream(tiny_store, "train", 120, seed=seed)
+        stream.set_epoch(epoch)
+        return np.concatenate([b["input_ids"][:, 1] for b in stream]).tolist()
+
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+    unshuffled = StoreStream(tiny_store, "train", 200, shuffle=False)
+    assert next(iter(unshuffled))["input_ids"].tolist() == open_store(tiny_store).split("train").read_rows(0, 120)["input_ids"].tolist()
+
+
+def test_to_device_scatters_kept_values_to_full_width(tiny_store):
+    batch = next(iter(StoreStream(tiny_store, "train", 8, shuffle=False)))
+    moved = to_device(batch, torch.device("cpu"), hidden_size=32)
+    mask = unpack_bits(torch.from_numpy(batch["masks"]), 32)
+    assert moved.targets.shape == (8, 2, 5, 32)
+    assert torch.equal(moved.mask, mask)
+    assert torch.equal(moved.targets, densify(torch.from_numpy(batch["values"]).float(), mask))
+    assert moved.input_ids.shape[1] == batch["lengths"].max()  # trimmed to the longest sequence
+    assert moved.attention_mask.sum(1).tolist() == batch["lengths"].tolist()
+
+
+def test_prefetching_yields_the_same_batches_and_surfaces_errors(tiny_store):
+    from hskstore.store.stream import Prefetcher
+
+    direct = [b["input_ids"] for b in StoreStream(tiny_store, "train", 16, seed=2)]
+    fetched = [b["input_ids"] for b in Prefetcher(StoreStream(tiny_store, "train", 16, seed=2))]
+    assert all(np.array_equal(a, b) for a, b in zip(direct, fetched)) and len(direct) == len(fetched)
+
+    def broken():
+        yield 1
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        list(Prefetcher(broken()))
+
+
+def test_closing_a_prefetcher_early_stops_its_thread(tiny_store):
+    from hskstore.store.stream import Prefetcher
+
+    with Prefetcher(StoreStream(tiny_store, "train", 4), depth=1) as batches:
+        next(iter(batches))
+    assert not batches._thread.is_alive()
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+def test_the_batch_count_is_exact_even_when_shards_end_in_partial_batches(tiny_store, workers):
+    stream = StoreStream(tiny_store, "train", batch_size=12, seed=5)  # 12 does not divide the 32-row chunks
+    for epoch in range(3):
+        stream.set_epoch(epoch)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_numpy)
+        assert stream.num_batches(workers) == sum(1 for _ in loader)
+
+
+@pytest.mark.parametrize("batch_size, workers", [(8, 1), (7, 1), (16, 1), (5, 2)])
+def test_ranks_get_equally_many_batches_and_still_every_example_once(tiny_store, batch_size, workers):
+    streams = [StoreStream(tiny_store, "train", batch_size, seed=4, rank=r, world_size=2) for r in range(2)]
+    for epoch in range(3):
+        for stream in streams:
+            stream.set_epoch(epoch)
+        plan = streams[0].batch_plan(workers)
+        assert len({len(sizes) for sizes in plan}) == 1            # every (rank, worker) shard: S batches
+        assert all(0 < size <= batch_size for sizes in plan for size in sizes)
+        batches = [list(DataLoader(s, batch_size=None, num_workers=workers, collate_fn=keep_numpy)) for s in streams]
+        assert len(batches[0]) == len(batches[1]) == streams[0].num_batches(workers)
+        seen = np.concatenate([b["input_ids"][:, :8] for part in batches for b in part])
+        assert len(seen) == 120 and len(set(map(tuple, seen.tolist()))) == len(set(map(tuple, _all_ids(tiny_store))))
+
+
+def _all_ids(store):
+    return open_store(store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"][:, :8].tolist()
+
+
+def test_too_few_chunks_for_the_ranks_is_a_one_line_error(tiny_store):
+    from hskstore.errors import ConfigError
+
+    stream = StoreStream(tiny_store, "train", 8, rank=0, world_size=5)  # 4 chunks for 5 ranks
+    with pytest.raises(ConfigError, match="too few rows per shard"):
+        stream.num_batches()
+
+
+def _reference_batches(stream, store):
+    """The reader as first written: concatenate the buffer, permute, fancy-index a copy per array per batch."""
+    reader = open_store(store).split(stream.split)
+    rng = np.random.default_rng([stream.seed, stream.epoch, stream.rank, 0])
+    chunks = stream._shard_chunks(stream.rank, stream.world_size)
+    sizes = stream.batch_plan(1)[stream.rank][::-1]
+    buffer, buffered = {name: [] for name in stream.arrays}, 0
+    for i, chunk in enumerate(chunks):
+        data = reader.read_chunk(chunk, stream.arrays)
+        for name in stream.arrays:
+            buffer[name].append(data[name])
+        buffered += len(data[stream.arrays[0]])
+        if buffered >= stream.buffer_rows or i == len(chunks) - 1:
+            rows = {name: np.concatenate(parts) for name, parts in buffer.items()}
+            order = rng.permutation(buffered) if stream.shuffle else np.arange(buffered)
+            start = 0
+            while sizes and buffered - start >= sizes[-1]:
+                index = order[start:start + sizes.pop()]
+                start += len(index)
+                yield {name: rows[name][index] for name in stream.arrays}
+            buffer = {name: [rows[name][order[start:]]] for name in stream.arrays}
+            buffered = len(order) - start
+
+
+@pytest.mark.parametrize("batch_size, buffer_chunks, shuffle, world_size, drop_last",
+                         [(7, 2, True, 1, False), (32, 1, True, 1, False), (50, 3, True, 1, True),
+                          (16, 2, False, 1, False), (5, 2, True, 2, False)])
+def test_batches_are_the_reference_readers_bit_for_bit(tiny_store, batch_size, buffer_chunks, shuffle, world_size,
+                                                       drop_last):
+    # Batches are views of one gathered buffer now; rows, order and bytes must be what the copying reader gave.
+    for rank in range(world_size):
+        for epoch in range(2):
+            stream = StoreStream(tiny_store, "train", batch_size, seed=3, buffer_chunks=buffer_chunks, shuffle=shuffle,
+                                 rank=rank, world_size=world_size, drop_last=drop_last)
+            stream.set_epoch(epoch)
+            ours, reference = list(stream), list(_reference_batches(stream, tiny_store))
+            assert len(ours) == len(reference) == stream.num_batches()
+            for a, b in zip(ours, reference):
+                assert a.keys() == b.keys()
+                assert all(a[n].dtype == b[n].dtype and a[n].tobytes() == b[n].tobytes() for n in a)
+
+
+def test_cpu_device_batches_are_the_sorting_reference_bit_for_bit(tiny_store):
+    from hskstore.method.select import full_width
+
+    for batch in StoreStream(tiny_store, "train", 16, seed=1):
+        moved = to_device(batch, torch.device("cpu"), hidden_size=32)
+        mask = unpack_bits(torch.from_numpy(np.ascontiguousarray(batch["masks"])), 32)
+        targets, _ = full_width(torch.from_numpy(batch["values"]).float(), mask)
+        assert torch.equal(moved.mask, mask)
+        assert moved.targets.dtype == torch.float32
+        assert torch.equal(moved.targets.view(torch.int32), targets.view(torch.int32))
+
+
+@pytest.mark.parametrize("hidden_size, k, empty_fraction", [(21, 5, 0.3), (768, 77, 0.3), (768, 77, 0.0)])
+def test_the_numpy_reader_path_equals_the_sorting_densify_bit_for_bit(hidden_size, k, empty_fraction):
+    from hskstore.method.select import densify_packed, pack_bits, top_magnitude
+
+    torch.manual_seed(0)
+    vectors = torch.randn(6, 2, 9, hidden_size).half()
+    values, mask = top_magnitude(vectors, k)                         # (6, 2, 9, k), (6, 2, 9, d)
+    empty = torch.rand(6, 2, 9) < empty_fraction                     # short texts leave slots empty
+    values, mask = values.masked_fill(empty[..., None], 0), mask & ~empty[..., None]
+    targets, unpacked = densify_packed(values.numpy(), pack_bits(mask).numpy(), hidden_size)
+    assert torch.equal(torch.from_numpy(unpacked), mask)
+    assert torch.equal(torch.from_numpy(targets), densify(values.float(), mask))
+
+
+def test_densified_targets_reuse_memory_only_once_nothing_refers_to_it():
+    import gc
+
+    from hskstore.method.select import _ZeroedBuffers, densify_packed, pack_bits, top_magnitude
+
+    buffers = _ZeroedBuffers(per_shape=2)
+    first = buffers.zeros((2, 3))
+    first[:] = 7
+    held = torch.from_numpy(first[1:])[0]                            # a tensor of a view: all that is left
+    del first
+    gc.collect()
+    second = buffers.zeros((2, 3))
+    assert not np.shares_memory(second, held.numpy()) and held.tolist() == [7, 7, 7]
+    second[:] = 5
+    overflow = buffers.zeros((2, 3))                                 # both pooled buffers in use: a plain array
+    assert overflow.tolist() == [[0, 0, 0]] * 2
+    del held, overflow
+    gc.collect()
+    third = buffers.zeros((2, 3))                                    # the first buffer again, zeroed
+    assert third.tolist() == [[0, 0, 0]] * 2 and not np.shares_memory(third, second)
+
+    # Batch after batch, each dropped in turn, the reused buffers give the same targets as fresh ones.
+    torch.manual_seed(1)
+    for _ in range(4):
+        values, mask = top_magnitude(torch.randn(3, 1, 9, 64).half(), 6)
+        targets, _ = densify_packed(values.numpy(), pack_bits(mask).numpy(), 64)
+        assert torch.equal(torch.from_numpy(targets), densify(values.float(), mask))
+
+
+def test_a_mask_that_disagrees_with_its_values_is_a_store_error():
+    from hskstore.errors import StoreError
+    from hskstore.method.select import densify_packed
+
+    packed = np.zeros((2, 1), dtype=np.uint8)
+    packed[0, 0] = 0b111                                             # 3 bits set, 2 values stored
+    with pytest.raises(StoreError, match="corrupt"):
+        densify_packed(np.ones((2, 2), dtype=np.float16), packed, 8)
+    packed[0, 0] = 0b1                                               # 1 bit set, 2 values stored
+    with pytest.raises(StoreError, match="corrupt"):
+        densify_packed(np.ones((2, 2), dtype=np.float16), packed, 8)
