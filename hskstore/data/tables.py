@@ -23,11 +23,22 @@ FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 
 def _decode(path: Path, encoding: str | None) -> str:
+    """The file's text: UTF-8 (a leading BOM dropped) unless `encoding` names another codec.
+
+    A byte that does not decode is an error naming its line: guessing latin-1 silently turns a UTF-8 file
+    with one bad byte into mojibake the teacher then learns from.
+    """
     raw = path.read_bytes()  # bytes, not read_text(): newlines inside quoted CSV fields stay as written
+    codec = encoding or "utf-8-sig"
     try:
-        return raw.decode(encoding or "utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+        return raw.decode(codec)
+    except LookupError:
+        raise DataError(f"unknown --encoding {encoding!r} for {path}: pass a Python codec name such as utf-8 or "
+                        "latin-1") from None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path} line {line} is not valid {encoding or 'UTF-8'} (byte {raw[exc.start]:#04x} at "
+                        f"offset {exc.start}): re-save the file as UTF-8 or pass --encoding (e.g. latin-1)") from None
 
 
 def _check_file(path: Path) -> str:
@@ -81,6 +92,8 @@ def read_table(path, encoding: str | None = None) -> dict[str, list]:
                     raise DataError(f"{path} line {number} is not a JSON object: write one object a line")
                 rows.append(row)
                 lines.append(number)
+        if not rows:
+            raise DataError(f"{path} holds no JSON objects: write one object a line, one line per example")
         names = list(dict.fromkeys(k for row in rows for k in row))
         return {n: [row.get(n) for row in rows] for n in names} | {LINE: lines}
     if suffix == ".tsv":
@@ -100,6 +113,8 @@ def read_table(path, encoding: str | None = None) -> dict[str, list]:
     if not numbered:
         raise DataError(f"{path} is empty: expected a header row naming the columns, then one row per example")
     (_, header), body = numbered[0], numbered[1:]
+    if not body:
+        raise DataError(f"{path} has a header row ({', '.join(header)}) but no examples: add one row per example")
     for number, fields in body:
         if len(fields) != len(header):
             hint = " (a stray quote merges rows in a CSV)" if suffix == ".csv" else ""

@@ -108,6 +108,15 @@ def predict_texts(student_dir, texts: list[str], pairs: list[str] | None = None,
     """Label (or score) each text; pairs gives the second sentence of pair tasks."""
     from ..data.tasks import TaskSpec, tokenize
 
+    if not texts:
+        raise DataError("nothing to predict: pass at least one text")
+    for what, values in (("text", texts), ("second text", pairs or [])):
+        empty = [i + 1 for i, value in enumerate(values) if not str(value).strip()]
+        if empty:
+            raise DataError(f"input {empty[0]}'s {what} is empty: a model given no words still answers, so an "
+                            "empty input is refused; pass the text to label")
+    if pairs is not None and len(pairs) != len(texts):
+        raise DataError(f"{len(texts)} texts but {len(pairs)} second texts: pass one second text per text")
     recorded = student_task(student_dir)
     device = resolve_device(device)
     student = load_student(student_dir, device=device)
