@@ -1,9 +1,11 @@
 """Students leave hskstore: as a transformers directory (BERT-shaped students) or as ONNX (every student).
 
-A BERT student is a BertForSequenceClassification already. A ROSITA student is one too when its
-attention is as wide as its hidden size and its word embedding is not factorised; the weights are then
-renamed key by key (the inverse of `_rosita.rosita_weights`). Other ROSITA shapes have no same-size
-BERT equivalent, and go to ONNX, which traces the student's own forward. Both formats carry the
+A BERT student is a BertForSequenceClassification already. A ROSITA student becomes one exactly, with
+its weights renamed key by key (the inverse of `_rosita.rosita_weights`): pruned heads come back as
+all-zero heads (a zero query and key give uniform attention over zero values, so they add exactly
+nothing) and a factorised word embedding is multiplied out to a (vocab x d) table. Only a hidden size
+that is not a whole number of heads has no BERT form; such a student goes to ONNX, which traces the
+student's own forward. Both formats carry the
 tokenizer and the label names; ONNX takes int64 input_ids, attention_mask, token_type_ids (B, T) and
 returns logits (B, C), with batch and sequence axes dynamic.
 """
@@ -39,27 +41,26 @@ def _label_names(student_dir: Path, num_labels: int) -> list[str]:
 
 
 def rosita_as_bert(student, label_names: list[str]):
-    """The same network as a BertForSequenceClassification, or a ModelError naming why it is not one.
+    """The same network as a BertForSequenceClassification, or a ModelError naming why it has none.
+
+    Every ROSITA student prunes alike in every layer (one head count, one FFN width), so BERT's per-model
+    numbers describe it once the pruned heads are padded back with zeros and the embedding multiplied
+    out. The cost is parameters, not accuracy: docs/cli.md ("export") gives the sizes.
 
     Raises:
-        ModelError: attention width (heads x head size) differs from the hidden size, or the word
-            embedding is factorised: no BERT of the same size computes it.
+        ModelError: the hidden size is not a whole number of heads of the student's head size.
     """
     from transformers import BertConfig, BertForSequenceClassification
 
     c = student.config
-    problems = []
-    if c.attention_size != c.hidden_size:
-        problems.append(f"its attention is {c.num_heads} heads x {c.head_size} = {c.attention_size} wide, "
-                        f"not the hidden size {c.hidden_size}")
-    if c.embedding_rank is not None:
-        problems.append(f"its word embedding is factorised to rank {c.embedding_rank}")
-    if problems:
-        raise ModelError(f"this ROSITA student has no transformers (BERT) equivalent of its size: "
-                         f"{'; '.join(problems)}. Export it with --format onnx")
+    if c.hidden_size % c.head_size or c.attention_size > c.hidden_size:
+        raise ModelError(f"this ROSITA student has no transformers (BERT) form: its hidden size {c.hidden_size} is "
+                         f"not a whole number of its {c.head_size}-wide heads ({c.num_heads} kept). Export it with "
+                         "--format onnx")
+    all_heads = c.hidden_size // c.head_size
     config = BertConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size, hidden_act=c.hidden_act,
+        num_attention_heads=all_heads, intermediate_size=c.intermediate_size, hidden_act=c.hidden_act,
         max_position_embeddings=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
         layer_norm_eps=c.layer_norm_eps, hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.dropout,
         classifier_dropout=c.dropout, pad_token_id=c.pad_token_id, num_labels=c.num_labels,
@@ -68,17 +69,25 @@ def rosita_as_bert(student, label_names: list[str]):
         architectures=["BertForSequenceClassification"])
     model = BertForSequenceClassification(config).eval()
     s = student.state_dict()
-    out = {"bert.embeddings." + k[len("embeddings."):]: v for k, v in s.items() if k.startswith("embeddings.")}
+    out = {"bert.embeddings." + k[len("embeddings."):]: v for k, v in s.items()
+           if k.startswith("embeddings.") and k != "embeddings.word_projection.weight"}
+    if c.embedding_rank is not None:  # (V, r) @ (r, d): the table the factorisation stands for
+        out["bert.embeddings.word_embeddings.weight"] = \
+            s["embeddings.word_embeddings.weight"] @ s["embeddings.word_projection.weight"].T
+    pad = c.hidden_size - c.attention_size  # the pruned heads' rows and columns, all zero
     for i in range(c.num_layers):
         src, dst = f"layers.{i}.", f"bert.encoder.layer.{i}."
         for p in ("weight", "bias"):
             for name in ("query", "key", "value"):
-                out[f"{dst}attention.self.{name}.{p}"] = s[f"{src}attention.{name}.{p}"]
+                kept = s[f"{src}attention.{name}.{p}"]                               # (H*h, d) or (H*h,)
+                out[f"{dst}attention.self.{name}.{p}"] = torch.cat([kept, kept.new_zeros(pad, *kept.shape[1:])])
             out[f"{dst}attention.output.dense.{p}"] = s[f"{src}attention.output.{p}"]
             out[f"{dst}attention.output.LayerNorm.{p}"] = s[f"{src}attention.LayerNorm.{p}"]
             out[f"{dst}intermediate.dense.{p}"] = s[f"{src}ffn.intermediate.{p}"]
             out[f"{dst}output.dense.{p}"] = s[f"{src}ffn.output.{p}"]
             out[f"{dst}output.LayerNorm.{p}"] = s[f"{src}ffn.LayerNorm.{p}"]
+        weight = s[f"{src}attention.output.weight"]                                   # (d, H*h)
+        out[f"{dst}attention.output.dense.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], pad)], 1)
     for p in ("weight", "bias"):
         out[f"bert.pooler.dense.{p}"] = s[f"pooler.{p}"]
         out[f"classifier.{p}"] = s[f"classifier.{p}"]

@@ -109,13 +109,35 @@ def test_a_full_width_rosita_student_becomes_a_bert(tiny_teacher, tmp_path):
     np.testing.assert_allclose(theirs, _ours(tmp_path / "rosita"), atol=1e-5)
 
 
-def test_a_factorised_rosita_student_goes_to_onnx_not_transformers(tiny_teacher, tmp_path):
-    student = build_rosita(tiny_teacher, num_layers=2, num_heads=None, intermediate_size=None, embedding_rank=8,
-                           progress=False)
+def _rosita(**shape):
+    """A randomly initialised ROSITA student of the given shape (2 layers, FFN 40, 3 labels)."""
+    from hskstore.models.student import RositaConfig, RositaStudent
+
+    return RositaStudent(RositaConfig(vocab_size=30522, num_layers=2, intermediate_size=40, num_labels=3,
+                                      **shape)).eval()
+
+
+@pytest.mark.parametrize("heads, rank", [(2, None), (None, 8), (3, 8)])
+def test_a_pruned_or_factorised_rosita_student_loads_as_a_plain_bert_with_equal_logits(tmp_path, heads, rank):
+    """Pruned heads come back as zero heads and a factorised embedding is multiplied out: same logits."""
+    torch.manual_seed(0)
+    student = _rosita(hidden_size=32, num_heads=heads or 4, head_size=8, embedding_rank=rank)
+    save_student(student, tmp_path / "rosita")
+    result = _run("export", tmp_path / "rosita", tmp_path / "hf")
+    assert result.exit_code == 0, result.output
+    theirs, model = _transformers(tmp_path / "hf")
+    assert type(model).__name__ == "BertForSequenceClassification" and model.config.model_type == "bert"
+    assert model.config.num_attention_heads == 4 and model.config.intermediate_size == 40
+    np.testing.assert_allclose(theirs, _ours(tmp_path / "rosita"), atol=1e-5)
+
+
+def test_a_rosita_student_whose_width_is_not_whole_heads_goes_to_onnx_not_transformers(tmp_path):
+    torch.manual_seed(0)
+    student = _rosita(hidden_size=30, num_heads=2, head_size=8)
     save_student(student, tmp_path / "rosita")
     refused = _run("export", tmp_path / "rosita", tmp_path / "hf")
     assert refused.exit_code == 2 and refused.output.count("\n") == 1
-    assert "rank 8" in refused.output and "--format onnx" in refused.output
+    assert "not a whole number of its 8-wide heads" in refused.output and "--format onnx" in refused.output
     assert not (tmp_path / "hf").exists()
     assert _run("export", tmp_path / "rosita", tmp_path / "onnx", "--format", "onnx").exit_code == 0
     np.testing.assert_allclose(_onnxruntime(tmp_path / "onnx" / "model.onnx"), _ours(tmp_path / "rosita"), atol=1e-4)
