@@ -165,17 +165,20 @@ def export_student(student_dir, output, fmt: str = "transformers", *, overwrite:
         model = student.model if student.kind == "bert" else rosita_as_bert(student, labels)
         model.config.id2label = dict(enumerate(labels))
         model.config.label2id = {n: i for i, n in enumerate(labels)}
+    else:
+        bert_config = _bert_config(student, labels)
     check_output_dir(output, "export", overwrite)  # after the checks above: a refused export deletes nothing
     output.mkdir(parents=True, exist_ok=True)
     if fmt == "transformers":
-
         with quiet_transformers():  # transformers' own "Writing model shards" bar: one file, no bar needed
             model.save_pretrained(str(output), safe_serialization=True)
     else:
         checked = _export_onnx(student, output / "model.onnx", opset)
+        bert_config.save_pretrained(str(output))  # config.json: ONNX runtimes that follow transformers read it
     has_tokenizer = any((student_dir / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
     if has_tokenizer:
         load_tokenizer(student_dir).save_pretrained(str(output))
+    _write_card(student_dir, output, student, fmt, labels)
     files = sorted(p.name for p in output.iterdir())
     summary = {"format": fmt, "kind": student.kind, "source": str(student_dir.resolve()), "output": str(output),
                "label_names": labels, "tokenizer": has_tokenizer, "files": files}
@@ -184,3 +187,39 @@ def export_student(student_dir, output, fmt: str = "transformers", *, overwrite:
                     "max_abs_logit_difference": checked}  # None: onnxruntime not installed, not checked
     (output / EXPORT_INFO_FILE).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _bert_config(student, labels: list[str]):
+    """The transformers config that describes the ONNX graph's inputs, outputs and labels."""
+    if student.kind == "bert":
+        config = student.model.config
+    else:
+        try:
+            config = rosita_as_bert(student, labels).config
+        except ModelError:  # no BERT form: the graph runs all the same; the config carries labels and sizes
+            from transformers import BertConfig
+
+            c = student.config
+            config = BertConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
+                                num_attention_heads=1, intermediate_size=c.intermediate_size,
+                                max_position_embeddings=c.max_position_embeddings, num_labels=c.num_labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {n: i for i, n in enumerate(labels)}
+    return config
+
+
+def _write_card(student_dir: Path, output: Path, student, fmt: str, labels: list[str]) -> None:
+    """README.md for the export: the student's task, its dev metrics when its run recorded them, the store."""
+    from ..models.card import invocation, write_model_card
+
+    task_file, metrics_file = student_dir / "task.json", student_dir.parent / "metrics.json"
+    task = json.loads(task_file.read_text()).get("task") if task_file.is_file() else None
+    run = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    how = ("Load with `AutoModelForSequenceClassification.from_pretrained(DIR)`." if fmt == "transformers" else
+           "Run `model.onnx` with onnxruntime: int64 inputs input_ids, attention_mask, token_type_ids (batch, "
+           "sequence), output logits (batch, labels); `config.json` and the tokenizer sit beside it, the layout "
+           "Optimum's ORTModelForSequenceClassification.from_pretrained(DIR) reads.")
+    write_model_card(output, title=f"hskstore {student.kind} student ({fmt} export)", role="export",
+                     task=task or {"label_names": labels}, metrics=run.get("student_dev"), split="validation",
+                     base_model=run.get("teacher"), compression=run.get("compression"),
+                     amount_hsk=run.get("amount_hsk"), command=invocation(), notes=[how])

@@ -153,3 +153,28 @@ def test_export_refuses_a_non_empty_output_without_overwrite(bert_student, tmp_p
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep"
     assert _run("export", bert_student, tmp_path / "hf").exit_code == 0
     assert _run("export", bert_student, tmp_path / "hf", "--overwrite").exit_code == 0
+
+
+def test_an_onnx_export_carries_config_tokenizer_and_card_in_the_layout_optimum_reads(bert_student, tmp_path):
+    """Optimum's ORTModelForSequenceClassification.from_pretrained(DIR) reads model.onnx + config.json + tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    assert _run("export", bert_student, tmp_path / "onnx", "--format", "onnx").exit_code == 0
+    config = AutoConfig.from_pretrained(str(tmp_path / "onnx"))
+    assert config.model_type == "bert" and config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "onnx"))("a tweet")["input_ids"][0] == 101
+    card = (tmp_path / "onnx" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "tweets" in card and "onnxruntime" in card
+
+
+def test_an_export_of_a_distilled_student_has_a_card_with_its_dev_metric_store_and_command(tiny_store, bert_student,
+                                                                                          tmp_path, monkeypatch):
+    trained = _run("train", tiny_store, "--student", bert_student, "--output", tmp_path / "run", "--max-steps", 1,
+                   "--device", "cpu", "--quiet")
+    assert trained.exit_code == 0, trained.output
+    monkeypatch.setattr("sys.argv", ["hskstore", "export", str(tmp_path / "run" / "student"), str(tmp_path / "hf")])
+    assert _run("export", tmp_path / "run" / "student", tmp_path / "hf").exit_code == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "## Metrics (validation split)" in card and "| accuracy |" in card
+    assert "(N^D, N^L, N^W) = (2, 5, 0.25)" in card and "A^HSK" in card
+    assert f"hskstore export {tmp_path / 'run' / 'student'}" in card
