@@ -41,8 +41,10 @@ def evaluate_student(student_dir, task: str | None = None, split: str = "validat
                      task_options: dict | None = None, allow_task_mismatch: bool = False) -> dict:
     """Metrics of a saved student on a task split (tokenised with the student's own tokenizer).
 
-    Without `task`, the split, seed and subset are those of the store the student was distilled from
-    (task.json), so "validation" is the same held-out rows and never the teacher's training rows.
+    Without `task`, the task and its split seed are those of the store the student was distilled from
+    (task.json), so "validation" is the same held-out rows and never the teacher's training rows. The
+    whole split is scored: a store extracted with `--limit` distilled from a subset, but a dev number
+    on a subset is not the task's dev number. `limit` scores a subset only when asked.
 
     Raises:
         DataError: no task given and the student records none; a task other than the recorded one
@@ -58,7 +60,6 @@ def evaluate_student(student_dir, task: str | None = None, split: str = "validat
     if task is None:
         # The store's own task, split seed and subset: the validation rows it was distilled against.
         seed = recorded.get("data_seed", seed) if seed is None else seed
-        limit = recorded.get("limit") if limit is None else limit
     task, task_options = resolve_task(known, task, task_options, allow_mismatch=allow_task_mismatch,
                                       owner=f"student {student_dir}")
     data = load_task(task, limit=limit, seed=0 if seed is None else seed, **task_options)
@@ -71,7 +72,8 @@ def evaluate_student(student_dir, task: str | None = None, split: str = "validat
                       max_length or recorded.get("max_length", 128))
     logits = _logits(student, tokens, batch_size, device)
     metrics = compute_metrics(data.spec.metric, logits[:, 0] if data.spec.is_regression else logits, tokens["labels"])
-    return {"task": data.spec.name, "split": split, "examples": len(logits), **metrics}
+    source = f"{task}" + (f" ({data.spec.source})" if data.spec.source and data.spec.source != task else "")
+    return {"task": data.spec.name, "split": split, "examples": len(logits), "source": source, **metrics}
 
 
 def evaluate_on_store(student_dir, store, split: str = "validation", *, batch_size: int = 128, device: str = "auto",

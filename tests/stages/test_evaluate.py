@@ -1,4 +1,6 @@
-"""`predict` refuses inputs a model would label anyway: no text, an empty text, unpaired second texts."""
+"""`evaluate` scores the whole dev split; `predict` refuses inputs a model would label anyway."""
+
+import json
 
 import pytest
 
@@ -25,3 +27,25 @@ def test_predict_on_the_command_line_refuses_an_empty_text(tmp_path):
 
     result = CliRunner().invoke(cli, ["predict", str(tmp_path), ""])
     assert result.exit_code == 2 and result.output.strip().startswith("error: input 1's text is empty")
+
+
+def test_evaluate_scores_the_whole_validation_split_not_the_stores_limit(tiny_teacher, tmp_path):
+    """A student distilled from a 16-row store is scored on all 25 held-out rows, and says so."""
+    from hskstore.models.student import build_bert_student, save_student
+    from hskstore.models.teacher import load_tokenizer
+    from hskstore.stages.evaluate import evaluate_student
+
+    rows = [f"{word} {i}" for i in range(50) for word in ("good day", "bad day")][:100]
+    data = tmp_path / "days.csv"
+    data.write_text("text,label\n" + "".join(f"{t},{'pos' if t.startswith('good') else 'neg'}\n" for t in rows))
+    student = tmp_path / "student"
+    save_student(build_bert_student(num_labels=2, vocab_size=30522, num_layers=1, hidden_size=16, intermediate_size=32,
+                                    num_heads=2, seed=0), student)
+    load_tokenizer(tiny_teacher).save_pretrained(str(student))
+    options = {"text_columns": ["text"], "label_column": "label", "validation_fraction": 0.25}
+    (student / "task.json").write_text(json.dumps({
+        "task": {"name": "days", "label_names": ["neg", "pos"], "metric": "accuracy"},
+        "task_ref": {"task": str(data), "options": options}, "max_length": 16, "data_seed": 0, "limit": 16}))
+    whole = evaluate_student(student, device="cpu")
+    assert whole["examples"] == 25 and whole["split"] == "validation" and str(data) in whole["source"]
+    assert evaluate_student(student, device="cpu", limit=16)["examples"] == 4  # a quarter of --limit, when asked
