@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from .hub import local_model_dir
 
 __all__ = [
     "quiet_transformers",
@@ -81,6 +82,7 @@ def check_bert_family(path: str | os.PathLike) -> dict:
     The sizes hskstore reads from config.json are checked here, so a mistyped file fails before any
     weights load instead of deep inside transformers or torch.
     """
+    path = local_model_dir(path)
     config = _read_config(path)
     model_type = config.get("model_type")
     if model_type not in BERT_FAMILY:
@@ -106,6 +108,7 @@ def check_tokenizer_files(path: str | os.PathLike) -> None:
     Without one, transformers builds a tokenizer of the five special tokens and every word becomes [UNK]:
     a store of such tokens is useless, and nothing would fail until the student is evaluated.
     """
+    path = local_model_dir(path)
     if not any((Path(path) / name).is_file() for name in VOCAB_FILES):
         raise ModelError(f"{path} has no tokenizer vocabulary (none of {list(VOCAB_FILES)}): copy the tokenizer "
                          "files of the base model into it, or save the tokenizer beside the model "
@@ -140,7 +143,7 @@ def teacher_fingerprint(path: str | os.PathLike) -> dict:
     Raises:
         ModelError: no safetensors weights in `path`.
     """
-    root = Path(path)
+    root = local_model_dir(path)
     weights = sorted(p for p in root.iterdir() if p.is_file() and (p.name == "config.json" or
                                                                    p.name.endswith(".safetensors") or
                                                                    p.name.endswith(".safetensors.index.json")))
@@ -156,6 +159,7 @@ def teacher_fingerprint(path: str | os.PathLike) -> dict:
 def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
+    path = local_model_dir(path)
     check_tokenizer_files(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
@@ -182,6 +186,7 @@ def load_teacher(path: str | os.PathLike, num_labels: int | None = None, device:
     from transformers import BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    path = local_model_dir(path)
     config = check_bert_family(path)
     if num_labels is None and "BertForSequenceClassification" not in (config.get("architectures") or []):
         raise ModelError(f"{path} has no fine-tuned classifier (architectures {config.get('architectures')}): "
