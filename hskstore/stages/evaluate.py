@@ -14,7 +14,7 @@ from ..data.metrics import compute_metrics
 from ..models.student import load_student
 from ..models.teacher import load_tokenizer
 
-__all__ = ["evaluate_student", "evaluate_on_store", "predict_texts", "student_task"]
+__all__ = ["evaluate_student", "evaluate_on_store", "predict_texts", "predict_file", "student_task"]
 
 
 def student_task(student_dir) -> dict:
@@ -120,6 +120,13 @@ def predict_texts(student_dir, texts: list[str], pairs: list[str] | None = None,
     if pairs is not None and len(pairs) != len(texts):
         raise DataError(f"{len(texts)} texts but {len(pairs)} second texts: pass one second text per text")
     recorded = student_task(student_dir)
+    columns_wanted = (recorded.get("task") or {}).get("text_columns") or []
+    if len(columns_wanted) == 2 and pairs is None:
+        raise DataError(f"{recorded['task'].get('name', 'this task')} labels sentence pairs "
+                        f"({' + '.join(columns_wanted)}); one text alone would be labelled as a pair with nothing: "
+                        "pass --pair FIRST SECOND, or a .tsv/.jsonl file with both columns")
+    if len(columns_wanted) == 1 and pairs is not None:
+        raise DataError(f"{recorded['task'].get('name', 'this task')} labels single texts: drop the second texts")
     device = resolve_device(device)
     student = load_student(student_dir, device=device)
     label_names = recorded.get("task", {}).get("label_names") or [str(i) for i in range(student.num_labels)]
@@ -130,8 +137,31 @@ def predict_texts(student_dir, texts: list[str], pairs: list[str] | None = None,
     split = {"a": list(texts), "label": [0] * len(texts)} | ({"b": list(pairs)} if pairs is not None else {})
     tokens = tokenize(load_tokenizer(student_dir), split, spec, max_length or recorded.get("max_length", 128))
     logits = _logits(student, tokens, batch_size, device)
+    inputs = [{"text": t} | ({"pair": b} if pairs is not None else {}) for t, b in zip(texts, pairs or texts)]
     if student.num_labels == 1:
-        return [{"text": t, "score": float(s)} for t, s in zip(texts, logits[:, 0])]
+        return [row | {"score": float(s)} for row, s in zip(inputs, logits[:, 0])]
     probabilities = torch.from_numpy(logits).softmax(-1).numpy()
-    return [{"text": t, "label": label_names[int(p.argmax())], "probability": float(p.max())}
-            for t, p in zip(texts, probabilities)]
+    return [row | {"label": label_names[int(p.argmax())], "probability": float(p.max())}
+            for row, p in zip(inputs, probabilities)]
+
+
+def predict_file(student_dir, path, *, encoding: str | None = None, batch_size: int = 128,
+                 device: str = "auto") -> list[dict]:
+    """Predictions for every row of a .csv/.tsv/.jsonl file holding the task's own text columns.
+
+    A pair task's file holds both columns (e.g. RTE's sentence1 and sentence2); other columns are ignored.
+
+    Raises:
+        DataError: the file lacks a text column the student's task names, or a text is empty.
+    """
+    from ..data.tables import read_table
+
+    task = student_task(student_dir).get("task") or {}
+    wanted = task.get("text_columns") or ["text"]
+    table = read_table(path, encoding=encoding)
+    missing = [c for c in wanted if c not in table]
+    if missing:
+        raise DataError(f"{path} has no column {missing}; the student's task reads {wanted}: name the columns so")
+    texts = [str(v) for v in table[wanted[0]]]
+    pairs = [str(v) for v in table[wanted[1]]] if len(wanted) == 2 else None
+    return predict_texts(student_dir, texts, pairs, batch_size=batch_size, device=device)

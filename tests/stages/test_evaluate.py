@@ -49,3 +49,39 @@ def test_evaluate_scores_the_whole_validation_split_not_the_stores_limit(tiny_te
     whole = evaluate_student(student, device="cpu")
     assert whole["examples"] == 25 and whole["split"] == "validation" and str(data) in whole["source"]
     assert evaluate_student(student, device="cpu", limit=16)["examples"] == 4  # a quarter of --limit, when asked
+
+
+@pytest.fixture
+def pair_student(tiny_teacher, tmp_path):
+    """A 2-label student made for an RTE-like pair task (task.json names sentence1 and sentence2)."""
+    from hskstore.models.student import build_bert_student, save_student
+    from hskstore.models.teacher import load_tokenizer
+
+    student = tmp_path / "rte-student"
+    save_student(build_bert_student(num_labels=2, vocab_size=30522, num_layers=1, hidden_size=16, intermediate_size=32,
+                                    num_heads=2, seed=0), student)
+    load_tokenizer(tiny_teacher).save_pretrained(str(student))
+    (student / "task.json").write_text(json.dumps({"task": {
+        "name": "rte", "text_columns": ["sentence1", "sentence2"], "label_column": "label",
+        "label_names": ["entailment", "not_entailment"], "metric": "accuracy"}, "max_length": 32}))
+    return student
+
+
+def test_a_pair_task_refuses_a_single_text_and_labels_pairs(pair_student):
+    with pytest.raises(DataError, match=r"rte labels sentence pairs \(sentence1 \+ sentence2\).*--pair"):
+        predict_texts(pair_student, ["A man sleeps."], device="cpu")
+    rows = predict_texts(pair_student, ["A man sleeps."], ["Nobody sleeps."], device="cpu")
+    assert rows[0]["text"] == "A man sleeps." and rows[0]["pair"] == "Nobody sleeps."
+    assert rows[0]["label"] in ("entailment", "not_entailment")
+
+
+def test_predict_file_reads_the_tasks_own_columns(pair_student, tmp_path):
+    from hskstore.stages.evaluate import predict_file
+
+    inputs = tmp_path / "inputs.tsv"
+    inputs.write_text("index\tsentence1\tsentence2\n0\tA man sleeps.\tNobody sleeps.\n1\tIt rains.\tIt is wet.\n")
+    rows = predict_file(pair_student, inputs, device="cpu")
+    assert [(r["text"], r["pair"]) for r in rows] == [("A man sleeps.", "Nobody sleeps."), ("It rains.", "It is wet.")]
+    (tmp_path / "one.tsv").write_text("sentence1\nA man sleeps.\n")
+    with pytest.raises(DataError, match=r"has no column \['sentence2'\]"):
+        predict_file(pair_student, tmp_path / "one.tsv", device="cpu")
