@@ -1,0 +1,59 @@
+"""The HSK loss from kept entries equals the dense loss on densified targets, value and gradients."""
+
+import pytest
+import torch
+
+from hskstore.method.losses import hsk_loss
+from hskstore.method.select import densify
+from hskstore.method.sparse_loss import kept_indices, sparse_hsk_loss
+
+B, T, D, N, D_S, D_T, K = 3, 12, 2, 4, 8, 16, 5
+
+
+def _case(seed: int, mask_kind: str):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = [torch.randn(B, T, D_S, generator=generator, requires_grad=True) for _ in range(D)]
+    positions = torch.randint(0, T, (B, D, N), generator=generator)
+    positions[0, :, -1] = -1                                         # an empty slot in each layer
+    projection = torch.nn.Linear(D_S, D_T)
+    with torch.no_grad():
+        projection.weight.copy_(torch.randn(D_T, D_S, generator=generator) * 0.3)
+    if mask_kind == "per-vector":
+        scores = torch.rand(B, D, N, D_T, generator=generator)
+        mask = torch.zeros(B, D, N, D_T, dtype=torch.bool)
+        mask.scatter_(-1, scores.topk(K, dim=-1).indices, True)
+        mask[0, :, -1] = False                                       # empty slots store no entries
+        values = torch.randn(B, D, N, K, generator=generator)
+        values[0, :, -1] = 0
+        return hidden, positions, projection, values, mask, kept_indices(mask, K)
+    if mask_kind == "static":
+        mask = torch.zeros(D_T, dtype=torch.bool)
+        mask[torch.randperm(D_T, generator=generator)[:K]] = True
+        return hidden, positions, projection, torch.randn(B, D, N, K, generator=generator), mask, \
+            mask.nonzero().squeeze(-1)
+    return hidden, positions, projection, torch.randn(B, D, N, D_T, generator=generator), None, None
+
+
+@pytest.mark.parametrize("mask_kind", ["per-vector", "static", "every activation"])
+@pytest.mark.parametrize("variant", ["masked-zero", "kept"])
+def test_sparse_and_dense_losses_agree_with_their_gradients(mask_kind, variant):
+    hidden, positions, projection, values, mask, indices = _case(7, mask_kind)
+    if mask is None:
+        dense_targets = values
+    elif mask.dim() == 1:
+        dense_targets = values.new_zeros(B, D, N, D_T)
+        dense_targets[..., mask] = values
+    else:
+        dense_targets = densify(values, mask)
+    dense = hsk_loss(hidden, positions, dense_targets, mask, projection, variant)
+    dense_grads = torch.autograd.grad(dense, [*hidden, projection.weight])
+    sparse = sparse_hsk_loss(hidden, positions, values, indices, projection, D_T, variant)
+    sparse_grads = torch.autograd.grad(sparse, [*hidden, projection.weight])
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    for ours, theirs in zip(sparse_grads, dense_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_kept_indices_are_ascending_and_an_empty_vector_gets_harmless_ones():
+    mask = torch.tensor([[0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert kept_indices(mask, 3).tolist() == [[1, 3, 4], [0, 1, 2]]
