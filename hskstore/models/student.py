@@ -1,8 +1,10 @@
 """Students: build them (ROSITA surgery from the teacher, or a TinyBERT-style BERT), save and load them.
 
 Every student is an nn.Module with `forward(input_ids, attention_mask, token_type_ids) -> StudentOutput`
-and the attributes num_layers (L'), hidden_size (d_S), vocab_size, num_labels and kind ("rosita" | "bert").
-The projection d_S -> d used in the HSK stage belongs to the trainer, not to the student.
+and the attributes num_layers (L'), hidden_size (d_S), vocab_size, num_labels and kind, the name of its
+entry in the architecture registry (models.architectures.STUDENTS: "rosita" | "bert"), through which it
+is built, saved and loaded. The projection d_S -> d used in the HSK stage belongs to the trainer, not to
+the student.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from ._rosita import RositaConfig, RositaStudent, StudentOutput, check_rosita_request, rosita_weights
 from ..errors import ConfigError, ModelError
+from .architectures import STUDENTS, expected_kinds
 from .teacher import check_bert_family, load_teacher
 
 __all__ = [
@@ -317,18 +320,13 @@ def save_student(student: nn.Module, directory: str | os.PathLike, tokenizer=Non
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if student.kind == "rosita":
-        config = student.config.to_dict()
-    elif student.kind == "bert":
-        config = json.loads(student.model.config.to_json_string(use_diff=False))
-    else:
-        raise ModelError(f"cannot save a student of kind {student.kind!r}; expected 'rosita' or 'bert'")
-    # A BERT student is also a transformers directory: config.json plus its model's own keys (no "model."
-    # prefix), so AutoModelForSequenceClassification.from_pretrained loads it as it is.
-    module = student.model if student.kind == "bert" else student
-    if student.kind == "bert":
-        student.model.config.architectures = ["BertForSequenceClassification"]
-        student.model.config.to_json_file(str(directory / "config.json"))
+    architecture = STUDENTS.get(getattr(student, "kind", None))
+    if architecture is None:
+        raise ModelError(f"cannot save a student of kind {getattr(student, 'kind', None)!r}; expected {expected_kinds()}")
+    config = architecture.config_of(student)
+    module = architecture.weights_of(student)
+    if architecture.on_save is not None:
+        architecture.on_save(student, directory)
     # safetensors refuses shared or non-contiguous storage; a clone of each tensor is neither.
     tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
@@ -358,8 +356,8 @@ def read_student_meta(directory: str | os.PathLike) -> dict:
     if meta.get("version") != STUDENT_VERSION:
         raise ModelError(f"Unsupported hskstore student version: {meta.get('version')!r}. "
                          f"Expected version {STUDENT_VERSION}; rebuild the student with this hskstore")
-    if meta.get("kind") not in ("rosita", "bert"):
-        raise ModelError(f"{meta_file} has kind {meta.get('kind')!r}, expected 'rosita' or 'bert'")
+    if not isinstance(meta.get("kind"), str) or meta["kind"] not in STUDENTS:
+        raise ModelError(f"{meta_file} has kind {meta.get('kind')!r}, expected {expected_kinds()}")
     if not isinstance(meta.get("config"), dict):
         raise ModelError(f"{meta_file} has no config object; rebuild the student with `hskstore student ...`")
     return meta
@@ -373,13 +371,9 @@ def load_student(directory: str | os.PathLike, device: str | torch.device = "cpu
     meta = read_student_meta(directory)
     meta_file = directory / "student.json"
     kind = meta["kind"]
+    architecture = STUDENTS[kind]
     try:
-        if kind == "rosita":
-            student = RositaStudent(RositaConfig.from_dict(meta["config"]))
-        else:
-            from transformers import BertConfig, BertForSequenceClassification
-
-            student = BertStudent(BertForSequenceClassification(BertConfig.from_dict(meta["config"])))
+        student = architecture.from_config(meta["config"])
     except ConfigError:
         raise
     except Exception as exc:  # transformers' config validation raises its own classes, not ValueError
@@ -389,11 +383,10 @@ def load_student(directory: str | os.PathLike, device: str | torch.device = "cpu
     if not weights.is_file():
         raise ModelError(f"{directory} has student.json but no model.safetensors; save the student again")
     state = load_file(str(weights))
-    target = student
-    if kind == "bert":
-        target = student.model
-        if all(key.startswith("model.") for key in state):  # written before BERT students were transformers dirs
-            state = {key[len("model."):]: value for key, value in state.items()}
+    target = architecture.weights_of(student)
+    prefix = architecture.legacy_prefix
+    if prefix and all(key.startswith(prefix) for key in state):  # e.g. BERT students before they were transformers dirs
+        state = {key[len(prefix):]: value for key, value in state.items()}
     missing, unexpected = sorted(set(target.state_dict()) - set(state)), sorted(set(state) - set(target.state_dict()))
     if missing or unexpected:
         raise ModelError(f"{weights} does not match its student.json: missing {missing[:5]}, "
@@ -404,12 +397,7 @@ def load_student(directory: str | os.PathLike, device: str | torch.device = "cpu
 
 def student_summary(student: nn.Module) -> dict:
     """kind, layers, hidden, heads, ffn, rank, vocab, labels and parameter count of a student."""
-    if student.kind == "rosita":
-        c = student.config
-        heads, ffn, rank = c.num_heads, c.intermediate_size, c.embedding_rank
-    else:
-        c = student.model.config
-        heads, ffn, rank = c.num_attention_heads, c.intermediate_size, None
+    heads, ffn, rank = STUDENTS[student.kind].shape(student)
     return {
         "kind": student.kind,
         "layers": student.num_layers,

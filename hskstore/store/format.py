@@ -83,7 +83,7 @@ def array_specs(resolved, compression, vocab_size: int, num_labels: int) -> list
         ArraySpec("values", (D, n, k), compression.value_dtype, "blosc-zstd1-byteshuffle",
                   dims=("example", "layer", "slot", "kept")),
     ]
-    if resolved.has_mask and compression.width_strategy == "mag":
+    if compression.per_vector_masks(resolved):
         specs.append(ArraySpec("masks", (D, n, resolved.mask_bytes), "uint8", "zstd19",
                                dims=("example", "layer", "slot", "mask_byte")))
     return specs
@@ -198,5 +198,5 @@ def validate_root(attrs: dict, location) -> None:
 def raw_hsk_bytes(resolved, compression, examples: int) -> int:
     """Uncompressed bytes of the stored HSK: values, per-vector bitpacked masks, int16 positions."""
     per_slot = (resolved.width * np.dtype(compression.value_dtype).itemsize
-                + (resolved.mask_bytes if resolved.has_mask and compression.width_strategy == "mag" else 0) + 2)
+                + (resolved.mask_bytes if compression.per_vector_masks(resolved) else 0) + 2)
     return int(examples * resolved.depth * resolved.length * per_slot)

@@ -1,9 +1,10 @@
 """`hskstore slice`: derive a smaller store from a larger one, with no teacher.
 
 The stored order makes each dimension nest: layers are the top N^D student layers (a smaller N^D is a
-suffix), token positions are stored best first (a smaller N^L is a prefix), and under `mag` the kept
-activations of a vector are its top-k by magnitude (a smaller k is the top of those). Static width masks
-(`uniform`, `rand`) nest only when the smaller mask is a subset of the larger one; that is checked.
+suffix), token positions are stored best first (a smaller N^L is a prefix), and under a per-vector width
+strategy that nests (`mag`) the kept activations of a vector are its top-k by the strategy's ranking (a
+smaller k is the top of those, re-ranked by `WidthStrategy.rerank`). Static width masks (`uniform`, `rand`)
+nest only when the smaller mask is a subset of the larger one; that is checked.
 """
 
 from __future__ import annotations
@@ -51,20 +52,23 @@ def plan_slice(store, depth=None, length=None, width=None):
     if new_r.teacher_layer_ids != r.teacher_layer_ids[r.depth - new_r.depth:] or \
             new_r.score_layer_ids != r.score_layer_ids[r.depth - new_r.depth:]:
         raise StoreError("the sliced layers are not the top layers of the stored ones: slicing keeps L' and L_top")
-    if new_r.has_mask and new_c.width_strategy != "mag":
-        from ..method.select import static_mask
-
-        smaller = static_mask(r.hidden_size, new_r.width, new_c.width_strategy, new_c.width_seed).numpy()
+    smaller = new_c.static_mask(new_r)
+    if smaller is not None:
+        smaller = smaller.numpy()
         stored = store.static_mask()
         stored = np.ones(r.hidden_size, bool) if stored is None else stored
         if not np.all(stored[smaller]):
             raise StoreError(f"the {new_c.width_strategy} mask of {new_r.width} activations is not a subset of the "
                              f"stored {r.width}: static masks of these widths do not nest; extract it from the teacher")
+    elif r.has_mask and new_r.width < r.width and not new_c.width_rule.nests:
+        raise StoreError(f"width strategy {new_c.width_strategy!r} does not nest: its choice of {new_r.width} "
+                         f"activations cannot be re-ranked from the stored {r.width}; extract it from the teacher")
     return new_c, new_r
 
 
-def _retop(values: np.ndarray, masks: np.ndarray | None, hidden: int, k: int, positions: np.ndarray):
-    """Per vector, the k largest-magnitude of the kept values: (..., k_old) -> values (..., k), packed masks."""
+def _retop(values: np.ndarray, masks: np.ndarray | None, hidden: int, k: int, positions: np.ndarray, width):
+    """Per vector, the k of the kept values that `width` (a WidthStrategy) ranks first: (..., k_old) -> values
+    (..., k), packed masks."""
     import torch
 
     values_t = torch.from_numpy(values)
@@ -74,10 +78,8 @@ def _retop(values: np.ndarray, masks: np.ndarray | None, hidden: int, k: int, po
         bits = torch.from_numpy(unpack_bits_numpy(masks, hidden))
         # The kept dims of each vector, ascending (as the values are stored): stable sort of the 0/1 mask.
         dims = bits.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :values.shape[-1]]
-    from ..method.select import magnitude_order
-
-    # Ranked as extraction ranks: stored magnitudes, ties to the lower dimension; back to ascending order.
-    index = magnitude_order(values_t)[..., :k].sort(dim=-1).values
+    # Ranked as extraction ranks (the stored values), back to ascending dimension order.
+    index = width.rerank(values_t, k)
     new_values = values_t.gather(-1, index)
     new_dims = dims.gather(-1, index)
     mask = torch.zeros(*values.shape[:-1], hidden, dtype=torch.bool).scatter_(-1, new_dims, True)
@@ -103,10 +105,9 @@ def slice_store(src: str, dst: str, *, depth=None, length=None, width=None, limi
         names = {s.name for s in specs}
         static = None
         column_index = None  # static masks: which stored value columns the smaller mask keeps
-        if new_r.has_mask and new_c.width_strategy != "mag":
-            from ..method.select import static_mask
-
-            smaller = static_mask(d, new_r.width, new_c.width_strategy, new_c.width_seed).numpy()
+        smaller = new_c.static_mask(new_r)
+        if smaller is not None:
+            smaller = smaller.numpy()
             stored = store.static_mask()
             stored = np.ones(d, bool) if stored is None else stored
             column_index = np.flatnonzero(smaller[np.flatnonzero(stored)])
@@ -138,7 +139,8 @@ def slice_store(src: str, dst: str, *, depth=None, length=None, width=None, limi
                     elif "masks" in names:
                         masks = data["masks"][:, drop:, :new_r.length] if "masks" in data else None
                         if new_r.width < values.shape[-1] or masks is None:
-                            values, out["masks"] = _retop(values, masks, d, new_r.width, positions)
+                            values, out["masks"] = _retop(values, masks, d, new_r.width, positions,
+                                                          new_c.width_rule)
                         else:
                             out["masks"] = np.ascontiguousarray(masks)
                     out["values"] = np.ascontiguousarray(values)

