@@ -11,7 +11,6 @@ produces the same bytes an uninterrupted run writes.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -26,12 +25,10 @@ from ..version import __version__
 from ..method.compression import Compression
 from ..runtime import distributed
 from ..runtime.device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
-from ..errors import ConfigError, ModelError, StoreError
+from ..errors import ConfigError, ModelError
 from ..method.select import Selector, pack_bits, round_mantissa
-from ..runtime.preflight import check_writable
-from ..store import (StoreWriter, array_specs, backend_for, create_store, delete_store, is_remote, replace_store,
-                    reopen_store, root_attributes, staging_location, store_state)
-from ..store.lock import WriterLock
+from ..store import StoreWriter, array_specs, root_attributes
+from ..store.transaction import StoreTransaction
 from ..models.teacher import (check_bert_family, check_max_length, check_tokenizer_files, load_teacher,
                       load_tokenizer, teacher_fingerprint)
 
@@ -170,83 +167,6 @@ class _ChunkWriter:
             reason.add_note(f"the store writer had also failed: {type(self.error).__name__}: {self.error}")
 
 
-def _run_key(meta: dict) -> dict:
-    """What must match for a partial store to be resumed by this run.
-
-    The teacher is compared by content (its fingerprint), not by path: a teacher re-fine-tuned into the
-    same directory must not finish a store whose first chunks came from the old weights.
-    """
-    keys = ("compression", "resolved", "task", "max_length", "chunk_rows", "splits", "limit", "data_seed", "numerics",
-            "batch_size", "batch_tokens", "teacher_fingerprint")
-    return {k: meta.get(k) for k in keys}
-
-
-def _differences(old: dict, new: dict, prefix="") -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: store has {a!r}, this run {b!r}")
-    return diffs
-
-
-def _check_output(config: ExtractConfig) -> None:
-    """Fail on an unusable output before any slow work (loading data, tokenising, loading the teacher)."""
-    state, _ = store_state(config.output, config.storage_options)
-    if state == "foreign":
-        raise StoreError(f"{config.output} exists and is not an hskstore store; choose another --output "
-                         "(--overwrite only replaces stores)")
-    if state == "complete" and not config.overwrite:
-        raise StoreError(f"{config.output} already holds a complete store; pass --overwrite to replace it "
-                         "or choose another output.")
-
-
-def _check_writable(config: ExtractConfig) -> None:
-    if not is_remote(config.output):  # an object store is checked by _check_output's first request instead
-        check_writable(config.output if backend_for(config.output) == "zarr"
-                         else os.path.dirname(os.path.abspath(config.output)))
-
-
-def _write_location(config: ExtractConfig) -> str:
-    """Where this run writes: the output itself, or, to replace a store on local disk, a staging place
-    beside it, so the old store is lost only once the new one is complete."""
-    state, _ = store_state(config.output, config.storage_options)
-    if config.overwrite and state in ("partial", "complete") and not is_remote(config.output):
-        return staging_location(config.output)
-    return config.output
-
-
-def _prepare_store(config: ExtractConfig, location: str, meta: dict, split_sizes, specs, fixed_mask,
-                   tokenizer_files) -> StoreWriter:
-    options = config.storage_options
-    state, attrs = store_state(location, options)
-    staged = location != config.output
-    if state == "foreign" and staged:
-        raise StoreError(f"{location} (where --overwrite builds the new store) exists and is not a store; remove it")
-    if state == "half" or (state != "absent" and config.overwrite and not staged):
-        delete_store(location, options)  # half-created: nothing to keep; or --overwrite on an object store
-        state = "absent"
-    if state == "complete" and staged:  # a previous --overwrite finished but did not swap: remake it
-        delete_store(location, options)
-        state = "absent"
-    if state == "partial":  # a complete one was refused by _check_output without --overwrite
-        old = _run_key(attrs)
-        new = _run_key(json.loads(json.dumps(meta | {"splits": split_sizes, "chunk_rows": config.chunk_rows})))
-        diffs = _differences(old, new)
-        if diffs and staged:
-            delete_store(location, options)  # an abandoned --overwrite attempt with other options
-        elif diffs:
-            raise StoreError(f"{location} is a partial store from a different run ({'; '.join(diffs[:3])}); "
-                             "rerun with its original options to resume, or pass --overwrite.")
-        else:
-            return reopen_store(location, options)
-    packed_mask = None if fixed_mask is None else np.packbits(fixed_mask.numpy(), bitorder="little")
-    attrs = root_attributes(meta, split_sizes, config.chunk_rows, specs)
-    return create_store(location, attrs, specs, packed_mask, tokenizer_files, options)
-
-
 def _tokenizer_files(tokenizer) -> dict[str, bytes]:
     import tempfile
 
@@ -338,28 +258,56 @@ def extract(config: ExtractConfig, progress: bool = True) -> dict:
 
     Under torchrun every rank runs this: rank 0 creates (or reopens) the store, each rank writes only
     the chunks of its `rank_chunks` range, and rank 0 marks the store complete once all have finished.
-    Holds the store's writer lock for the whole run (under torchrun, rank 0 holds it for the job).
+    The store's writer transaction (`store.transaction`) holds its lock for the whole run (under
+    torchrun, rank 0 holds it for the job), stages an --overwrite beside the old store and checks the
+    run key of a partial store before resuming it.
 
     Raises:
         ConfigError / ModelError / DataError / StoreError with a one-line message naming the fix.
     """
     with distributed.process_group(config.device) as (world, device):
+        transaction = StoreTransaction(config.output, command="extract", overwrite=config.overwrite, resume=True,
+                                       storage_options=config.storage_options)
         if not world.is_main:
-            return _extract(config, progress, world, device)
-        _check_writable(config)  # before the lock file is made beside the output
-        with WriterLock(config.output, config.storage_options):
-            return _extract(config, progress, world, device)
+            return _extract(config, transaction, progress, world, device)
+        transaction.check_writable()  # before the lock file is made beside the output
+        with transaction:
+            return _extract(config, transaction, progress, world, device)
 
 
-def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
-    from ..data.tasks import absolute_task_ref, check_same_labels, load_task, resolve_task, tokenize
+def _extract(config: ExtractConfig, transaction: StoreTransaction, progress: bool, world, device) -> dict:
     from ..store.report import store_info
 
-    if world.distributed and backend_for(config.output) == "hdf5":
-        raise ConfigError(f"{config.output} is an HDF5 file, which takes one writer: extract with torchrun into a "
-                          "Zarr store (a directory or URL), then `hskstore convert` it")
-    _check_writable(config)
-    _check_output(config)
+    plan = _plan(config, transaction, world, device)
+    summary = _run(config, plan, transaction, progress, world, device)
+    return summary | {"info": store_info(config.output, storage_options=config.storage_options)}
+
+
+@dataclass
+class _Plan:
+    """Everything decided before the teacher runs: the store to write and this rank's share of it."""
+    model: torch.nn.Module
+    selector: Selector
+    tokenizer: object
+    attrs: dict                       # root attributes of a new store: resumes compare their run key with these
+    specs: list                       # the arrays of every split
+    static_mask: np.ndarray | None    # bitpacked static width mask, or None
+    split_sizes: dict[str, int]
+    chunks: dict[str, range]          # per split, the chunks this rank extracts (rank_chunks)
+    offset: dict[str, int]            # per split, the first row this rank tokenised
+    encoded: dict[str, dict]          # per split, this rank's tokenised rows
+    batching: tuple                   # (batch_size, batch_tokens): one of them None
+
+
+def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -> _Plan:
+    """Resolve the teacher, task, compression, sizes, array specs and attributes; fail on anything
+    wrong before the teacher runs (cheap checks before data and weights are loaded)."""
+    from ..data.tasks import absolute_task_ref, check_same_labels, load_task, resolve_task, tokenize
+
+    if world.distributed and not transaction.backend.parallel_writers:
+        raise ConfigError(f"{config.output} is {transaction.backend.description}, which takes one writer: extract "
+                          "with torchrun into a Zarr store (a directory or URL), then `hskstore convert` it")
+    transaction.check()
     compression = config.compression
     max_length = config.max_length or teacher_max_length(config.teacher)
     teacher_config = check_bert_family(config.teacher)  # fail fast: before data and weights are loaded
@@ -382,7 +330,6 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
     tokenizer = load_tokenizer(config.teacher)
     sep_id = tokenizer.sep_token_id
     selector = Selector(compression, resolved, sep_id, model.bert.encoder.layer, identity.num_heads)
-    fixed_mask = selector.fixed_mask
     batch_size = config.batch_size
     batch_tokens = None if batch_size else (config.batch_tokens or (8192 if device.type == "cpu" else 32768))
 
@@ -421,21 +368,31 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
     # Batches are padded per batch: the same bytes need the same batching.
     meta["batch_size"], meta["batch_tokens"] = batch_size, batch_tokens
     specs = array_specs(resolved, compression, identity.vocab_size, spec.num_labels)
-    location = _write_location(config)  # the output, or the staging place an --overwrite builds in
+    fixed_mask = selector.fixed_mask
+    return _Plan(model=model, selector=selector, tokenizer=tokenizer,
+                 attrs=root_attributes(meta, split_sizes, chunk_rows, specs), specs=specs,
+                 static_mask=None if fixed_mask is None else np.packbits(fixed_mask.numpy(), bitorder="little"),
+                 split_sizes=split_sizes, chunks=mine, offset=offset, encoded=encoded,
+                 batching=(batch_size, batch_tokens))
+
+
+def _run(config: ExtractConfig, plan: _Plan, transaction: StoreTransaction, progress: bool, world, device) -> dict:
+    """Open the store (new, resumed or staged), run the teacher over this rank's unwritten chunks while a
+    background thread writes the finished ones, then mark the store complete and swap it into place."""
     error = None
     if world.is_main:  # one creator; the others open the store once it exists
         try:
-            writer = _prepare_store(config, location, meta, split_sizes, specs, fixed_mask,
-                                    _tokenizer_files(tokenizer))
+            writer = transaction.open_writer(plan.attrs, plan.specs, plan.static_mask, _tokenizer_files(plan.tokenizer))
         except Exception as exc:
             error = exc
     distributed.raise_if_any_failed(world, error, "preparing the store", device)
     if not world.is_main:
-        writer = reopen_store(location, config.storage_options)
+        writer = transaction.reopen_writer()
 
+    chunk_rows, sizes = config.chunk_rows, plan.split_sizes
     try:
-        todo = {s: [k for k in mine[s] if k not in writer.chunks_done(s)] for s in config.splits}
-        remaining = sum(min(config.chunk_rows, split_sizes[s] - k * config.chunk_rows) for s in todo for k in todo[s])
+        todo = {s: [k for k in plan.chunks[s] if k not in writer.chunks_done(s)] for s in config.splits}
+        remaining = sum(min(chunk_rows, sizes[s] - k * chunk_rows) for s in todo for k in todo[s])
         started = time.perf_counter()
         chunk_writer = _ChunkWriter(writer)
         bar = tqdm(total=remaining, unit="ex", desc=f"extract{f' rank {world.rank}' if world.distributed else ''}",
@@ -443,9 +400,9 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
         try:
             for split in config.splits:
                 for k in todo[split]:
-                    rows = np.arange(k * config.chunk_rows, min((k + 1) * config.chunk_rows, split_sizes[split]))
-                    arrays = _teacher_chunk(model, selector, encoded[split], rows - offset[split],
-                                            (batch_size, batch_tokens), device, compression)
+                    rows = np.arange(k * chunk_rows, min((k + 1) * chunk_rows, sizes[split]))
+                    arrays = _teacher_chunk(plan.model, plan.selector, plan.encoded[split], rows - plan.offset[split],
+                                            plan.batching, device, config.compression)
                     chunk_writer.put(split, k, arrays)
                     bar.update(len(rows))
         except BaseException as exc:
@@ -464,6 +421,7 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
         distributed.all_reduce_sum(total, world)
         extracted = int(total.item())
         seconds = time.perf_counter() - started
+        batch_size, batch_tokens = plan.batching
         summary = {"examples_extracted": extracted, "seconds": round(seconds, 3),
                    "examples_per_second": round(extracted / seconds, 1) if seconds > 0 else None,
                    "device": describe_device(device), "precision": inference_precision(device.type).name,
@@ -472,7 +430,7 @@ def _extract(config: ExtractConfig, progress: bool, world, device) -> dict:
             writer.mark_complete(summary)
     finally:
         writer.close()
-    if world.is_main and location != config.output:
-        replace_store(location, config.output)
+    if world.is_main:
+        transaction.commit()
     distributed.barrier(world)  # the others return once the store is complete (and in place)
-    return summary | {"info": store_info(config.output, storage_options=config.storage_options)}
+    return summary

@@ -1,8 +1,10 @@
-"""The feature store: one interface, two backends (Zarr at any fsspec URL, HDF5 in one file).
+"""The feature store: one interface, backends that register themselves (Zarr at any fsspec URL, HDF5 in one file).
 
-`open_store(location)` picks the backend from the location: a name ending in `.h5`/`.hdf5` is HDF5,
-anything else (a directory, `file://`, `s3://`, `gs://`, `memory://` ...) is Zarr. Nothing outside this
-package walks directories or probes metadata files; `docs/store-format.md` is the spec.
+`open_store(location)` picks the backend from the location (`registry.py`): a name ending in
+`.h5`/`.hdf5` is HDF5, anything else (a directory, `file://`, `s3://`, `gs://`, `memory://` ...) is Zarr.
+A location is a path or URL plus `storage_options`, or one `StoreLocation` holding both. Writers go
+through `transaction.StoreTransaction` (lock, staging, run key, swap). Nothing outside this package walks
+directories or probes metadata files; `docs/store-format.md` is the spec.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import os
 
 from ..errors import StoreError
-from .base import SplitReader, Store, StoreWriter
-from .format import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, ArraySpec, array_specs, root_attributes, validate_root
+from .base import Backend, SplitReader, Store, StoreWriter
+from .format import (FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, ArraySpec, array_specs, rerun_hint,
+                     root_attributes, validate_root)
+from .location import StoreLocation, normalize_location
+from .registry import backend_of, backends
 
 __all__ = [
     "FORMAT_NAME",
@@ -20,9 +25,11 @@ __all__ = [
     "ArraySpec",
     "array_specs",
     "root_attributes",
+    "Backend",
     "Store",
     "SplitReader",
     "StoreWriter",
+    "StoreLocation",
     "open_store",
     "read_attrs",
     "store_state",
@@ -31,52 +38,21 @@ __all__ = [
     "delete_store",
     "normalize_location",
     "backend_for",
+    "backend_of",
+    "backends",
     "is_remote",
     "staging_location",
     "replace_store",
 ]
 
 
-def backend_for(location: str) -> str:
-    from ._hdf5 import is_hdf5
-
-    return "hdf5" if is_hdf5(str(location)) else "zarr"
-
-
-def is_remote(location: str) -> bool:
-    from ._zarr import is_remote as remote
-
-    return remote(str(location))
+def backend_for(location) -> str:
+    """The name of the backend that owns a location ("zarr", "hdf5")."""
+    return StoreLocation.of(location).backend.name
 
 
-def normalize_location(location) -> str:
-    """Local paths made absolute (a store's provenance must hold from any directory); URLs kept as given."""
-    location = str(location)
-    if is_remote(location):
-        return location.rstrip("/")
-    if location.startswith("file://"):
-        location = location[len("file://"):]
-    return os.path.abspath(location)
-
-
-def _raw_attrs(location: str, storage_options: dict | None) -> dict | None:
-    if backend_for(location) == "hdf5":
-        from ._hdf5 import hdf5_read_attrs
-
-        return hdf5_read_attrs(location)
-    from ._zarr import zarr_read_attrs
-
-    return zarr_read_attrs(location, storage_options)
-
-
-def _exists(location: str, storage_options: dict | None) -> bool:
-    if backend_for(location) == "hdf5":
-        from ._hdf5 import _path
-
-        return os.path.exists(_path(location))
-    from ._zarr import zarr_exists
-
-    return zarr_exists(location, storage_options)
+def is_remote(location) -> bool:
+    return StoreLocation.of(location).remote
 
 
 def store_state(location, storage_options: dict | None = None) -> tuple[str, dict | None]:
@@ -85,12 +61,13 @@ def store_state(location, storage_options: dict | None = None) -> tuple[str, dic
     "half" is a store interrupted while its layout was being created (nothing in it to keep); "foreign"
     is anything not written by hskstore, which no command may delete.
     """
-    location = str(location)
-    if not _exists(location, storage_options):
+    location = StoreLocation.of(location, storage_options)
+    backend = location.backend
+    if not backend.exists(location):
         return "absent", None
-    if not is_remote(location) and os.path.isdir(location) and not os.listdir(location):
+    if not location.remote and os.path.isdir(location.url) and not os.listdir(location.url):
         return "absent", None  # an empty directory made for the store (mkdir before extract)
-    attrs = _raw_attrs(location, storage_options)
+    attrs = backend.read_attrs(location)
     if attrs is None or attrs.get("format") != FORMAT_NAME:
         return "foreign", attrs
     if attrs.get("layout_complete") is not True and attrs.get("complete") is not True:
@@ -103,8 +80,9 @@ def read_attrs(location, storage_options: dict | None = None) -> dict:
     """A store's root attributes: format and version checked, and the schema once its layout is complete."""
     from .format import check_format
 
-    location = str(location)
-    attrs = _raw_attrs(location, storage_options) if _exists(location, storage_options) else None
+    location = StoreLocation.of(location, storage_options)
+    backend = location.backend
+    attrs = backend.read_attrs(location) if backend.exists(location) else None
     if attrs is None:
         raise StoreError(f"no store at {location}: expected a store written by `hskstore extract`.")
     check_format(attrs, location)
@@ -119,8 +97,8 @@ def open_store(location, allow_incomplete: bool = False, storage_options: dict |
     Raises:
         StoreError: missing, not an hskstore store, another format version, damaged attributes, incomplete.
     """
-    location = str(location)
-    state, attrs = store_state(location, storage_options)
+    location = StoreLocation.of(location, storage_options)
+    state, attrs = store_state(location)
     if state == "absent":
         raise StoreError(f"no store at {location}: expected a store written by `hskstore extract`.")
     if state == "foreign":
@@ -129,72 +107,45 @@ def open_store(location, allow_incomplete: bool = False, storage_options: dict |
         check_format(attrs or {}, location)
     if state == "half":
         raise StoreError(f"store {location} was interrupted while its arrays were being created; "
-                         "rerun the same `hskstore extract` command to make it anew.")
-    if backend_for(location) == "hdf5":
-        from ._hdf5 import Hdf5Store
-
-        store = Hdf5Store(location, storage_options)
-    else:
-        from ._zarr import ZarrStore
-
-        store = ZarrStore(location, storage_options)
+                         f"{rerun_hint(attrs, anew=True)}.")
+    store = location.backend.open(location)
     if not store.complete and not allow_incomplete:
         done = {s: f"{len(store.chunks_done(s))}/{store.split(s).num_chunks}" for s in store.splits}
         store.close()
-        raise StoreError(f"store {location} is incomplete (chunks written: {done}); "
-                         "rerun the same `hskstore extract` command to finish it.")
+        raise StoreError(f"store {location} is incomplete (chunks written: {done}); {rerun_hint(store.attrs)}.")
     return store
-
-
-def _writer_class(location: str):
-    if backend_for(location) == "hdf5":
-        from ._hdf5 import Hdf5Writer
-
-        return Hdf5Writer
-    from ._zarr import ZarrWriter
-
-    return ZarrWriter
 
 
 def create_store(location, attrs: dict, specs, static_mask, tokenizer_files: dict[str, bytes],
                  storage_options: dict | None = None) -> StoreWriter:
     """Create a new store's layout and return its writer (any previous store there must be deleted first)."""
-    return _writer_class(str(location)).create(str(location), attrs, specs, static_mask, tokenizer_files,
-                                               storage_options)
+    location = StoreLocation.of(location, storage_options)
+    return location.backend.create(location, attrs, specs, static_mask, tokenizer_files)
 
 
 def reopen_store(location, storage_options: dict | None = None) -> StoreWriter:
-    return _writer_class(str(location)).reopen(str(location), storage_options)
+    location = StoreLocation.of(location, storage_options)
+    return location.backend.reopen(location)
 
 
 def delete_store(location, storage_options: dict | None = None) -> None:
     """Delete an hskstore store (refuses anything else: a typo must not delete a user's data)."""
-    location = str(location)
-    state, _ = store_state(location, storage_options) if _exists(location, storage_options) else ("absent", None)
+    location = StoreLocation.of(location, storage_options)
+    state, _ = store_state(location)
     if state == "absent":
         return
     if state == "foreign":
         raise StoreError(f"{location} exists and is not an hskstore store: refusing to delete it")
-    if backend_for(location) == "hdf5":
-        from ._hdf5 import _path
-
-        os.remove(_path(location))
-    else:
-        from ._zarr import zarr_delete
-
-        zarr_delete(location, storage_options)
+    location.backend.delete(location)
 
 
-def staging_location(location: str) -> str:
-    """Where `--overwrite` builds the new store beside the old one (the suffix keeps the backend)."""
-    location = str(location).rstrip("/")
-    if backend_for(location) == "hdf5":
-        stem, dot, suffix = location.rpartition(".")
-        return f"{stem}.overwrite.{suffix}"
-    return location + ".overwrite"
+def staging_location(location) -> str:
+    """Where `--overwrite` builds the new store beside the old one (the name keeps the backend)."""
+    url = str(location)
+    return backend_of(url).sibling(url, "overwrite")
 
 
-def replace_store(staging: str, location: str) -> None:
+def replace_store(staging, location) -> None:
     """Move a complete staged store into place on local disk: the old store goes only now.
 
     Two renames; a crash between them leaves the old store at `<location>.old` (`x.old.h5`) and the new
@@ -202,7 +153,8 @@ def replace_store(staging: str, location: str) -> None:
     """
     import shutil
 
-    old = staging.replace(".overwrite", ".old")
+    staging, location = StoreLocation.of(staging).path, StoreLocation.of(location).path
+    old = backend_of(location).sibling(location, "old")
     if os.path.exists(old):
         shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
     if os.path.exists(location):

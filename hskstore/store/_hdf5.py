@@ -16,10 +16,11 @@ import os
 import numpy as np
 
 from ..errors import StoreError
-from .base import Store, StoreWriter, damage_reason
+from .base import Backend, Store, StoreWriter, damage_reason
 from .format import RECORD_ARRAY, ArraySpec, check_format
+from .location import is_remote, local_path
 
-__all__ = ["Hdf5Store", "Hdf5Writer", "is_hdf5", "hdf5_read_attrs", "ATTRS_KEY"]
+__all__ = ["Hdf5Store", "Hdf5Writer", "Hdf5Backend", "BACKEND", "is_hdf5", "hdf5_read_attrs", "ATTRS_KEY"]
 
 ATTRS_KEY = "hskstore"
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -36,10 +37,10 @@ def is_hdf5(location: str) -> bool:
 
 
 def _path(location: str) -> str:
-    if "://" in location and not location.startswith("file://"):
+    if is_remote(location):
         raise StoreError(f"{location}: HDF5 stores are local files; use a .zarr URL for object stores "
                          "(or `hskstore convert` a local .h5 into one)")
-    return location[len("file://"):] if location.startswith("file://") else location
+    return local_path(location)
 
 
 def _open(location: str, mode: str):
@@ -48,7 +49,7 @@ def _open(location: str, mode: str):
     try:
         return h5py.File(_path(location), mode)
     except OSError as exc:
-        raise StoreError(f"cannot open HDF5 store {location} ({exc}); if an extraction into it was killed "
+        raise StoreError(f"cannot open HDF5 store {location} ({exc}); if a run writing it was killed "
                          "mid-write the file may be damaged: rerun with --overwrite") from None
 
 
@@ -173,11 +174,57 @@ class Hdf5Writer(StoreWriter):
     def chunks_done(self, split):
         return {int(i) for i in np.flatnonzero(self.file[split][RECORD_ARRAY][:])}
 
-    def _update_attrs(self, changes):
+    def _update_attrs(self, changes, drop=()):
         attrs = json.loads(self.file.attrs[ATTRS_KEY]) | changes
+        for name in drop:
+            attrs.pop(name, None)
         self.file.attrs[ATTRS_KEY] = json.dumps(attrs)
         self.file.flush()
 
     def close(self):
         if self.file.id.valid:
             self.file.close()
+
+
+class Hdf5Backend(Backend):
+    """HDF5: a local file ending in `.h5` or `.hdf5`."""
+
+    name = "hdf5"
+    description = "an HDF5 file"
+    parallel_writers = False   # one file that one process holds open for writing
+
+    def claims(self, url):
+        return is_hdf5(url)
+
+    def exists(self, location):
+        return os.path.exists(_path(location.url))
+
+    def read_attrs(self, location):
+        return hdf5_read_attrs(location.url)
+
+    def open(self, location):
+        return Hdf5Store(location.url, location.storage_options)
+
+    def create(self, location, attrs, specs, static_mask, tokenizer_files):
+        return Hdf5Writer.create(location.url, attrs, specs, static_mask, tokenizer_files, location.storage_options)
+
+    def reopen(self, location):
+        return Hdf5Writer.reopen(location.url, location.storage_options)
+
+    def delete(self, location):
+        os.remove(_path(location.url))
+
+    def sibling(self, url, tag):
+        stem, _, suffix = url.rstrip("/").rpartition(".")   # x.h5 -> x.overwrite.h5: still an HDF5 name
+        return f"{stem}.{tag}.{suffix}"
+
+    def filesystem(self, location):
+        import fsspec
+
+        return fsspec.filesystem("file"), os.path.abspath(_path(location.url))
+
+    def writable_directory(self, location):
+        return os.path.dirname(os.path.abspath(_path(location.url)))
+
+
+BACKEND = Hdf5Backend()

@@ -15,18 +15,12 @@ import warnings
 import numpy as np
 
 from ..errors import StoreError
-from .base import Store, StoreWriter, damage_reason
-from .format import RECORD_ARRAY, ArraySpec, check_format, default_dims
+from .base import Backend, Store, StoreWriter, damage_reason
+from .format import RECORD_ARRAY, ArraySpec, check_format
+from .location import is_remote
+from .location import local_path as _local_path
 
-__all__ = ["ZarrStore", "ZarrWriter", "is_remote", "zarr_exists", "zarr_read_attrs", "zarr_delete"]
-
-
-def is_remote(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
-
-
-def _local_path(location: str) -> str:
-    return location[len("file://"):] if location.startswith("file://") else location
+__all__ = ["ZarrStore", "ZarrWriter", "ZarrBackend", "BACKEND", "zarr_exists", "zarr_read_attrs", "zarr_delete"]
 
 
 def _store(location: str, storage_options: dict | None, read_only: bool):
@@ -347,6 +341,47 @@ class ZarrWriter(StoreWriter):
     def chunks_done(self, split):
         return {int(i) for i in np.flatnonzero(self._array(split, RECORD_ARRAY)[:])}
 
-    def _update_attrs(self, changes):
-        self.group.attrs.update(changes)
+    def _update_attrs(self, changes, drop=()):
+        if drop:   # every attribute rewritten in the one metadata write, less the dropped ones
+            self.group.attrs.put({k: v for k, v in (self.group.attrs.asdict() | changes).items() if k not in drop})
+        else:
+            self.group.attrs.update(changes)
         _consolidate(self.group.store)
+
+
+class ZarrBackend(Backend):
+    """Zarr v3: any location no other backend claims (a directory, `file://`, or any fsspec URL)."""
+
+    name = "zarr"
+    description = "a Zarr store"
+    parallel_writers = True   # one object per chunk and per chunk record: disjoint writers never meet
+
+    def claims(self, url):
+        return True
+
+    def exists(self, location):
+        return zarr_exists(location.url, location.storage_options)
+
+    def read_attrs(self, location):
+        return zarr_read_attrs(location.url, location.storage_options)
+
+    def open(self, location):
+        return ZarrStore(location.url, location.storage_options)
+
+    def create(self, location, attrs, specs, static_mask, tokenizer_files):
+        return ZarrWriter.create(location.url, attrs, specs, static_mask, tokenizer_files, location.storage_options)
+
+    def reopen(self, location):
+        return ZarrWriter.reopen(location.url, location.storage_options)
+
+    def delete(self, location):
+        zarr_delete(location.url, location.storage_options)
+
+    def sibling(self, url, tag):
+        return f"{url.rstrip('/')}.{tag}"
+
+    def filesystem(self, location):
+        return _filesystem(location.url, location.storage_options)
+
+
+BACKEND = ZarrBackend()

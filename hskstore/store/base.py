@@ -1,4 +1,5 @@
-"""The store interface: a `StoreWriter` that commits whole chunks and a `Store` that reads them.
+"""The store interface: a `Backend` that owns locations, a `StoreWriter` that commits whole chunks and a
+`Store` that reads them.
 
 Backends (`_zarr.py`, `_hdf5.py`) implement a handful of primitives; the rules every backend keeps are
 written once here: arrays are created at their final size, a chunk is written whole and then recorded
@@ -16,9 +17,9 @@ import numpy as np
 
 from ..method.compression import Compression, ResolvedCompression
 from ..errors import StoreError
-from .format import TOKENIZER_FILE_NAMES, ArraySpec
+from .format import TOKENIZER_FILE_NAMES, ArraySpec, rerun_hint
 
-__all__ = ["StoreWriter", "Store", "SplitReader", "damage_reason"]
+__all__ = ["Backend", "StoreWriter", "Store", "SplitReader", "damage_reason"]
 
 
 def damage_reason(exc: BaseException) -> str:
@@ -27,6 +28,61 @@ def damage_reason(exc: BaseException) -> str:
     if any(word in text.lower() for word in ("checksum", "fletcher", "filter returned failure")):
         return "checksum mismatch"
     return text.split(".")[0][:80]
+
+
+class Backend(ABC):
+    """A store backend: the locations it claims, and how it opens, creates, reopens and deletes a store there.
+
+    A backend is one module (`_zarr.py`, `_hdf5.py`) holding its Store, its StoreWriter and an instance of
+    a Backend subclass named `BACKEND`, plus one entry in `registry.ENTRIES`. Methods take a
+    `StoreLocation` (URL plus storage options).
+    """
+
+    name: str = ""                  # "zarr", "hdf5": what `backend_for` answers
+    description: str = ""           # for messages: "a Zarr store", "an HDF5 file"
+    parallel_writers: bool = True   # several processes may write disjoint chunks at once (torchrun extraction)
+
+    @abstractmethod
+    def claims(self, url: str) -> bool:
+        """Whether a location is this backend's (asked in registry order: the first that claims it owns it)."""
+
+    @abstractmethod
+    def exists(self, location) -> bool:
+        """Anything at all at the location: a store, a half-made one, or some other file."""
+
+    @abstractmethod
+    def read_attrs(self, location) -> dict | None:
+        """The root attributes of whatever store-like object is there, or None when there is none."""
+
+    @abstractmethod
+    def open(self, location) -> "Store":
+        """Open a store for reading (the caller has checked its state)."""
+
+    @abstractmethod
+    def create(self, location, attrs: dict, specs: list[ArraySpec], static_mask: np.ndarray | None,
+               tokenizer_files: dict[str, bytes]) -> "StoreWriter":
+        """Make a new store's layout and return its writer (nothing may be there)."""
+
+    @abstractmethod
+    def reopen(self, location) -> "StoreWriter":
+        """Open a partial store to write its remaining chunks."""
+
+    @abstractmethod
+    def delete(self, location) -> None:
+        """Remove what is there (the caller has checked it is an hskstore store)."""
+
+    @abstractmethod
+    def sibling(self, url: str, tag: str) -> str:
+        """A location beside `url` for this backend, named by `tag` ("overwrite": where a replacement is
+        built; "old": where the replaced store waits during the swap)."""
+
+    @abstractmethod
+    def filesystem(self, location) -> tuple:
+        """(fsspec filesystem, path) that reach the location; lock files beside a store use it."""
+
+    def writable_directory(self, location) -> str | None:
+        """The local directory a new store there is written into, checked before slow work; None when remote."""
+        return None if location.remote else location.path
 
 
 class SplitReader:
@@ -74,7 +130,7 @@ class SplitReader:
             if not missing:
                 return
         raise StoreError(f"{self.store.location}: chunk {missing[0]} of split {self.name!r} has not been written yet "
-                         "(the store is incomplete); rerun the same `hskstore extract` command to finish it")
+                         f"(the store is incomplete); {rerun_hint(self.store.attrs)}")
 
 
 class Store(ABC):
@@ -222,8 +278,8 @@ class StoreWriter(ABC):
         """Mark chunk `index` of `split` as written (each chunk's record is its own object: writers never race)."""
 
     @abstractmethod
-    def _update_attrs(self, changes: dict) -> None:
-        """One metadata write of the root attributes."""
+    def _update_attrs(self, changes: dict, drop: tuple[str, ...] = ()) -> None:
+        """One metadata write of the root attributes: `changes` set, the attributes named in `drop` removed."""
 
     @abstractmethod
     def chunks_done(self, split: str) -> set[int]:
@@ -232,10 +288,16 @@ class StoreWriter(ABC):
     def close(self) -> None:
         """Flush and release handles."""
 
-    def set_attrs(self, changes: dict) -> None:
-        """Change root attributes on disk (one metadata write) and in this writer's copy."""
-        self._update_attrs(changes)
+    def set_attrs(self, changes: dict, drop: tuple[str, ...] = ()) -> None:
+        """Change root attributes on disk (one metadata write) and in this writer's copy; `drop` removes some."""
+        drop = tuple(name for name in drop if name in self.attrs)
+        if drop:
+            self._update_attrs(changes, drop)
+        else:
+            self._update_attrs(changes)
         self.attrs.update(changes)
+        for name in drop:
+            self.attrs.pop(name)
 
     # -- the rules
     def write_chunk(self, split: str, index: int, arrays: dict[str, np.ndarray]) -> None:
@@ -252,9 +314,10 @@ class StoreWriter(ABC):
             out[split] = [k for k in range(-(-rows // self.chunk_rows)) if k not in done]
         return out
 
-    def mark_complete(self, summary: dict) -> None:
-        """Set `complete` after checking every chunk of every split is recorded."""
+    def mark_complete(self, summary: dict | None) -> None:
+        """Set `complete` after checking every chunk of every split is recorded (and drop `writing` in the
+        same write: it names the command only while the store is incomplete)."""
         missing = {s: m for s, m in self.missing_chunks().items() if m}
         if missing:
             raise StoreError(f"{self.location} cannot be marked complete: chunks not written {missing}")
-        self.set_attrs({"complete": True, "summary": summary})
+        self.set_attrs({"complete": True, "summary": summary}, drop=("writing",))

@@ -32,6 +32,8 @@ __all__ = [
     "round_mantissa",
     "raw_hsk_bytes",
     "TOKENIZER_FILE_NAMES",
+    "WRITERS",
+    "rerun_hint",
 ]
 
 FORMAT_NAME = "hskstore"
@@ -133,6 +135,7 @@ ROOT_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "tokenizer": (_DICT, True),
     "summary": ((dict, type(None)), False),
     "derived_from": ((dict, type(None)), False),
+    "writing": (_STR, False),     # the command writing the store ("extract", "convert", "slice"), removed at completion
 }
 # Version 1 wrote no uuid, and layout_complete only once its arrays existed.
 _V1_OPTIONAL = {"uuid", "layout_complete", "task_ref", "batch_size", "numerics", "teacher_fingerprint"}
@@ -155,6 +158,19 @@ def root_attributes(meta: dict, split_sizes: dict[str, int], chunk_rows: int, sp
     )
     validate_root(attrs, "<new store>")
     return attrs
+
+
+# The commands that write stores, and what their rerun does to an incomplete one: `extract` resumes at
+# the first unrecorded chunk, `convert` and `slice` make their (cheap to remake) output again.
+WRITERS = {"extract": "finish it", "convert": "make it anew", "slice": "make it anew"}
+
+
+def rerun_hint(attrs: dict | None, anew: bool = False) -> str:
+    """How to finish an incomplete store (or, `anew`, remake a half-created one), naming the command that
+    was writing it (`writing`; stores without it came from `extract`, the only writer before it was recorded)."""
+    command = (attrs or {}).get("writing")
+    command = command if command in WRITERS else "extract"
+    return f"rerun the same `hskstore {command}` command to {'make it anew' if anew else WRITERS[command]}"
 
 
 def check_format(attrs: dict, location) -> int:

@@ -14,12 +14,13 @@ import os
 import socket
 
 from ..errors import StoreError
+from .location import StoreLocation
 
 __all__ = ["WriterLock", "lock_location"]
 
 
-def lock_location(location: str) -> str:
-    return location.rstrip("/") + ".lock"
+def lock_location(location) -> str:
+    return str(location).rstrip("/") + ".lock"
 
 
 def _alive(pid: int) -> bool:
@@ -35,21 +36,20 @@ def _alive(pid: int) -> bool:
 class WriterLock:
     """Context manager: hold the writer lock of `location` for the duration of a run."""
 
-    def __init__(self, location: str, storage_options: dict | None = None):
-        from ._zarr import is_remote
-
-        self.location = str(location)
+    def __init__(self, location, storage_options: dict | None = None):
+        target = StoreLocation.of(location, storage_options)
+        self.location = target.url
         self.path = lock_location(self.location)
-        self.remote = is_remote(self.location)
-        self.storage_options = dict(storage_options or {})
+        self.remote = target.remote
+        self.storage_options = target.storage_options
+        self._lock_file = target.beside(self.path)
+        self._backend = target.backend   # its filesystem reaches the lock file beside the store
         self.holder = {"host": socket.gethostname(), "pid": os.getpid(),
                        "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         self.held = False
 
     def _fs(self):
-        from ._zarr import _filesystem
-
-        return _filesystem(self.path, self.storage_options)
+        return self._backend.filesystem(self._lock_file)
 
     def _read(self) -> dict | None:
         try:

@@ -5,6 +5,8 @@ suffix), token positions are stored best first (a smaller N^L is a prefix), and 
 strategy that nests (`mag`) the kept activations of a vector are its top-k by the strategy's ranking (a
 smaller k is the top of those, re-ranked by `WidthStrategy.rerank`). Static width masks (`uniform`, `rand`)
 nest only when the smaller mask is a subset of the larger one; that is checked.
+The sliced store is written through the store's writer transaction (`transaction.py`): locked, and under
+--overwrite built beside the old store and swapped in at the end.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import uuid as _uuid
 import numpy as np
 
 from ..errors import StoreError
-from . import create_store, open_store
-from .convert import prepare_output
+from . import open_store
 from .format import array_specs, unpack_bits_numpy
+from .location import StoreLocation
+from .transaction import StoreTransaction
 
 __all__ = ["slice_store", "plan_slice"]
 
@@ -89,14 +92,40 @@ def _retop(values: np.ndarray, masks: np.ndarray | None, hidden: int, k: int, po
     return new_values.numpy(), np.packbits(mask.numpy(), axis=-1, bitorder="little")
 
 
-def slice_store(src: str, dst: str, *, depth=None, length=None, width=None, limit: int | None = None,
+def _slice_chunk(reader, k: int, rows: int, new_r, drop: int, names: set, column_index, d: int,
+                 width_rule) -> dict:
+    """Chunk k of one split of the source, cut to the smaller store's layers, tokens and activations."""
+    start = k * reader.chunk_rows
+    data = reader.read_rows(start, min(start + reader.chunk_rows, rows))
+    positions = data["positions"][:, drop:, :new_r.length]
+    values = data["values"][:, drop:, :new_r.length]
+    out = {n: a for n, a in data.items() if n not in ("positions", "values", "masks")}
+    out["positions"] = np.ascontiguousarray(positions)
+    if column_index is not None:
+        values = values[..., column_index]
+    elif "masks" in names:
+        masks = data["masks"][:, drop:, :new_r.length] if "masks" in data else None
+        if new_r.width < values.shape[-1] or masks is None:
+            values, out["masks"] = _retop(values, masks, d, new_r.width, positions, width_rule)
+        else:
+            out["masks"] = np.ascontiguousarray(masks)
+    out["values"] = np.ascontiguousarray(values)
+    return out
+
+
+def slice_store(src, dst, *, depth=None, length=None, width=None, limit: int | None = None,
                 overwrite: bool = False, src_options: dict | None = None, dst_options: dict | None = None) -> dict:
-    """Write the (depth, length, width) sub-store of `src` to `dst`; `limit` keeps each split's first rows."""
+    """Write the (depth, length, width) sub-store of `src` to `dst`; `limit` keeps each split's first rows.
+
+    `src` and `dst` are paths or URLs (with `src_options`, `dst_options`) or StoreLocations.
+    """
     if limit is not None and limit < 1:
         raise StoreError(f"--limit must be >= 1, got {limit}")
-    with open_store(src, storage_options=src_options) as store:
+    src, dst = StoreLocation.of(src, src_options), StoreLocation.of(dst, dst_options)
+    transaction = StoreTransaction(dst, command="slice", overwrite=overwrite, option="DST")
+    with open_store(src) as store:
         new_c, new_r = plan_slice(store, depth, length, width)
-        prepare_output(dst, overwrite, dst_options)
+        transaction.check()
         old_c, old_r = store.compression, store.resolved
         d = old_r.hidden_size
         drop = old_r.depth - new_r.depth
@@ -123,30 +152,17 @@ def slice_store(src: str, dst: str, *, depth=None, length=None, width=None, limi
                           "limit": limit},
         )
         attrs.pop("chunks_done", None)
-        writer = create_store(dst, attrs, specs, static, store.tokenizer_files(), dst_options)
-        try:
-            for split, rows in splits.items():
-                reader = store.split(split)
-                for k in range(-(-rows // store.chunk_rows)):
-                    start = k * store.chunk_rows
-                    data = reader.read_rows(start, min(start + store.chunk_rows, rows))
-                    positions = data["positions"][:, drop:, :new_r.length]
-                    values = data["values"][:, drop:, :new_r.length]
-                    out = {n: a for n, a in data.items() if n not in ("positions", "values", "masks")}
-                    out["positions"] = np.ascontiguousarray(positions)
-                    if column_index is not None:
-                        values = values[..., column_index]
-                    elif "masks" in names:
-                        masks = data["masks"][:, drop:, :new_r.length] if "masks" in data else None
-                        if new_r.width < values.shape[-1] or masks is None:
-                            values, out["masks"] = _retop(values, masks, d, new_r.width, positions,
-                                                          new_c.width_rule)
-                        else:
-                            out["masks"] = np.ascontiguousarray(masks)
-                    out["values"] = np.ascontiguousarray(values)
-                    writer.write_chunk(split, k, out)
-            writer.mark_complete({"sliced_from": store.location, "examples": sum(splits.values())})
-        finally:
-            writer.close()
+        with transaction:
+            writer = transaction.open_writer(attrs, specs, static, store.tokenizer_files())
+            try:
+                for split, rows in splits.items():
+                    reader = store.split(split)
+                    for k in range(-(-rows // store.chunk_rows)):
+                        writer.write_chunk(split, k, _slice_chunk(reader, k, rows, new_r, drop, names, column_index, d,
+                                                                     new_c.width_rule))
+                writer.mark_complete({"sliced_from": store.location, "examples": sum(splits.values())})
+            finally:
+                writer.close()
+            transaction.commit()
     return {"source": str(src), "destination": str(dst), "triple": [new_r.depth, new_r.length, new_r.width],
             "amount_hsk": new_r.amount(), "examples": splits}

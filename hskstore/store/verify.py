@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..errors import StoreError
 from . import open_store
+from .format import rerun_hint
 
 __all__ = ["verify_store"]
 
@@ -45,11 +46,11 @@ def verify_store(location, storage_options: dict | None = None, max_problems: in
                 read()
             except Exception as exc:  # any decode failure of these small arrays is damage
                 problems.append(f"{part}: {str(exc)[:80]}")
-        complete = store.complete
+        complete, hint = store.complete, rerun_hint(store.attrs)
     if problems:
         more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
-        raise StoreError(f"{location} failed verification: {problems[0]}{more}; re-extract the store "
-                         "(or rerun `hskstore extract` to finish an incomplete one)")
+        raise StoreError(f"{location} failed verification: {problems[0]}{more}; re-extract the store"
+                         + ("" if complete else f" (it is incomplete: {hint})"))
     return {"store": str(location), "complete": complete, "chunks_checked": checked}
 
 

@@ -3,7 +3,10 @@ fsspec's memory filesystem, HDF5.
 
 Each backend must create a layout, take chunks in any order, resume, refuse an incomplete store, read
 chunks back exactly, keep static masks, attributes and the tokenizer, and report its bytes on disk.
+A new backend joins the suite with one line in PLACES.
 """
+
+import re
 
 import numpy as np
 import pytest
@@ -11,26 +14,60 @@ import pytest
 from hskstore.method.compression import Compression
 from hskstore.errors import StoreError
 from hskstore.stages.extract import ExtractConfig, extract
-from hskstore.store import (array_specs, create_store, delete_store, open_store, reopen_store, root_attributes,
-                            store_state)
+from hskstore.store import (StoreLocation, array_specs, backend_for, backends, create_store, delete_store, open_store,
+                            reopen_store, root_attributes, store_state)
 
-BACKENDS = ["zarr-dir", "zarr-s3", "zarr-memory", "hdf5"]
 ROWS, CHUNK = 70, 16          # 5 chunks, the last one partial
 
+# One line per place a store can live: the backend's name, then (location, storage_options) of an empty place.
+PLACES = {
+    "zarr-dir": lambda request, tmp_path: (str(tmp_path / "store.zarr"), {}),
+    "zarr-s3": lambda request, tmp_path: (request.getfixturevalue("s3_bucket_url") + "/store.zarr",
+                                          request.getfixturevalue("s3_server")[1]),
+    # fsspec's in-process filesystem: any URL fsspec reaches works the same
+    "zarr-memory": lambda request, tmp_path: (f"memory://hsk-test/{re.sub(r'[^A-Za-z0-9-]', '-', request.node.name)}"
+                                              "/store.zarr", {}),
+    "hdf5": lambda request, tmp_path: (str(tmp_path / "store.h5"), {}),
+}
 
-@pytest.fixture(params=BACKENDS)
+
+@pytest.fixture(params=list(PLACES))
 def location(request, tmp_path):
     """(location, storage_options) of an empty place for a store on one backend."""
-    if request.param == "zarr-dir":
-        return str(tmp_path / "store.zarr"), {}
-    if request.param == "hdf5":
-        return str(tmp_path / "store.h5"), {}
-    if request.param == "zarr-memory":   # fsspec's in-process filesystem: any URL fsspec reaches works the same
-        import re
+    where, options = PLACES[request.param](request, tmp_path)
+    assert backend_for(where) == request.param.split("-")[0]
+    return where, options
 
-        return f"memory://hsk-test/{re.sub(r'[^A-Za-z0-9-]', '-', request.node.name)}/store.zarr", {}
-    _, options = request.getfixturevalue("s3_server")
-    return request.getfixturevalue("s3_bucket_url") + "/store.zarr", options
+
+def test_every_registered_backend_is_in_the_conformance_suite():
+    assert {place.split("-")[0] for place in PLACES} == {backend.name for backend in backends()}
+
+
+def test_a_store_location_names_its_url_alone_and_takes_its_options_once():
+    place = StoreLocation("s3://bucket/x.zarr", {"key": "secret"})
+    assert str(place) == "s3://bucket/x.zarr" and f"{place}" == "s3://bucket/x.zarr"   # never the credentials
+    assert place.remote and place.backend.name == "zarr" and StoreLocation("runs/x.h5").backend.name == "hdf5"
+    assert StoreLocation.of(place) is place and StoreLocation.of("x.zarr", {"a": 1}) == StoreLocation("x.zarr", {"a": 1})
+    assert hash(place) == hash(StoreLocation("s3://bucket/x.zarr"))   # usable as a key
+    with pytest.raises(TypeError, match="storage options given twice"):
+        StoreLocation.of(place, {"key": "other"})
+
+
+def test_a_store_location_is_accepted_wherever_a_location_and_its_options_are(location):
+    where, options = location
+    place = StoreLocation(where, options)
+    attrs, specs = _layout()
+    writer = create_store(place, attrs, specs, None, {"vocab.txt": b"[PAD]\n"})
+    _write_all(writer)
+    writer.mark_complete({})
+    writer.close()
+    assert store_state(place) == store_state(where, options)
+    assert store_state(place)[0] == "complete"
+    with open_store(place) as store, open_store(where, storage_options=options) as same:
+        assert store.location == where and store.storage_options == options   # messages name the URL alone
+        np.testing.assert_array_equal(store.split("train").read_chunk(4)["values"], same.split("train").read_chunk(4)["values"])
+    delete_store(place)
+    assert store_state(where, options)[0] == "absent"
 
 
 def _layout(width_strategy="mag"):

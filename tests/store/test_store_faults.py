@@ -1,8 +1,9 @@
 """Faults a storage engineer would inject, on every backend: flipped bytes, truncated and deleted
-chunks, a kill at each phase of writing, two writers at once, a crafted tokenizer, a failed --overwrite.
+chunks, a kill at each phase of writing, two writers at once, a crafted tokenizer, a failed --overwrite
+of extract, convert and slice.
 
-Each is detected with a one-line error naming the split, array and chunk, or survived: a rerun
-finishes the same store.
+Each is detected with a one-line error naming the split, array and chunk (and the command to rerun),
+or survived: a rerun finishes the same store, and a failed replacement leaves the old one intact.
 """
 
 import json
@@ -17,7 +18,9 @@ from hskstore.cli import cli
 from hskstore.method.compression import Compression
 from hskstore.errors import StoreError
 from hskstore.stages.extract import ExtractConfig, extract
-from hskstore.store import StoreWriter, open_store, store_state
+from hskstore.store import StoreWriter, open_store, staging_location, store_state
+from hskstore.store.convert import convert_store
+from hskstore.store.slicing import slice_store
 from hskstore.store.verify import verify_store
 
 pytestmark = pytest.mark.slow
@@ -25,8 +28,8 @@ ARRAYS = ["input_ids", "token_type_ids", "lengths", "labels", "logits", "positio
 
 
 def _config(teacher, output, **kwargs):
-    return ExtractConfig(teacher=teacher, task="tweets", output=str(output), limit=120, chunk_rows=32,
-                         compression=Compression(depth=2, length=5, width=0.25, student_layers=2), **kwargs)
+    kwargs.setdefault("compression", Compression(depth=2, length=5, width=0.25, student_layers=2))
+    return ExtractConfig(teacher=teacher, task="tweets", output=str(output), limit=120, chunk_rows=32, **kwargs)
 
 
 @pytest.fixture(params=["zarr-dir", "hdf5"])
@@ -36,8 +39,6 @@ def backend_store(request, tiny_store, tmp_path):
         path = tmp_path / "s.zarr"
         shutil.copytree(tiny_store, path)
     else:
-        from hskstore.store.convert import convert_store
-
         path = tmp_path / "s.h5"
         convert_store(tiny_store, str(path))
     return str(path)
@@ -193,33 +194,118 @@ def test_a_crafted_tokenizer_entry_cannot_overwrite_a_students_files(tiny_store,
     _one_error_line(result, "tokenizer entry 'model.safetensors'", "refusing")
 
 
-def test_a_failed_overwrite_keeps_the_old_store_and_a_good_one_replaces_it(tiny_teacher, tiny_store, tmp_path,
-                                                                          monkeypatch):
-    path = tmp_path / "s.zarr"
-    shutil.copytree(tiny_store, path)
-    with open_store(str(path)) as store:
-        old_uuid = store.uuid
-    calls = {"n": 0}
-    original = StoreWriter.write_chunk
+def _fails_after(chunks: int, error: BaseException):
+    """StoreWriter.write_chunk that writes `chunks` chunks, then raises `error` (a dying disk, a kill)."""
+    original, calls = StoreWriter.write_chunk, {"n": 0}
 
-    def crash(self, *args):
+    def write_chunk(self, *args):
         calls["n"] += 1
-        if calls["n"] > 2:
-            raise KeyboardInterrupt("killed mid-overwrite")
+        if calls["n"] > chunks:
+            raise error
         return original(self, *args)
+    return write_chunk
 
-    monkeypatch.setattr(StoreWriter, "write_chunk", crash)
+
+def _leftovers(path) -> list[str]:
+    """What a finished run must not leave beside a store: its staging place, the swapped-out store, its lock."""
+    path = str(path)
+    staging = staging_location(path)
+    return [p for p in (staging, staging.replace(".overwrite", ".old"), path + ".lock") if Path(p).exists()]
+
+
+def test_a_failed_overwrite_keeps_the_old_store_and_a_good_one_replaces_it(tiny_teacher, backend_store, monkeypatch):
+    path = backend_store
+    with open_store(path) as store:
+        old_uuid = store.uuid
+    monkeypatch.setattr(StoreWriter, "write_chunk", _fails_after(2, KeyboardInterrupt("killed mid-overwrite")))
     other = Compression(depth=1, length=3, width=4, student_layers=2)
     with pytest.raises(KeyboardInterrupt):
-        extract(_config(tiny_teacher, path, overwrite=True) .__class__(**{**_config(tiny_teacher, path).__dict__,
-                                                                         "overwrite": True, "compression": other}),
-                progress=False)
+        extract(_config(tiny_teacher, path, overwrite=True, compression=other), progress=False)
     monkeypatch.undo()
-    with open_store(str(path)) as store:                   # the old store is untouched and still complete
+    with open_store(path) as store:                   # the old store is untouched and still complete
         assert store.uuid == old_uuid and store.resolved.depth == 2
-    assert verify_store(str(path))["complete"]
-    config = _config(tiny_teacher, path)
-    extract(config.__class__(**{**config.__dict__, "overwrite": True, "compression": other}), progress=False)
-    with open_store(str(path)) as store:
+    assert verify_store(path)["complete"]
+    extract(_config(tiny_teacher, path, overwrite=True, compression=other), progress=False)
+    with open_store(path) as store:
         assert store.uuid != old_uuid and store.resolved.depth == 1
-    assert not Path(str(path) + ".overwrite").exists() and not Path(str(path) + ".old").exists()
+    assert _leftovers(path) == []
+
+
+# What convert and slice write into DST in these tests; each takes overwrite=.
+DERIVE = {"convert": lambda src, dst, **kwargs: convert_store(src, dst, **kwargs),
+          "slice": lambda src, dst, **kwargs: slice_store(src, dst, depth=1, length=3, **kwargs)}
+
+
+@pytest.mark.parametrize("command", ["convert", "slice"])
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_copy_that_fails_midway_under_overwrite_keeps_the_old_destination(tiny_store, tmp_path, monkeypatch,
+                                                                           command, suffix):
+    dst = str(tmp_path / f"dst{suffix}")
+    DERIVE[command](tiny_store, dst)
+    with open_store(dst) as store:
+        before = store.attrs
+    monkeypatch.setattr(StoreWriter, "write_chunk", _fails_after(2, OSError("disk failed (simulated)")))
+    with pytest.raises(OSError, match="simulated"):
+        DERIVE[command](tiny_store, dst, overwrite=True)
+    monkeypatch.undo()
+    assert verify_store(dst)["complete"]               # the good destination is still there, whole
+    with open_store(dst) as store:
+        assert store.attrs == before
+    DERIVE[command](tiny_store, dst, overwrite=True)   # and a rerun replaces it
+    with open_store(dst) as store:
+        assert store.complete and (store.uuid != before["uuid"]) == (command == "slice")   # convert keeps identity
+    assert _leftovers(dst) == []
+
+
+@pytest.mark.parametrize("command", ["extract", "convert", "slice"])
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_an_incomplete_store_names_the_command_to_rerun(tiny_teacher, tiny_store, tmp_path, monkeypatch, command,
+                                                        suffix):
+    dst = str(tmp_path / f"dst{suffix}")
+
+    def run():
+        if command == "extract":
+            return extract(_config(tiny_teacher, dst), progress=False)
+        return DERIVE[command](tiny_store, dst)
+
+    monkeypatch.setattr(StoreWriter, "write_chunk", _fails_after(2, KeyboardInterrupt("killed")))
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.undo()
+    assert store_state(dst)[0] == "partial"
+    rerun = f"rerun the same `hskstore {command}` command"
+    _one_error_line(CliRunner().invoke(cli, ["info", dst]), "is incomplete", rerun)
+    _one_error_line(CliRunner().invoke(cli, ["verify", dst]), "was never written", rerun)
+    run()                                              # which finishes it (extract) or makes it anew
+    assert store_state(dst)[0] == "complete" and _leftovers(dst) == []
+    with open_store(dst) as store:
+        assert "writing" not in store.attrs            # the command is recorded only while it writes
+
+
+@pytest.mark.parametrize("command", ["convert", "slice"])
+def test_a_partial_extraction_is_not_replaced_by_convert_or_slice_without_overwrite(tiny_teacher, tiny_store, tmp_path,
+                                                                                   monkeypatch, command):
+    dst = str(tmp_path / "partial.zarr")
+    monkeypatch.setattr(StoreWriter, "write_chunk", _fails_after(2, KeyboardInterrupt("killed")))
+    with pytest.raises(KeyboardInterrupt):
+        extract(_config(tiny_teacher, dst), progress=False)
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="`hskstore extract` was writing; rerun the same `hskstore extract`.*--overwrite"):
+        DERIVE[command](tiny_store, dst)
+    with open_store(dst, allow_incomplete=True) as store:   # its recorded chunks are kept
+        assert len(store.chunks_done("train")) == 2
+    DERIVE[command](tiny_store, dst, overwrite=True)
+    assert store_state(dst)[0] == "complete" and _leftovers(dst) == []
+
+
+@pytest.mark.parametrize("command", ["convert", "slice"])
+def test_convert_and_slice_take_the_writer_lock(tiny_store, tmp_path, command):
+    import os
+    import socket
+
+    dst = tmp_path / "dst.h5"
+    Path(str(dst) + ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                    "started_at": "2026-01-01T00:00:00+00:00"}))
+    with pytest.raises(StoreError, match="is being written by another run"):
+        DERIVE[command](tiny_store, str(dst))
+    assert not dst.exists()
