@@ -79,7 +79,11 @@ def read_state(directory: Path, run: dict, refuse: Callable[[list[str], dict], s
 
 
 def changed_keys(recorded: dict, current: dict) -> list[str]:
-    """Top-level keys whose values differ between a recorded run key and this run's, as JSON sees them."""
+    """Top-level keys whose values differ between a recorded run key and this run's, as JSON sees them.
+
+    A key missing on one side counts as None: an option added since, left at a None default, keeps older
+    checkpoints resumable.
+    """
     current = json.loads(json.dumps(current))
     return [k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
 
