@@ -354,7 +354,8 @@ class Trainer:
                 seen += len(moved.labels)
                 bar.update(1)
                 if losses.waiting >= LOG_EVERY:
-                    bar.set_postfix(loss=f"{losses.read()[-1]:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.0f}")
+                    rate = seen / (time.perf_counter() - started)
+                    bar.set_postfix(loss=f"{losses.read()[-1]:.4f}", ex_s=f"{rate:.0f}")
                 if step >= total:
                     break
             losses.read()
@@ -432,9 +433,10 @@ class Trainer:
                 "store_identity": store_identity(self.store.attrs), "compression": self.store.attrs.get("compression")}
 
     def _save_checkpoint(self, state: dict, optimizer) -> None:
-        """checkpoint/: student/, projection.safetensors (when P is a layer), the optimizer within a stage, state.json."""
+        """checkpoint/: student/, projection.safetensors (P as a layer), the optimizer inside a stage, state.json."""
         projection = {"projection": self.projection.state_dict()} if isinstance(self.projection, nn.Linear) else {}
-        save_checkpoint(self.checkpoint, state | {"run": self._run_key(), "history": _without_step_losses(self.history)},
+        history = _without_step_losses(self.history)
+        save_checkpoint(self.checkpoint, state | {"run": self._run_key(), "history": history},
                         weights=projection, optimizer=optimizer,
                         write=lambda tmp: save_student(self.student, tmp / "student"))
 
