@@ -25,7 +25,8 @@ from ..runtime.device import precision_for, resolve_device
 from ..errors import ConfigError
 from ..data.metrics import compute_metrics, primary_metric
 from ..runtime.outputs import check_output_dir
-from ..runtime.checkpoint import load_optimizer, save_optimizer, swap_in
+from ..runtime.checkpoint import (load_weights, read_state, recover, restore_optimizer, restore_rng, resumable,
+                                  rng_state, save_checkpoint)
 from ..runtime.preflight import check_writable
 from ..models.teacher import (check_bert_family, check_max_length, check_tokenizer_files, load_teacher, load_tokenizer,
                               quiet_transformers)
@@ -138,8 +139,10 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
     check_max_length(config.max_length, model_config, "the model", config.model)
     device = resolve_device(config.device)
     checkpoint = Path(config.output) / "checkpoint"
-    resuming = config.resume and not config.overwrite and (checkpoint / "state.json").is_file()
-    if not resuming:
+    resuming = config.resume and not config.overwrite and resumable(checkpoint)
+    if resuming:
+        recover(checkpoint)  # a crash between the renames of a checkpoint swap: the old one stands
+    else:
         check_output_dir(config.output, "teacher", config.overwrite)
     data = load_task(config.task, **config.task_options())
     spec = data.spec
@@ -221,50 +224,23 @@ def _run_key(config: FinetuneConfig) -> dict:
 
 def _save_checkpoint(directory: Path, config, epoch, model, optimizer, scheduler, scaler, generator, history, best,
                      best_state) -> None:
-    """The state after `epoch`, as safetensors and JSON; swapped in whole, so a crash leaves a usable one."""
-    from safetensors.torch import save_file
-
-
-    tmp = directory.with_name("checkpoint.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()},
-              str(tmp / "model.safetensors"))
-    if best_state is not None:
-        save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
-    save_optimizer(optimizer, tmp)
-    rng = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(tmp / "rng.safetensors"))
+    """The state after `epoch`: weights, the best epoch's, AdamW, the random states and state.json."""
+    weights = {"model": model.state_dict()} | ({"best": best_state} if best_state is not None else {})
     state = {"run": _run_key(config), "epoch": epoch, "history": history, "best": best,
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    swap_in(tmp, directory)
+    save_checkpoint(directory, state, weights=weights, optimizer=optimizer, rng=rng_state(generator))
 
 
 def _resume(directory: Path, config, model, optimizer, scheduler, scaler, generator, device):
     """Load a checkpoint of this run; returns (next epoch, history, best metrics, best weights or None)."""
-    from safetensors.torch import load_file
-
-
-    state = json.loads((directory / "state.json").read_text())
-    if state.get("run") != _run_key(config):
-        raise ConfigError(f"{directory} belongs to a different fine-tuning run (other model, task or options); "
-                          "rerun with its options, or pass --no-resume --overwrite to start over")
-    model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
-    load_optimizer(optimizer, directory)
+    state = read_state(directory, _run_key(config), lambda changed, _: (
+        f"{directory} belongs to a different fine-tuning run (other model, task or options: {', '.join(changed)} "
+        "differ); rerun with its options, or pass --no-resume --overwrite to start over"))
+    model.load_state_dict(load_weights(directory, "model", device))
+    restore_optimizer(directory, optimizer, scaler, state["scaler"])
     scheduler.load_state_dict(state["scheduler"])
-    if state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
-    rng = load_file(str(directory / "rng.safetensors"))
-    torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["batches"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-    best_file = directory / "best.safetensors"
-    best_state = load_file(str(best_file)) if best_file.is_file() else None
-    return state["epoch"] + 1, state["history"], state["best"], best_state
+    restore_rng(directory, generator)
+    return state["epoch"] + 1, state["history"], state["best"], load_weights(directory, "best")
 
 
 @torch.no_grad()

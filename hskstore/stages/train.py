@@ -1,9 +1,11 @@
 """Teacher-free student distillation from a store: HSK stage, then prediction stage.
 
-Plain PyTorch, read top to bottom: `Trainer.__init__` sets up (store, student, projection, optional
-online teacher), `train()` runs the stages, `_loss_step` returns the named loss of one batch. Online
-mode (`teacher=`) reads only tokens and labels from the store and recomputes the same selection with
-the teacher in the loop: the baseline for speed and the check that offline is the same distillation.
+A plain-PyTorch recipe over library pieces, read top to bottom: `Trainer.__init__` sets up (store, student,
+projection, where the teacher's targets come from), `train()` runs the stages, `_run_stage` runs one
+(epochs of steps, each epoch ending in a checkpoint), `_loss_step` returns the named loss of one batch.
+The pieces live below: the teacher's side of a batch in `store.targets` (read from the store offline,
+computed by the teacher in the loop online: one interface), batches in `store.stream`, the losses in
+`method.losses`, checkpoints (shared with finetune) in `runtime.checkpoint`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import shutil
 import time
+import weakref
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -21,18 +24,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..runtime import distributed
-from ..runtime.device import describe_device, precision_for
+from ..data.metrics import compute_metrics, primary_metric
 from ..errors import ConfigError, StoreError
 from ..method.losses import HSK_LOSSES, hsk_loss, prediction_loss
-from ..data.metrics import compute_metrics, primary_metric
-from ..runtime.checkpoint import load_optimizer, save_optimizer, swap_in
+from ..models.student import load_student, read_student_meta, save_student
+from ..runtime import distributed
+from ..runtime.checkpoint import load_weights, read_state, recover, restore_optimizer, resumable, save_checkpoint
+from ..runtime.device import describe_device, precision_for
+from ..runtime.outputs import check_output_dir
 from ..runtime.preflight import check_writable
 from ..runtime.schedules import StageSchedule, default_schedules
-from ..method.select import Selector, full_width
 from ..store import normalize_location, open_store
-from ..store.stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, Prefetcher, StoreStream, keep_numpy, to_device
-from ..models.student import load_student, read_student_meta, save_student
+from ..store.stream import DeviceBatch, Prefetcher, StoreStream, keep_numpy, to_device
+from ..store.targets import targets_for
 
 __all__ = ["TrainConfig", "Trainer", "train", "store_identity", "STAGES"]
 
@@ -101,8 +105,10 @@ class TrainConfig:
 
 
 class Trainer:
+    """Setup in `__init__`; `train()` runs the stages, `step` and `loss_on` are one batch (bench, checks)."""
+
     def __init__(self, config: TrainConfig, progress: bool = True):
-        self._check_output(config)  # before the store and student load
+        _check_output(config)  # before the store and student load
         self.config = config
         self.progress = progress
         # Under torchrun: this rank, its device (cuda:LOCAL_RANK) and an open process group.
@@ -120,15 +126,14 @@ class Trainer:
         self.projection = (nn.Linear(d_s, d) if d_s != d else nn.Identity()).to(self.device)
         depth = self.resolved.depth
         self.student_layers = list(range(self.student.num_layers - depth + 1, self.student.num_layers + 1))
-        mask = self.store.static_mask()
-        self.static_mask = None if mask is None else torch.from_numpy(mask).to(self.device)
-        self.teacher = None
-        if config.teacher:
-            self._load_online_teacher(config.teacher)
+        # The teacher's logits and HSK: read from the store, or from config.teacher run in the loop.
+        self.targets = targets_for(self.store, config.teacher, self.device)
         self.precision = precision_for(self.device, config.amp)
+        self._scalers = weakref.WeakKeyDictionary()  # one loss scaler per optimizer (scaler_for)
         self._ddp = None  # the DistributedDataParallel wrapper of the running stage, under torchrun
         self.history: list[dict] = []
         self.output = Path(config.output)
+        self.checkpoint = self.output / "checkpoint"
 
     # ------------------------------------------------------------------ setup checks
     def _check_student_positions(self):
@@ -138,16 +143,6 @@ class Trainer:
             raise StoreError(f"store {self.config.store} holds sequences of up to {self.resolved.max_length} tokens but "
                              f"the student {self.config.student} has {positions} positions (max_position_embeddings): "
                              "build a student with more positions, or extract with a smaller --max-length")
-
-    @staticmethod
-    def _check_output(config: TrainConfig) -> None:
-        """Resume a matching checkpoint, else refuse a non-empty output unless overwrite (only a run's)."""
-        from ..runtime.outputs import check_output_dir
-
-        output = Path(config.output)
-        resumable = any((output / name / "state.json").is_file() for name in ("checkpoint", "checkpoint.old"))
-        if config.overwrite or not (config.resume and resumable):
-            check_output_dir(output, "run", config.overwrite)
 
     def _check_student(self):
         teacher, student, depth = self.store.teacher, self.student, self.resolved.depth
@@ -166,63 +161,20 @@ class Trainer:
         if problems:
             raise StoreError("store/student mismatch: " + "; ".join(problems))
 
-    def _load_online_teacher(self, path):
-        from ..models.teacher import load_teacher, load_tokenizer, teacher_fingerprint
-
-        recorded = self.store.attrs.get("teacher_fingerprint")  # stores from before fingerprints have none
-        if recorded is not None and teacher_fingerprint(path) != recorded:
-            raise StoreError(f"online teacher {path} is not the store's teacher: the SHA-256 of its weights or "
-                             f"tokenizer differs from the fingerprint recorded in {self.config.store}; pass the "
-                             "teacher the store was extracted from")
-        model, identity = load_teacher(path, device=self.device)
-        stored = self.store.teacher
-        same = (identity.num_layers, identity.hidden_size, identity.vocab_size, identity.num_labels) == (
-            stored["num_layers"], stored["hidden_size"], stored["vocab_size"], stored["num_labels"])
-        if not same:
-            raise StoreError(f"online teacher {path} ({identity.num_layers} layers, d={identity.hidden_size}, "
-                             f"{identity.num_labels} labels) is not the store's teacher ({stored['num_layers']} "
-                             f"layers, d={stored['hidden_size']}, {stored['num_labels']} labels): pass the teacher "
-                             "the store was extracted from")
-        self.teacher = model
-        self._selector = Selector(self.store.compression, self.resolved, load_tokenizer(path).sep_token_id,
-                                  model.bert.encoder.layer, identity.num_heads)
-
     # ------------------------------------------------------------------ data
     def stream(self, split: str, batch_size: int, stage: str | None, shuffle: bool = True, seed: int = 0):
-        arrays = list(TOKEN_ARRAYS)
-        if self.teacher is None and stage == "hsk":
-            arrays += HSK_ARRAYS
-        if self.teacher is None and stage == "pred":
-            arrays.append("logits")
-        if stage is None:  # evaluation reads the whole split on one rank
-            return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed,
-                               storage_options=self.config.storage_options)
-        return StoreStream(self.config.store, split, batch_size, arrays=arrays, shuffle=shuffle, seed=seed,
-                           storage_options=self.config.storage_options, rank=self.world.rank,
-                           world_size=self.world.world_size)
+        """Batches of `split` with the arrays `stage` trains on: this rank's share; all of it for stage None."""
+        share = {} if stage is None else {"rank": self.world.rank, "world_size": self.world.world_size}
+        return StoreStream(self.config.store, split, batch_size, arrays=list(self.targets.arrays(stage)),
+                           shuffle=shuffle, seed=seed, storage_options=self.config.storage_options, **share)
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
-        """A numpy batch on the device with its HSK targets: read from the store, or from the teacher online."""
-        return self._with_targets(self._stage_batch(batch))
+        """A numpy batch on the device with its teacher targets: read from the store, or from the teacher online."""
+        return self.targets(self._stage_batch(batch))
 
     def _stage_batch(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
         """Pin and copy a numpy batch to the device; runs in the prefetch thread during training."""
-        return to_device(batch, self.device, self.resolved.hidden_size, self.static_mask)
-
-    def _with_targets(self, moved: DeviceBatch) -> DeviceBatch:
-        return self._online_targets(moved) if self.teacher is not None else moved
-
-    @torch.no_grad()
-    def _online_targets(self, batch: DeviceBatch) -> DeviceBatch:
-        # The teacher runs exactly as extraction runs it: float16 autocast on CUDA, float32 on CPU.
-        teacher_autocast = dict(device_type=self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
-        with torch.autocast(**teacher_autocast):
-            out, selection = self._selector.run(self.teacher, batch.input_ids, batch.attention_mask,
-                                                batch.token_type_ids)
-        fixed_mask = self._selector.fixed_mask
-        fixed = None if fixed_mask is None else fixed_mask.to(self.device)
-        targets, mask = full_width(selection.values.float(), selection.mask, fixed)
-        return replace(batch, logits=out.logits.float(), positions=selection.positions, targets=targets, mask=mask)
+        return self.targets.to_device(batch)
 
     # ------------------------------------------------------------------ one step
     def _loss_step(self, stage: str, batch: DeviceBatch) -> dict[str, torch.Tensor]:
@@ -239,35 +191,51 @@ class Trainer:
 
     def step(self, stage: str, optimizer: torch.optim.Optimizer, batch: dict[str, np.ndarray]) -> float:
         """One optimisation step on a numpy batch from the store; returns its loss."""
-        scaler = self.precision.scaler(self.device)
-        return float(self._train_step(stage, optimizer, scaler, self.device_batch(batch)))
+        return float(self._train_step(stage, optimizer, self.device_batch(batch)))
 
-    def _train_step(self, stage: str, optimizer, scaler, batch: DeviceBatch) -> torch.Tensor:
-        """One step; returns the loss as a device tensor (reading it would wait for the device).
-
-        Under DDP each rank's loss is weighted by its share of what the global batch's loss averages
-        over (examples; filled token slots in the HSK stage) times the world size, so the mean of the
-        ranks' gradients that DDP takes is the gradient of the global batch's loss even when ranks hold
-        a different number of examples. The shares are summed on the device: no wait for the host.
-        """
-        if self._ddp is None:
-            loss = self._loss_step(stage, batch)["loss"]
-        else:
-            loss = self._ddp(batch)
-            if stage == "hsk":
-                count = (batch.positions[:, 0] >= 0).sum().float()       # filled slots, the same in every layer
-            else:
-                count = torch.full((), float(len(batch.labels)), device=loss.device)
-            total = distributed.all_reduce_sum(count.clone(), self.world)
-            loss = loss * (count * self.world.world_size / total.clamp(min=1))
+    def _train_step(self, stage: str, optimizer, batch: DeviceBatch) -> torch.Tensor:
+        """One step; returns the loss as a device tensor (reading it would wait for the device)."""
+        loss = self._loss_step(stage, batch)["loss"] if self._ddp is None else self._global_batch_loss(stage, batch)
+        scaler = self.scaler_for(optimizer)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         return loss.detach()
 
+    def _global_batch_loss(self, stage: str, batch: DeviceBatch) -> torch.Tensor:
+        """This rank's loss under DDP, weighted so that the mean of the ranks' gradients is the global batch's.
+
+        The weight is the rank's share of what the global batch's loss averages over (examples; filled token
+        slots in the HSK stage) times the world size, so ranks may hold different numbers of examples. The
+        shares are summed on the device: no wait for the host.
+        """
+        loss = self._ddp(batch)
+        if stage == "hsk":
+            count = (batch.positions[:, 0] >= 0).sum().float()       # filled slots, the same in every layer
+        else:
+            count = torch.full((), float(len(batch.labels)), device=loss.device)
+        total = distributed.all_reduce_sum(count.clone(), self.world)
+        return loss * (count * self.world.world_size / total.clamp(min=1))
+
     def optimizer(self, stage: str, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self._parameters(stage), lr=lr, weight_decay=self.config.weight_decay)
+
+    def scaler_for(self, optimizer: torch.optim.Optimizer) -> torch.amp.GradScaler:
+        """The loss scaler of `optimizer`, made with its first step and kept as long as the optimizer lives.
+
+        With fp16 the scale is learned over steps: a scaler made per step would restart at 2**16 every
+        step and skip overflowing steps unseen. Disabled (a no-op) for bf16 and fp32.
+        """
+        if optimizer not in self._scalers:
+            self._scalers[optimizer] = self.precision.scaler(self.device)
+        return self._scalers[optimizer]
+
+    def _parameters(self, stage: str):
+        params = list(self.student.parameters())
+        if stage == "hsk":
+            params += list(self.projection.parameters())
+        return params
 
     def loss_on(self, stage: str, batch: dict[str, np.ndarray]) -> float:
         """The loss of one numpy batch without updating anything (for checks and tests)."""
@@ -294,118 +262,13 @@ class Trainer:
         data = reader.read_rows(0, reader.num_examples, ["logits", "labels"])
         return compute_metrics(self.task["metric"], data["logits"], data["labels"])
 
-    # ------------------------------------------------------------------ stages
-    def _parameters(self, stage: str):
-        params = list(self.student.parameters())
-        if stage == "hsk":
-            params += list(self.projection.parameters())
-        return params
-
-    def _run_stage(self, stage: str, state: dict) -> None:
-        schedule = self.config.schedule(stage, self.task["name"])
-        world = self.world
-        if schedule.batch_size % world.world_size:
-            raise ConfigError(f"the {stage} batch size {schedule.batch_size} is per global batch and must split evenly "
-                              f"over {world.world_size} processes: pass --{stage}-batch-size as a multiple of "
-                              f"{world.world_size}")
-        # Each rank reads its own chunks in batches of B / world size; one step is one global batch of B.
-        stream = self.stream("train", schedule.batch_size // world.world_size, stage, seed=self.config.seed)
-        workers = self.config.num_workers
-
-        def loader():
-            source = stream
-            if workers:
-                source = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep_numpy)
-            return Prefetcher(source, transform=self._stage_batch)
-
-        def epoch_steps(epoch: int) -> int:
-            stream.set_epoch(epoch)
-            return stream.num_batches(workers)  # the same on every rank (StoreStream.batch_plan)
-
-        steps = [epoch_steps(e) for e in range(schedule.epochs)]
-        total = sum(steps)
-        if self.config.max_steps:
-            total = min(total, self.config.max_steps)
-        optimizer = self.optimizer(stage, schedule.lr)
-        scaler = self.precision.scaler(self.device)
-        if state.get("stage") == stage and state.get("optimizer"):
-            load_optimizer(optimizer, state.pop("optimizer"))
-        if state.get("stage") == stage and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])  # fp16: resume at the learned loss scale, not 2**16 again
-        start_epoch = state.get("epoch", 0) if state.get("stage") == stage else 0
-        step = state.get("step", 0) if state.get("stage") == stage else 0
-        best = state.get("best")
-        key = primary_metric(self.task["metric"])
-        if world.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # The HSK stage leaves the classifier unused; the prediction stage the projection.
-            self._ddp = DistributedDataParallel(_StageLoss(self, stage),
-                                                device_ids=[self.device] if self.device.type == "cuda" else None,
-                                                find_unused_parameters=stage == "hsk")
-        for epoch in range(start_epoch, schedule.epochs):
-            if step >= total:
-                break
-            stream.set_epoch(epoch)
-            # Dropout draws from a per-epoch seed, so a run resumed at an epoch boundary is the same run.
-            torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch + 100_000 * world.rank)
-            self.student.train()
-            self.projection.train()
-            bar = tqdm(total=steps[epoch], desc=f"{stage} {epoch + 1}/{schedule.epochs}",
-                       disable=not (self.progress and world.is_main), unit="step")
-            started, seen, losses, pending = time.perf_counter(), 0, [], []
-
-            def read_losses():
-                # One wait for the device every LOG_EVERY steps, not one per step; the global batch's loss
-                # is the sum of the ranks' weighted losses over the world size.
-                if pending:
-                    values = distributed.all_reduce_sum(torch.stack(pending).float(), world) / world.world_size
-                    losses.extend(values.tolist())
-                    pending.clear()
-
-            batches = loader()
-            try:
-                for moved in batches:
-                    factor = 1.0 if schedule.decay == "constant" else max(0.0, 1 - step / max(total, 1))
-                    for group in optimizer.param_groups:
-                        group["lr"] = schedule.lr * factor
-                    moved = self._with_targets(moved)
-                    pending.append(self._train_step(stage, optimizer, scaler, moved))
-                    step += 1
-                    seen += len(moved.labels)
-                    bar.update(1)
-                    if len(pending) >= LOG_EVERY:
-                        read_losses()
-                        bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.0f}")
-                    if step >= total:
-                        break
-                read_losses()
-            finally:
-                batches.close()  # also when a step raises (out of memory...): no thread left reading
-                bar.close()
-            record = {"stage": stage, "epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)),
-                      "step_losses": losses, "seconds": time.perf_counter() - started,
-                      "examples_per_second": seen / max(time.perf_counter() - started, 1e-9)}
-            if world.is_main and (stage == "pred" or "pred" not in self.config.stages):
-                record["dev"] = self.evaluate()
-                if stage == "pred" and (best is None or record["dev"][key] > best[key]):
-                    best = record["dev"]
-                    self._save_student(self.output / "student")
-            self.history.append(record)
-            if world.is_main:
-                self._save_checkpoint({"stage": stage, "epoch": epoch + 1, "step": step, "best": best,
-                                       "stages_done": state.get("stages_done", []),
-                                       "scaler": scaler.state_dict()}, optimizer)  # {} unless fp16
-            distributed.barrier(world)  # no rank moves on before the epoch's checkpoint is on disk
-        self._ddp = None
-        state.update(best=best)
-
+    # ------------------------------------------------------------------ the stages
     def train(self) -> dict:
         """Run the configured stages; returns the metrics written to output/metrics.json (by rank 0)."""
         main = self.world.is_main
         if main:
             self.output.mkdir(parents=True, exist_ok=True)
-        state = self._maybe_resume()
+        state = self._resume()
         done = state.get("stages_done", [])
         for stage in self.config.stages:
             if stage in done:
@@ -417,16 +280,131 @@ class Trainer:
                 self._save_checkpoint({"stages_done": done, "best": state["best"]}, None)
         if main and "pred" not in self.config.stages:
             self._save_student(self.output / "student")
-        result = {
-            "mode": "online" if self.teacher is not None else "offline",
+        result = self._metrics(state.get("best"))
+        if main:
+            (self.output / "metrics.json").write_text(json.dumps(result, indent=2))
+        distributed.barrier(self.world)
+        return result
+
+    def _run_stage(self, stage: str, state: dict) -> None:
+        """One stage: its data, optimizer and resume point, then epochs of steps, each ending in a checkpoint."""
+        schedule = self._schedule(stage)
+        # Each rank reads its own chunks in batches of B / world size; one step is one global batch of B.
+        stream = self.stream("train", schedule.batch_size // self.world.world_size, stage, seed=self.config.seed)
+        epoch_steps = [self._epoch_steps(stream, epoch) for epoch in range(schedule.epochs)]
+        total = min(sum(epoch_steps), self.config.max_steps or sum(epoch_steps))
+        optimizer = self.optimizer(stage, schedule.lr)
+        resumed = state if state.get("stage") == stage else {}  # the checkpoint was written inside this stage
+        if resumed:
+            restore_optimizer(self.checkpoint, optimizer, self.scaler_for(optimizer), resumed.get("scaler"))
+        step, best = resumed.get("step", 0), state.get("best")
+        self._ddp = self._distributed_loss(stage)
+        for epoch in range(resumed.get("epoch", 0), schedule.epochs):
+            if step >= total:
+                break
+            record = self._train_epoch(stage, epoch, stream, schedule, optimizer, step, total, epoch_steps[epoch])
+            step = record["step"]
+            best = self._end_epoch(record, best, optimizer, state.get("stages_done", []))
+        self._ddp = None
+        state.update(best=best)
+
+    def _schedule(self, stage: str) -> StageSchedule:
+        schedule = self.config.schedule(stage, self.task["name"])
+        if schedule.batch_size % self.world.world_size:
+            raise ConfigError(f"the {stage} batch size {schedule.batch_size} is per global batch and must split evenly "
+                              f"over {self.world.world_size} processes: pass --{stage}-batch-size as a multiple of "
+                              f"{self.world.world_size}")
+        return schedule
+
+    def _epoch_steps(self, stream: StoreStream, epoch: int) -> int:
+        stream.set_epoch(epoch)
+        return stream.num_batches(self.config.num_workers)  # the same on every rank (StoreStream.batch_plan)
+
+    def _distributed_loss(self, stage: str):
+        """Under torchrun, the stage's loss in DistributedDataParallel (gradients averaged over ranks); else None."""
+        if not self.world.distributed:
+            return None
+        from torch.nn.parallel import DistributedDataParallel
+
+        # The HSK stage leaves the classifier unused; the prediction stage the projection.
+        return DistributedDataParallel(_StageLoss(self, stage),
+                                       device_ids=[self.device] if self.device.type == "cuda" else None,
+                                       find_unused_parameters=stage == "hsk")
+
+    def _train_epoch(self, stage: str, epoch: int, stream: StoreStream, schedule: StageSchedule, optimizer,
+                     step: int, total: int, steps: int) -> dict:
+        """One epoch's steps (ending early at the stage's `total`); returns its history record."""
+        world = self.world
+        stream.set_epoch(epoch)
+        # Dropout draws from a per-epoch seed, so a run resumed at an epoch boundary is the same run.
+        torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch + 100_000 * world.rank)
+        self.student.train()
+        self.projection.train()
+        bar = tqdm(total=steps, desc=f"{stage} {epoch + 1}/{schedule.epochs}",
+                   disable=not (self.progress and world.is_main), unit="step")
+        losses, started, seen = _LossLog(world), time.perf_counter(), 0
+        batches = self._loader(stream)
+        try:
+            for moved in batches:
+                for group in optimizer.param_groups:
+                    group["lr"] = _learning_rate(schedule, step, total)
+                moved = self.targets(moved)
+                losses.add(self._train_step(stage, optimizer, moved))
+                step += 1
+                seen += len(moved.labels)
+                bar.update(1)
+                if losses.waiting >= LOG_EVERY:
+                    rate = seen / (time.perf_counter() - started)
+                    bar.set_postfix(loss=f"{losses.read()[-1]:.4f}", ex_s=f"{rate:.0f}")
+                if step >= total:
+                    break
+            losses.read()
+        finally:
+            batches.close()  # also when a step raises (out of memory...): no thread left reading
+            bar.close()
+        seconds = time.perf_counter() - started
+        return {"stage": stage, "epoch": epoch + 1, "step": step, "loss": float(np.mean(losses.values)),
+                "step_losses": losses.values, "seconds": seconds, "examples_per_second": seen / max(seconds, 1e-9)}
+
+    def _loader(self, stream: StoreStream) -> Prefetcher:
+        """The stream's batches, moved to the device in a thread (read by worker processes when asked)."""
+        source = stream
+        if self.config.num_workers:
+            source = DataLoader(stream, batch_size=None, num_workers=self.config.num_workers, collate_fn=keep_numpy)
+        return Prefetcher(source, transform=self._stage_batch)
+
+    def _end_epoch(self, record: dict, best: dict | None, optimizer, stages_done: list) -> dict | None:
+        """Rank 0 scores the dev split, keeps the best student and writes the checkpoint; every rank waits for it.
+
+        Dev scores come after the last stage's epochs only (the prediction stage's, or the HSK stage's alone).
+        Returns the best dev metrics so far.
+        """
+        stage = record["stage"]
+        if self.world.is_main and (stage == "pred" or "pred" not in self.config.stages):
+            record["dev"] = self.evaluate()
+            key = primary_metric(self.task["metric"])
+            if stage == "pred" and (best is None or record["dev"][key] > best[key]):
+                best = record["dev"]
+                self._save_student(self.output / "student")
+        self.history.append(record)
+        if self.world.is_main:
+            self._save_checkpoint({"stage": stage, "epoch": record["epoch"], "step": record["step"], "best": best,
+                                   "stages_done": stages_done,
+                                   "scaler": self.scaler_for(optimizer).state_dict()}, optimizer)  # {} unless fp16
+        distributed.barrier(self.world)  # no rank moves on before the epoch's checkpoint is on disk
+        return best
+
+    def _metrics(self, best: dict | None) -> dict:
+        return {
+            "mode": self.targets.mode,
             "store": normalize_location(self.config.store),
             "task": self.task["name"],
             "metric": self.task["metric"],
             "compression": self.store.compression.to_dict(),
             "amount_hsk": self.resolved.amount(),
             "teacher_dev": self.teacher_metrics(),
-            "student_dev": state.get("best") or (self.history[-1].get("dev") if self.history else None),
-            "history": [{k: v for k, v in h.items() if k != "step_losses"} for h in self.history],
+            "student_dev": best or (self.history[-1].get("dev") if self.history else None),
+            "history": _without_step_losses(self.history),
             # Local paths absolute (metrics.json is read from anywhere); storage options by name only: they
             # can hold credentials.
             "config": _absolute_paths(asdict(self.config)) | {"storage_options": sorted(self.config.storage_options)},
@@ -434,10 +412,6 @@ class Trainer:
             "precision": self.precision.name,
             "world_size": self.world.world_size,
         }
-        if main:
-            (self.output / "metrics.json").write_text(json.dumps(result, indent=2))
-        distributed.barrier(self.world)
-        return result
 
     # ------------------------------------------------------------------ persistence (safetensors + JSON only)
     def _save_student(self, directory: Path):
@@ -459,49 +433,75 @@ class Trainer:
                 "store_identity": store_identity(self.store.attrs), "compression": self.store.attrs.get("compression")}
 
     def _save_checkpoint(self, state: dict, optimizer) -> None:
-        from safetensors.torch import save_file
+        """checkpoint/: student/, projection.safetensors (P as a layer), the optimizer inside a stage, state.json."""
+        projection = {"projection": self.projection.state_dict()} if isinstance(self.projection, nn.Linear) else {}
+        history = _without_step_losses(self.history)
+        save_checkpoint(self.checkpoint, state | {"run": self._run_key(), "history": history},
+                        weights=projection, optimizer=optimizer,
+                        write=lambda tmp: save_student(self.student, tmp / "student"))
 
-        final, tmp = self.output / "checkpoint", self.output / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_student(self.student, tmp / "student")
-        if isinstance(self.projection, nn.Linear):
-            save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, str(tmp / "projection.safetensors"))
-        if optimizer is not None:
-            save_optimizer(optimizer, tmp)
-        history = [{k: v for k, v in h.items() if k != "step_losses"} for h in self.history]
-        (tmp / "state.json").write_text(json.dumps(state | {"run": self._run_key(), "history": history}, indent=2))
-        swap_in(tmp, final)  # a crash leaves either the old or the new checkpoint, never half of one
-
-    def _maybe_resume(self) -> dict:
-        from safetensors.torch import load_file
-
-        checkpoint = self.output / "checkpoint"
-        old = self.output / "checkpoint.old"
-        if self.world.is_main and not checkpoint.exists() and (old / "state.json").is_file():
-            old.rename(checkpoint)  # a crash between the two renames of _save_checkpoint: the old one stands
+    def _resume(self) -> dict:
+        """The state of this run's checkpoint with its weights loaded into the student and P; {} without one."""
+        if self.world.is_main:
+            recover(self.checkpoint)  # a crash between the renames of a checkpoint swap: the old one stands
         distributed.barrier(self.world)
-        if not (self.config.resume and (checkpoint / "state.json").is_file()):
+        if not (self.config.resume and (self.checkpoint / "state.json").is_file()):
             return {}
-        state = json.loads((checkpoint / "state.json").read_text())
-        old, new = state.get("run") or {}, json.loads(json.dumps(self._run_key()))
-        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-        if changed:
-            if old and "store_identity" not in old:
-                why = "written by an hskstore that did not record the store's identity"
-            elif {"store_identity", "compression"} & set(changed):
-                why = "the store was replaced or re-extracted since"
-            else:
-                why = "other store, student, stages or schedule"
-            raise ConfigError(f"{checkpoint} belongs to a different run ({why}: {', '.join(changed)} differ); "
-                              "use another --output, or --no-resume to start over")
-        resumed = load_student(checkpoint / "student", device=self.device)
-        self.student.load_state_dict(resumed.state_dict())
-        if (checkpoint / "projection.safetensors").is_file():
-            self.projection.load_state_dict(load_file(str(checkpoint / "projection.safetensors"), device=str(self.device)))
-        if (checkpoint / "optimizer.json").is_file():
-            state["optimizer"] = checkpoint
+        state = read_state(self.checkpoint, self._run_key(), self._different_run)
+        self.student.load_state_dict(load_student(self.checkpoint / "student", device=self.device).state_dict())
+        projection = load_weights(self.checkpoint, "projection", self.device)
+        if projection is not None:
+            self.projection.load_state_dict(projection)
         self.history = state.pop("history", [])
         return state
+
+    def _different_run(self, changed: list[str], recorded: dict) -> str:
+        if recorded and "store_identity" not in recorded:
+            why = "written by an hskstore that did not record the store's identity"
+        elif {"store_identity", "compression"} & set(changed):
+            why = "the store was replaced or re-extracted since"
+        else:
+            why = "other store, student, stages or schedule"
+        return (f"{self.checkpoint} belongs to a different run ({why}: {', '.join(changed)} differ); "
+                "use another --output, or --no-resume to start over")
+
+
+def _check_output(config: TrainConfig) -> None:
+    """Resume a matching checkpoint, else refuse a non-empty output unless overwrite (only a run's)."""
+    if config.overwrite or not (config.resume and resumable(Path(config.output) / "checkpoint")):
+        check_output_dir(Path(config.output), "run", config.overwrite)
+
+
+def _learning_rate(schedule: StageSchedule, step: int, total: int) -> float:
+    """The stage's lr: constant, or decayed linearly to 0 over its `total` steps."""
+    factor = 1.0 if schedule.decay == "constant" else max(0.0, 1 - step / max(total, 1))
+    return schedule.lr * factor
+
+
+def _without_step_losses(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "step_losses"} for h in history]
+
+
+class _LossLog:
+    """Step losses kept on the device and read in batches: each read waits for the accelerator to catch up."""
+
+    def __init__(self, world):
+        self.world, self.pending, self.values = world, [], []
+
+    @property
+    def waiting(self) -> int:
+        return len(self.pending)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss)
+
+    def read(self) -> list[float]:
+        """Every loss so far; the global batch's is the sum of the ranks' weighted losses over the world size."""
+        if self.pending:
+            values = distributed.all_reduce_sum(torch.stack(self.pending).float(), self.world) / self.world.world_size
+            self.values.extend(values.tolist())
+            self.pending.clear()
+        return self.values
 
 
 def store_task_record(store) -> dict:

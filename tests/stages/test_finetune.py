@@ -109,3 +109,50 @@ def test_keep_best_saves_the_epoch_with_the_best_validation_metric(tiny_bert_dir
     tokens = tokenize(load_tokenizer(output), data.split("validation"), data.spec, max_length=32)
     model, _ = load_teacher(output)
     assert evaluate(model, tokens, data.spec, 64, torch.device("cpu"))["accuracy"] == metrics["accuracy"]
+
+
+# --- checkpoints and resume ---------------------------------------------------------------------------
+
+def _interrupt_after_first_checkpoint(monkeypatch):
+    import hskstore.stages.finetune as finetune_module
+
+    original = finetune_module.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        original(*args, **kwargs)
+        monkeypatch.setattr(finetune_module, "save_checkpoint", original)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_module, "save_checkpoint", save_then_stop)
+
+
+def test_an_interrupted_finetune_resumes_to_the_same_teacher_byte_for_byte(tiny_bert_dir, tmp_path, monkeypatch):
+    finetune(_config(tiny_bert_dir, tmp_path / "straight", limit=64, epochs=2), progress=False)
+    _interrupt_after_first_checkpoint(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_config(tiny_bert_dir, tmp_path / "run", limit=64, epochs=2), progress=False)
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    finetune(_config(tiny_bert_dir, tmp_path / "run", limit=64, epochs=2), progress=False)
+    weights = "model.safetensors"
+    assert (tmp_path / "run" / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
+    history = json.loads((tmp_path / "run" / TEACHER_INFO_FILE).read_text())["history"]
+    assert [m["epoch"] for m in history] == [1, 2] and not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_a_finetune_checkpoint_of_other_options_is_refused_naming_them(tiny_bert_dir, tmp_path, monkeypatch):
+    _interrupt_after_first_checkpoint(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_config(tiny_bert_dir, tmp_path, limit=64, epochs=2), progress=False)
+    with pytest.raises(ConfigError, match="different fine-tuning run .*lr differ"):
+        finetune(_config(tiny_bert_dir, tmp_path, limit=64, epochs=2, lr=5e-4), progress=False)
+
+
+def test_a_finetune_killed_between_the_checkpoint_renames_resumes_from_the_old_one(tiny_bert_dir, tmp_path,
+                                                                                  monkeypatch):
+    _interrupt_after_first_checkpoint(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_config(tiny_bert_dir, tmp_path, limit=64, epochs=2), progress=False)
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # as if killed right after the first rename
+    finetune(_config(tiny_bert_dir, tmp_path, limit=64, epochs=2), progress=False)
+    history = json.loads((tmp_path / TEACHER_INFO_FILE).read_text())["history"]
+    assert [m["epoch"] for m in history] == [1, 2]  # epoch 1 was not redone

@@ -220,3 +220,43 @@ def test_a_resumed_fp16_run_keeps_its_learned_loss_scale(tiny_store, tiny_studen
     monkeypatch.setattr(Trainer, "_save_checkpoint", original_save)
     Trainer(config, progress=False).train()
     assert loaded == [saved]
+
+
+def test_steps_with_one_optimizer_share_one_loss_scaler_and_its_learned_state(tiny_store, tiny_student, tmp_path,
+                                                                              monkeypatch):
+    """fp16 learns its loss scale over steps: a scaler made per step would restart at 2**16 every step and skip
+    overflowing steps unseen. One scaler lives as long as its optimizer, in `step` as in a stage."""
+    import hskstore.stages.train as train_module
+    from hskstore.runtime.device import Precision
+
+    made = []
+    original = Precision.scaler
+    monkeypatch.setattr(Precision, "scaler", lambda self, device: made.append(original(self, device)) or made[-1])
+    # A GradScaler runs on the CPU too: the fp16 path's bookkeeping, without fp16 kernels.
+    monkeypatch.setattr(train_module, "precision_for", lambda device, amp=True: Precision("fp16-autocast", None, True))
+    trainer = Trainer(_config(tiny_store, tiny_student, tmp_path, stages=("hsk",)), progress=False)
+    optimizer = trainer.optimizer("hsk", 1e-3)
+    batches = iter(trainer.stream("train", 16, "hsk"))
+    trainer.step("hsk", optimizer, next(batches))
+    trainer.step("hsk", optimizer, next(batches))
+    assert len(made) == 1 and trainer.scaler_for(optimizer) is made[0]
+    assert made[0].state_dict()["_growth_tracker"] == 2  # two unskipped steps counted by the same scaler
+    other = trainer.optimizer("hsk", 1e-3)
+    assert trainer.scaler_for(other) is not made[0]  # another optimizer, another scale
+
+
+def test_offline_and_online_targets_are_one_interface(tiny_store, tiny_student, tiny_teacher, tmp_path):
+    from hskstore.store.stream import TOKEN_ARRAYS
+    from hskstore.store.targets import OfflineTargets, OnlineTargets
+
+    offline = Trainer(_config(tiny_store, tiny_student, tmp_path / "a"), progress=False).targets
+    online = Trainer(_config(tiny_store, tiny_student, tmp_path / "b", teacher=tiny_teacher), progress=False).targets
+    assert isinstance(offline, OfflineTargets) and isinstance(online, OnlineTargets)
+    assert offline.arrays("hsk") == TOKEN_ARRAYS + ("positions", "values", "masks")
+    assert offline.arrays("pred") == TOKEN_ARRAYS + ("logits",) and offline.arrays(None) == TOKEN_ARRAYS
+    assert online.arrays("hsk") == online.arrays("pred") == TOKEN_ARRAYS  # the teacher computes the rest
+    batch = next(iter(StoreStream(tiny_store, "train", 16, seed=0)))
+    a, b = offline(offline.to_device(batch)), online(online.to_device(batch))
+    torch.testing.assert_close(a.positions, b.positions)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.targets, b.targets, rtol=2e-3, atol=2e-3)  # float16 storage of the kept values
