@@ -18,6 +18,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import ConfigError
 from ..method.select import densify_packed, full_width, unpack_bits
 from . import is_remote, open_store
+from .location import StoreLocation
 
 __all__ = ["StoreStream", "DeviceBatch", "Prefetcher", "to_device", "keep_numpy", "TOKEN_ARRAYS", "HSK_ARRAYS"]
 
@@ -40,7 +41,8 @@ class StoreStream(IterableDataset):
     def __init__(self, path, split: str, batch_size: int, *, arrays=None, shuffle: bool = True, seed: int = 0,
                  buffer_chunks: int = 2, rank: int = 0, world_size: int = 1, drop_last: bool = False,
                  storage_options: dict | None = None, read_ahead: int | None = None):
-        self.storage_options = dict(storage_options or {})
+        location = StoreLocation.of(path, storage_options)  # a StoreLocation carries its own options
+        path, self.storage_options = location.url, dict(location.storage_options)
         with open_store(path, storage_options=self.storage_options) as store:
             reader = store.split(split)
             chunk_rows = store.chunk_rows
