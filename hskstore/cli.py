@@ -88,37 +88,52 @@ def cli():
 
 # ------------------------------------------------------------------ options
 # A config's options are declared on its fields (hskstore/configs, method/compression.py, experiments/sweep.py)
-# and made here by `click_options`; the options below belong to the command line alone, each declared once.
-
-def device_option(default: str = "auto"):
-    return DEVICE.click("device", default)
-
-
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars (also when TQDM_DISABLE is set).")
-overwrite_option = OVERWRITE.click("overwrite", False, "bool")
-storage_option = STORAGE_OPTIONS.click("storage_options", {})
-task_options = click_options(FinetuneConfig, only=TASK_OPTIONS)
-allow_task_mismatch_option = click_options(ExtractConfig, only=("allow_task_mismatch",))
-
-
-def json_option(help: str = "Print the summary as JSON."):
-    return click.option("--json", "as_json", is_flag=True, help=help)
-
-
-def dry_run_option(help: str):
-    return click.option("--dry-run", is_flag=True, help=help)
-
-
-def _store_options(side: str):
-    return Option(f"fsspec option for {side}, KEY=VALUE (repeatable).", flag=f"--{side.lower()}-option", multiple=True,
-                  parse=key_values).click(f"{side.lower()}_options", {})
-
+# and made by `click_options`; the options below are the command line's own, or shared with commands that
+# have no config. Each is declared once.
 
 def _whole(text: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise ValueError(f"expected a whole number, got {text!r}") from None
+
+
+def _fsspec_option(side: str):
+    return Option(f"fsspec option for {side}, KEY=VALUE (repeatable).", flag=f"--{side.lower()}-option", multiple=True,
+                  parse=key_values).click(f"{side.lower()}_options", {})
+
+
+def _together(*decorators):
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+def device_option(default: str = "auto"):
+    return DEVICE.click("device", default)
+
+
+def dry_run_option(help: str):
+    return click.option("--dry-run", is_flag=True, help=help)
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars (also when TQDM_DISABLE is set).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+overwrite_option = OVERWRITE.click("overwrite", False, "bool")
+overwrite_dst_option = click.option("--overwrite", is_flag=True, help="Replace a complete store at DST.")
+storage_option = STORAGE_OPTIONS.click("storage_options", {})
+src_option, dst_option = _fsspec_option("SRC"), _fsspec_option("DST")
+task_options = click_options(FinetuneConfig, only=TASK_OPTIONS)
+allow_task_mismatch_option = click_options(ExtractConfig, only=("allow_task_mismatch",))
+slice_options = _together(*(Option(help, parse=parse, default_text="the store's").click(name, None)
+                             for name, help, parse in (
+                                 ("depth", "N^D: top stored layers kept.", _whole),
+                                 ("length", "N^L: best tokens kept.", _whole),
+                                 ("width", "N^W: top-magnitude activations kept, a count or fraction of d.",
+                                  parse_width))))
 
 
 def _progress(quiet: bool) -> bool:
@@ -138,7 +153,7 @@ def _task_kwargs(values: dict) -> dict:
 @cli.command()
 @click_options(FinetuneConfig)
 @quiet_option
-@json_option()
+@json_option
 def finetune(quiet, as_json, **values):
     """Fine-tune a BERT checkpoint on a task and save it as a teacher (safetensors)."""
     from .stages.finetune import finetune as run
@@ -154,7 +169,7 @@ def finetune(quiet, as_json, **values):
 @click_options(ExtractConfig)
 @click.option("--full", is_flag=True, help="Full HSK: every mapped layer, token and activation (baseline).")
 @dry_run_option("Check the configuration and print what would be stored.")
-@json_option()
+@json_option
 @quiet_option
 @task_options
 def extract(full, dry_run, as_json, quiet, **values):
@@ -190,7 +205,7 @@ def extract(full, dry_run, as_json, quiet, **values):
 
 @cli.command()
 @click.argument("store")
-@json_option("Machine-readable output.")
+@json_option
 @click.option("--allow-incomplete", is_flag=True, help="Describe a store whose extraction has not finished.")
 @storage_option
 def info(store, as_json, allow_incomplete, storage_options):
@@ -217,7 +232,7 @@ def info(store, as_json, allow_incomplete, storage_options):
 @device_option("cpu")
 @overwrite_option
 @quiet_option
-@json_option()
+@json_option
 @storage_option
 def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, hidden, importance_examples, seed,
             device, overwrite, quiet, as_json, storage_options):
@@ -243,7 +258,7 @@ def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, 
 @click.argument("store")
 @click_options(TrainConfig)
 @quiet_option
-@json_option()
+@json_option
 def train(quiet, as_json, **values):
     """Distil a student from a store (HSK stage, then prediction stage); no teacher loaded."""
     from .stages.train import train as run
@@ -260,7 +275,7 @@ def train(quiet, as_json, **values):
 @cli.command()
 @click.argument("store")
 @click_options(BenchConfig)
-@json_option("Print the measurements as JSON.")
+@json_option
 def bench(as_json, **values):
     """Time HSK-stage steps student-only, offline and online, and the store reader alone."""
     from .experiments.bench import bench as run, format_bench
@@ -272,7 +287,7 @@ def bench(as_json, **values):
 @cli.command()
 @click_options(SweepConfig)
 @dry_run_option("Print the points and the number of training runs.")
-@json_option()
+@json_option
 def sweep(dry_run, as_json, **values):
     """Dev metric against A^HSK over points and seeds, with prediction-only KD and full HSK baselines."""
     from .experiments.sweep import sweep as run
@@ -296,7 +311,7 @@ def sweep(dry_run, as_json, **values):
 @click.option("--data-seed", type=click.IntRange(SEED_RANGE["min"], SEED_RANGE["max"]), default=None,
               help="Split and --limit seed [default: the store's].")
 @device_option()
-@json_option()
+@json_option
 @click.option("--store", default=None, help="Evaluate on a store's split (its tokens and labels): no dataset needed.")
 @storage_option
 @task_options
@@ -333,9 +348,9 @@ def predict(student_dir, texts, text_file, device):
 @cli.command()
 @click.argument("src")
 @click.argument("dst")
-@click.option("--overwrite", is_flag=True, help="Replace a complete store at DST.")
-@_store_options("SRC")
-@_store_options("DST")
+@overwrite_dst_option
+@src_option
+@dst_option
 def convert(src, dst, overwrite, src_options, dst_options):
     """Copy a store losslessly between backends: Zarr directory or URL <-> one HDF5 file (.h5)."""
     from .store.convert import convert_store
@@ -347,7 +362,7 @@ def convert(src, dst, overwrite, src_options, dst_options):
 @cli.command()
 @click.argument("store")
 @storage_option
-@json_option()
+@json_option
 def verify(store, storage_options, as_json):
     """Read every chunk of a store and name the first damaged or missing one (exit 2 if any)."""
     from .store.verify import verify_store
@@ -361,15 +376,12 @@ def verify(store, storage_options, as_json):
 @cli.command(name="slice")
 @click.argument("src")
 @click.argument("dst")
-@Option("N^D: top stored layers kept.", parse=_whole, default_text="the store's").click("depth", None)
-@Option("N^L: best tokens kept.", parse=_whole, default_text="the store's").click("length", None)
-@Option("N^W: top-magnitude activations kept, a count or fraction of d.", parse=parse_width,
-        default_text="the store's").click("width", None)
+@slice_options
 @click.option("--limit", type=int, default=None, help="Keep the first LIMIT examples of every split.")
-@click.option("--overwrite", is_flag=True, help="Replace a complete store at DST.")
-@_store_options("SRC")
-@_store_options("DST")
-@json_option()
+@overwrite_dst_option
+@src_option
+@dst_option
+@json_option
 def slice_(src, dst, depth, length, width, limit, overwrite, src_options, dst_options, as_json):
     """Derive a smaller store from SRC with no teacher: fewer layers, tokens or activations."""
     from .store.slicing import slice_store
@@ -388,7 +400,7 @@ def slice_(src, dst, depth, length, width, limit, overwrite, src_options, dst_op
               show_default=True, help="transformers: BERT-shaped students; onnx: every student.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset.")
 @overwrite_option
-@json_option()
+@json_option
 def export(student_dir, output, fmt, opset, overwrite, as_json):
     """Write a student for use outside hskstore: a transformers directory or ONNX, with its tokenizer."""
     from .stages.export import export_student

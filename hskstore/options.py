@@ -207,9 +207,12 @@ def as_text(value: Any) -> str | None:
         return None
     if isinstance(value, (tuple, list)):
         return ",".join(as_text(v) for v in value)
-    if isinstance(value, float):
-        text = f"{value:g}"
-        return text.replace("e-0", "e-").replace("e+0", "e+")
+    if isinstance(value, float) and value.is_integer():
+        return str(value)  # 1.0, not 1: a parser may read a whole number as a count (N^W)
+    if isinstance(value, float):  # the shorter of 0.0001 and 1e-4 that reads back as the same number
+        exact = next(f"{value:.{digits}e}" for digits in range(17) if float(f"{value:.{digits}e}") == value)
+        mantissa, exponent = exact.split("e")
+        return min(f"{value:g}", f"{mantissa}e{int(exponent)}", key=len)
     return str(value)
 
 

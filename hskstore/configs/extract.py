@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from ..method.compression import Compression
 from ..options import nested, option
-from .common import DEVICE, SEED_RANGE, STORAGE_OPTIONS
+from .common import DEVICE, OVERWRITE, SEED_RANGE, STORAGE_OPTIONS
 
 __all__ = ["ExtractConfig"]
 
@@ -31,7 +31,7 @@ class ExtractConfig:
     data_seed: int = option(0, "Train/validation split and --limit seed.", cli_default=None,
                             default_text="the teacher's, from finetune, else 0", **SEED_RANGE)  # keep the teacher's
     device: str = DEVICE.field("auto")
-    overwrite: bool = option(False, "Replace an existing store.")
+    overwrite: bool = OVERWRITE.field(False)  # replace an existing store (never another kind of directory)
     task_options: dict = field(default_factory=dict)  # text_columns, label_column, data_dir... (load_task)
     allow_task_mismatch: bool = option(False, "Use --task even when it is not the task the model was made for.")
     storage_options: dict = STORAGE_OPTIONS.field(factory=dict)  # fsspec options for URL outputs (endpoint_url, ...)

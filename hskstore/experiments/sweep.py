@@ -47,7 +47,8 @@ def parse_point(text: str) -> tuple:
     if len(parts) < 3 or any("=" in p for p in parts[:3]) or any("=" not in p for p in parts[3:]):
         raise ValueError(usage)
     try:
-        triple = tuple(None if p.strip() == "all" else convert(p) for p, convert in zip(parts[:3], (int, int, parse_width)))
+        triple = tuple(None if p.strip() == "all" else convert(p)
+                       for p, convert in zip(parts[:3], (int, int, parse_width)))
     except ValueError:
         raise ValueError(usage) from None
     options = {}

@@ -24,7 +24,7 @@ __all__ = [
 
 LENGTH_STRATEGIES = tuple(LENGTH)       # the registries in strategies.py are the one list
 WIDTH_STRATEGIES = tuple(WIDTH)
-SCORE_KINDS = ("softmax", "logits")      # post-softmax attention (paper text) or pre-softmax q.k/sqrt(h) (code)
+SCORE_KINDS = ("logits", "softmax")      # pre-softmax q.k/sqrt(h) (code, the default) or post-softmax (paper text)
 SCORE_LAYERS = ("uniform", "same")       # score from layer g(l, L) ("Att (L_top=L)"), or the stored layer g(l, L_top)
 VALUE_DTYPES = ("float16", "float32")
 
