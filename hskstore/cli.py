@@ -122,7 +122,7 @@ def dry_run_option(help: str):
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars (also when TQDM_DISABLE is set).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-overwrite_option = OVERWRITE.click("overwrite", False, "bool")
+overwrite_option = OVERWRITE.click("overwrite", False)
 overwrite_dst_option = click.option("--overwrite", is_flag=True, help="Replace a complete store at DST.")
 storage_option = STORAGE_OPTIONS.click("storage_options", {})
 src_option, dst_option = _fsspec_option("SRC"), _fsspec_option("DST")

@@ -41,7 +41,6 @@ class Option:
 
     help: str = ""
     flag: str | None = None                 # the long flag; default --field-name
-    short: str | None = None                # a one-letter alias such as -q
     choices: Callable[[], Sequence[str]] | Sequence[str] | None = None  # a callable reads its registry when used
     parse: Callable[[Any], Any] | None = None  # the text (a tuple of texts when `multiple`) -> the field's value;
     #                                            ValueError or HskError -> a usage error naming the flag
@@ -58,10 +57,10 @@ class Option:
         """A dataclass field with this option (no default: the option is required)."""
         return dataclasses.field(default=default, default_factory=factory, metadata={KEY: self})
 
-    def click(self, name: str, default: Any = MISSING, annotation: str = "str", **changes):
+    def click(self, name: str, default: Any = MISSING):
         """This option as a click decorator for a command that has no config field for it."""
-        option = dataclasses.replace(self, **changes) if changes else self
-        return _click_option(Spec(name, option, default, annotation))
+        annotation = "str" if default is MISSING or default is None else type(default).__name__
+        return _click_option(Spec(name, self, default, annotation))
 
 
 @dataclass(frozen=True)
@@ -257,10 +256,12 @@ def _parsed(parse):
 
 def _click_option(spec: Spec):
     option, default = spec.option, spec.default
-    names = [spec.flag, *([option.short] if option.short else []), spec.name]
+    names = [spec.flag, spec.name]
     settings: dict[str, Any] = {"help": option.help or None}
     kind = option.type or _base_type(spec.annotation)
     if kind is bool and option.parse is None:
+        if default is not option.negate:
+            raise TypeError(f"option {spec.flag}: a flag turns a False field on, or a True one off with negate=True")
         callback = (lambda ctx, param, value: not value) if option.negate else None
         return click.option(*names, is_flag=True, default=False, callback=callback, **settings)
     if default is MISSING:

@@ -39,7 +39,7 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay.", min=0)
     max_steps: int | None = option(None, "Stop each stage after this many steps.")  # smoke runs, benchmarks
     device: str = DEVICE.field("auto")
-    amp: bool = option(True, "No bf16 autocast on CUDA.", flag="--no-amp", negate=True)
+    amp: bool = option(True, "Float32 on CUDA: no bf16 or fp16 autocast.", flag="--no-amp", negate=True)
     #                                     CUDA: bf16 autocast (capability >= 8.0) or fp16 + GradScaler; CPU/mps: fp32
     seed: int = option(0, "Projection init, dropout and batch order.", **SEED_RANGE)
     num_workers: int = option(0, "DataLoader workers reading the store.", flag="--workers", min=0)
