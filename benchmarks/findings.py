@@ -148,8 +148,8 @@ def main() -> None:
     from hskstore.stages.extract import teacher_max_length
     from hskstore.experiments.sweep import plan
 
-    drawn = plan(SweepConfig(teacher=args.teacher, task="tweets", output=args.output, levels=LEVELS,
-                             full_baseline=False, pred_baseline=False), teacher_max_length(args.teacher))
+    drawn = plan(SweepConfig.of(teacher=args.teacher, task="tweets", output=args.output, levels=LEVELS,
+                                full_baseline=False, pred_baseline=False), teacher_max_length(args.teacher))
     STUDIES["amount"] = [(p.compression.depth, p.compression.length, p.compression.width) for p in drawn]
     common = dict(teacher=args.teacher, task="tweets", seeds=tuple(int(s) for s in args.seeds.split(",")),
                   student_layers=3, hsk_epochs=args.hsk_epochs, pred_epochs=args.pred_epochs,
@@ -157,15 +157,16 @@ def main() -> None:
     echo = lambda line: print(line, flush=True)  # noqa: E731
     out = Path(args.output)
     # One initial student for both sweeps: cut once, by the fair sweep, from the base point's store.
-    fair = sweep(SweepConfig(output=str(out / "fair"), points=(BASE,), pred_lr_grid=grid, point_lr_grid=grid,
-                             **common), echo=echo)
+    fair = sweep(SweepConfig.of(output=str(out / "fair"), points=(BASE,), pred_lr_grid=grid, point_lr_grid=grid,
+                                **common), echo=echo)
     summary = {row["point"]: row for row in fair["summary"]}
     lr = summary[_key(BASE)]["lr"]
     print(f"\nthe base point picked lr {lr:g}: every study arm trains at it", flush=True)
     others = list({_key(e): e for s in studies for e in STUDIES[s] if _key(e) not in summary}.values())
     if others:
-        result = sweep(SweepConfig(output=str(out / "studies"), points=tuple(others), student=str(out / "fair" / "student"),
-                                   full_baseline=False, pred_baseline=False, hsk_lr=lr, pred_lr=lr, **common),
+        result = sweep(SweepConfig.of(output=str(out / "studies"), points=tuple(others),
+                                      student=str(out / "fair" / "student"), full_baseline=False,
+                                      pred_baseline=False, hsk_lr=lr, pred_lr=lr, **common),
                        echo=echo)
         summary |= {row["point"]: row | {"lr": lr} for row in result["summary"]}
     plots = Path(args.plots or args.output)

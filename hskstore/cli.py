@@ -10,55 +10,19 @@ import sys
 
 import click
 
+from .configs.bench import BenchConfig
+from .configs.common import DEVICE, OVERWRITE, SEED_RANGE, STORAGE_OPTIONS
+from .configs.extract import ExtractConfig
+from .configs.finetune import TASK_OPTIONS, FinetuneConfig
+from .configs.train import TrainConfig
 from .errors import HskError
-from .method.strategies import length_choices, width_choices
+from .experiments.sweep import SweepConfig
+from .method.compression import Compression, parse_width
+from .options import Option, build, click_options, key_values
 from .models.architectures import student_kinds
 
 __all__ = ["main", "cli"]
 
-
-def _width(value: str | None):
-    """N^W: 'all', a fraction with a decimal point (0.1, 1.0) or a whole count (38, 1)."""
-    if value is None or value == "all":
-        return None
-    try:
-        return float(value) if "." in value else int(value)
-    except ValueError:
-        raise click.BadParameter(f"expected a count (38), a fraction of d (0.1) or 'all', got {value!r}") from None
-
-
-def _count_or_all(value: str | None):
-    if value in (None, "all"):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"expected a whole number or 'all', got {value!r}") from None
-
-
-def _parse_storage_options(pairs) -> dict:
-    """`--storage-option key=value` (repeatable; `a.b=v` nests; JSON values: numbers, true, {...})."""
-    options: dict = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--storage-option")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        *parents, leaf = key.split(".")
-        target = options
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return options
-
-
-storage_option = click.option(
-    "--storage-option", "storage_options", multiple=True, callback=lambda ctx, param, value: _parse_storage_options(value),
-    help="fsspec option for a store URL, KEY=VALUE (repeatable), e.g. endpoint_url=http://host:9000. "
-         "Credentials: the backend's usual environment (AWS_ACCESS_KEY_ID, ...).")
 
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
@@ -123,38 +87,54 @@ def cli():
     """Offline BERT distillation from a compressed hidden-state-knowledge store."""
 
 
-# ------------------------------------------------------------------ options shared by several commands
+# ------------------------------------------------------------------ options
+# A config's options are declared on its fields (hskstore/configs, method/compression.py, experiments/sweep.py)
+# and made by `click_options`; the options below are the command line's own, or shared with commands that
+# have no config. Each is declared once.
 
-def _check_device(ctx, param, value):
-    """Fail at parse time, before any data or weights load: a typo or a missing GPU is a one-line error."""
-    if value in (None, "auto", "cpu"):
-        return value
-    from .runtime.device import resolve_device  # imports torch: only for a device that needs checking
-
+def _whole(text: str) -> int:
     try:
-        resolve_device(value)
-    except HskError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+
+
+def _fsspec_option(side: str):
+    return Option(f"fsspec option for {side}, KEY=VALUE (repeatable).", flag=f"--{side.lower()}-option", multiple=True,
+                  parse=key_values).click(f"{side.lower()}_options", {})
+
+
+def _together(*decorators):
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
 
 
 def device_option(default: str = "auto"):
-    return click.option("--device", default=default, show_default=True, callback=_check_device,
-                        help="auto (CUDA, else mps, else CPU), cpu, cuda, cuda:N or mps.")
+    return DEVICE.click("device", default)
 
 
-def quiet_option(func):
-    return click.option("--quiet", "-q", is_flag=True,
-                        help="No progress bars (also when TQDM_DISABLE is set).")(func)
+def dry_run_option(help: str):
+    return click.option("--dry-run", is_flag=True, help=help)
 
 
-def json_option(func):
-    return click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")(func)
-
-
-def overwrite_option(func):
-    return click.option("--overwrite", is_flag=True,
-                        help="Replace an existing output of this command (never another kind of directory).")(func)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars (also when TQDM_DISABLE is set).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+overwrite_option = OVERWRITE.click("overwrite", False)
+overwrite_dst_option = click.option("--overwrite", is_flag=True, help="Replace a complete store at DST.")
+storage_option = STORAGE_OPTIONS.click("storage_options", {})
+src_option, dst_option = _fsspec_option("SRC"), _fsspec_option("DST")
+task_options = click_options(FinetuneConfig, only=TASK_OPTIONS)
+allow_task_mismatch_option = click_options(ExtractConfig, only=("allow_task_mismatch",))
+slice_options = _together(*(Option(help, parse=parse, default_text="the store's").click(name, None)
+                             for name, help, parse in (
+                                 ("depth", "N^D: top stored layers kept.", _whole),
+                                 ("length", "N^L: best tokens kept.", _whole),
+                                 ("width", "N^W: top-magnitude activations kept, a count or fraction of d.",
+                                  parse_width))))
 
 
 def _progress(quiet: bool) -> bool:
@@ -166,134 +146,47 @@ def _echo_summary(summary: dict, as_json: bool, line: str) -> None:
     click.echo(json.dumps(summary, indent=2, default=str) if as_json else line)
 
 
-_task_options = [
-    click.option("--data-dir", default=None,
-                 help="GLUE names: the task's GLUE folder, a save_to_disk directory, or a cached hub id."),
-    click.option("--text-column", "text_columns", multiple=True, help="File tasks: text column (twice for pairs)."),
-    click.option("--label-column", default=None, help="File tasks: label column (default 'label')."),
-    click.option("--validation-file", default=None, help="File tasks: a separate validation file."),
-    click.option("--task-name", default=None, help="File tasks: the task's name [default: the file's stem]."),
-    click.option("--metric", type=click.Choice(["accuracy", "f1", "matthews", "pearson_spearman"]), default=None,
-                 help="File tasks [default: accuracy, or pearson_spearman for numeric scores]."),
-]
-
-
-def task_options(func):
-    for option in reversed(_task_options):
-        func = option(func)
-    return func
-
-
-def allow_task_mismatch_option(func):
-    return click.option("--allow-task-mismatch", is_flag=True,
-                        help="Use --task even when it is not the task the model was made for.")(func)
-
-
-def _task_kwargs(text_columns=(), label_column=None, validation_file=None, data_dir=None, task_name=None,
-                 metric=None) -> dict:
+def _task_kwargs(values: dict) -> dict:
     """The given task options only: an empty dict means 'the recorded task's own options'."""
-    kwargs = {"text_columns": tuple(text_columns) or None, "label_column": label_column,
-              "validation_file": validation_file, "data_dir": data_dir, "task_name": task_name, "metric": metric}
-    return {k: v for k, v in kwargs.items() if v is not None}
+    return {name: values[name] for name in TASK_OPTIONS if values.get(name) is not None}
 
 
 @cli.command()
-@click.option("--model", default=None, help="BERT checkpoint directory [default: the packaged MiniLM-L6].")
-@click.option("--task", default="tweets", show_default=True,
-              help="GLUE name, 'tweets', a CSV/TSV/JSONL file or a save_to_disk directory.")
-@click.option("--output", required=True, help="Directory the teacher is written to.")
-@click.option("--max-length", default=64, show_default=True)
-@click.option("--epochs", default=3, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=1e-4, show_default=True, help="Peak AdamW learning rate (1e-4 beat 5e-5 on MiniLM).")
-@click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
-@click.option("--seed", default=0, type=click.IntRange(0, 2**32 - 1), show_default=True,
-              help="Classifier init, dropout and batch order.")
-@click.option("--data-seed", default=0, type=click.IntRange(0, 2**32 - 1), show_default=True,
-              help="Train/validation split and --limit subset.")
-@device_option()
-@click.option("--no-resume", is_flag=True, help="Ignore an unfinished run's checkpoint in --output.")
-@overwrite_option
+@click_options(FinetuneConfig)
 @quiet_option
 @json_option
-@task_options
-def finetune(model, task, output, max_length, epochs, batch_size, lr, limit, seed, data_seed, device, no_resume,
-             overwrite, quiet, as_json, **task_kw):
+def finetune(quiet, as_json, **values):
     """Fine-tune a BERT checkpoint on a task and save it as a teacher (safetensors)."""
-    from .stages.finetune import FinetuneConfig, finetune as run
+    from .stages.finetune import finetune as run
     from .experiments.demo import packaged_teacher_path
 
-    config = FinetuneConfig(model=model or packaged_teacher_path(), task=task, output=output, max_length=max_length,
-                            epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, seed=seed, data_seed=data_seed, device=device,
-                            resume=not no_resume, overwrite=overwrite, **_task_kwargs(**task_kw))
+    config = build(FinetuneConfig, values, model=values["model"] or packaged_teacher_path())
     metrics = run(config, progress=_progress(quiet))
-    _echo_summary(metrics, as_json, f"teacher saved to {output}: " + ", ".join(
+    _echo_summary(metrics, as_json, f"teacher saved to {config.output}: " + ", ".join(
         f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
 
 
 @cli.command()
-@click.option("--teacher", required=True, help="Fine-tuned teacher directory.")
-@click.option("--task", default=None, help="GLUE name, 'tweets', a CSV/TSV/JSONL file or a save_to_disk directory "
-                                           "[default: the teacher's task].")
-@click.option("--output", required=True, help="Store to create (or resume): a directory, x.h5, or a URL (s3://b/x.zarr).")
-@click.option("--depth", default="1", show_default=True, help="N^D: top student layers kept, or 'all'.")
-@click.option("--length", default="9", show_default=True, help="N^L: tokens kept per layer, or 'all'.")
-@click.option("--width", default="0.1", show_default=True, help="N^W: activations kept, a count or fraction of d, or 'all'.")
-@click.option("--student-layers", default=3, show_default=True, help="L': student depth the layer mapping is for.")
-@click.option("--l-top", type=int, default=None, help="Teacher layer for the student's top layer [default: round(10L/12)].")
-@click.option("--length-strategy", type=click.Choice(length_choices()), default="att-nosep", show_default=True)
-@click.option("--score-layer", type=click.Choice(["uniform", "same"]), default="uniform", show_default=True,
-              help="Rank tokens with the attention of layer g(l, L) (uniform) or of the stored layer (same).")
-@click.option("--score-kind", type=click.Choice(["logits", "softmax"]), default="logits", show_default=True,
-              help="Average pre-softmax scores (released code; ahead over 3 seeds, docs/results.md) or "
-                   "post-softmax attention (the paper's text).")
-@click.option("--width-strategy", type=click.Choice(width_choices()), default="mag", show_default=True)
-@click.option("--width-seed", default=0, show_default=True)
+@click_options(ExtractConfig)
 @click.option("--full", is_flag=True, help="Full HSK: every mapped layer, token and activation (baseline).")
-@click.option("--value-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@click.option("--value-bits", type=int, default=None,
-              help="Lossy: keep this many of float16's 10 mantissa bits (7: ~0.4% error, smaller store).")
-@click.option("--max-length", type=int, default=None, help="[default: the teacher's fine-tuning length, else 128]")
-@click.option("--batch-size", type=int, default=None, help="Rows per teacher batch [default: batch by tokens].")
-@click.option("--batch-tokens", type=int, default=None,
-              help="Padded tokens per teacher batch [default: 32768 on GPU/mps, 8192 on CPU].")
-@click.option("--chunk-rows", default=4096, show_default=True)
-@click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
-@click.option("--data-seed", default=None, type=click.IntRange(0, 2**32 - 1),
-              help="Train/validation split and --limit seed [default: the teacher's, from finetune, else 0].")
-@device_option()
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@click.option("--dry-run", is_flag=True, help="Check the configuration and print what would be stored.")
+@dry_run_option("Check the configuration and print what would be stored.")
 @json_option
 @quiet_option
-@storage_option
 @task_options
-@allow_task_mismatch_option
-def extract(teacher, task, output, depth, length, width, student_layers, l_top, length_strategy, score_layer,
-            score_kind, width_strategy, width_seed, full, value_dtype, value_bits, max_length, batch_size, batch_tokens,
-            chunk_rows, limit, data_seed, device, overwrite, dry_run, as_json, quiet, allow_task_mismatch,
-            storage_options, **task_kw):
+def extract(full, dry_run, as_json, quiet, **values):
     """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
-    from .method.compression import Compression
-    from .stages.extract import ExtractConfig, extract as run, teacher_data_seed, teacher_max_length
+    from .stages.extract import extract as run, teacher_data_seed, teacher_max_length
     from .store.report import format_info
     from .models.teacher import check_bert_family, check_max_length
 
     if full:
-        compression = Compression.full(student_layers=student_layers, l_top=l_top, value_dtype=value_dtype)
-    else:
-        length_value = _count_or_all(length)
-        compression = Compression(depth=_count_or_all(depth), length=length_value, width=_width(width),
-                                  student_layers=student_layers, l_top=l_top,
-                                  length_strategy="all" if length_value is None else length_strategy,
-                                  score_layer=score_layer, score_kind=score_kind, width_strategy=width_strategy,
-                                  width_seed=width_seed, value_dtype=value_dtype, value_bits=value_bits)
-    config = ExtractConfig(teacher=teacher, task=task, output=output, compression=compression,
-                           max_length=max_length, batch_size=batch_size, batch_tokens=batch_tokens,
-                           chunk_rows=chunk_rows, limit=limit,
-                           data_seed=teacher_data_seed(teacher) if data_seed is None else data_seed, device=device,
-                           overwrite=overwrite, task_options=_task_kwargs(**task_kw),
-                           allow_task_mismatch=allow_task_mismatch, storage_options=storage_options)
+        compression = Compression.full(student_layers=values["student_layers"], l_top=values["l_top"],
+                                       value_dtype=values["value_dtype"])
+    else:  # N^L = all keeps every token: the strategy `all`
+        compression = build(Compression, values, **({"length_strategy": "all"} if values["length"] is None else {}))
+    teacher, max_length = values["teacher"], values["max_length"]
+    config = build(ExtractConfig, values, compression=compression, task_options=_task_kwargs(values),
+                   data_seed=teacher_data_seed(teacher) if values["data_seed"] is None else values["data_seed"])
     if dry_run:
         teacher_config = check_bert_family(teacher)
         check_max_length(max_length or teacher_max_length(teacher), teacher_config, "the teacher", teacher)
@@ -313,7 +206,7 @@ def extract(teacher, task, output, depth, length, width, student_layers, l_top, 
 
 @cli.command()
 @click.argument("store")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.option("--allow-incomplete", is_flag=True, help="Describe a store whose extraction has not finished.")
 @storage_option
 def info(store, as_json, allow_incomplete, storage_options):
@@ -364,146 +257,44 @@ def student(kind, output, store, teacher, checkpoint, layers, heads, ffn, rank, 
 
 @cli.command()
 @click.argument("store")
-@click.option("--student", required=True, help="Student directory (`hskstore student`).")
-@click.option("--output", required=True, help="Run directory: checkpoint/, student/, metrics.json.")
-@click.option("--teacher", default=None, help="Online mode: run this teacher in the loop instead of reading HSK.")
-@click.option("--stages", default="hsk,pred", show_default=True, help="hsk, pred, or hsk,pred.")
-@click.option("--hsk-epochs", type=int, default=None, help="[paper, per task]")
-@click.option("--hsk-lr", type=float, default=None, help="[5e-5, constant]")
-@click.option("--hsk-batch-size", type=int, default=None)
-@click.option("--pred-epochs", type=int, default=None, help="[5]")
-@click.option("--pred-lr", type=float, default=None, help="[2e-5, linear decay]")
-@click.option("--pred-batch-size", type=int, default=None)
-@click.option("--hsk-loss", type=click.Choice(["masked-zero", "kept"]), default="masked-zero", show_default=True)
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--weight-decay", default=0.0, type=click.FloatRange(min=0), show_default=True)
-@click.option("--max-steps", type=int, default=None, help="Stop each stage after this many steps.")
-@click.option("--workers", default=0, type=click.IntRange(min=0), show_default=True,
-              help="DataLoader workers reading the store.")
-@click.option("--seed", default=0, show_default=True)
-@device_option()
-@click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
-@click.option("--no-resume", is_flag=True, help="Ignore an existing checkpoint in --output (needs --overwrite).")
-@overwrite_option
+@click_options(TrainConfig)
 @quiet_option
 @json_option
-@storage_option
-def train(store, student, output, teacher, stages, hsk_epochs, hsk_lr, hsk_batch_size, pred_epochs, pred_lr,
-          pred_batch_size, hsk_loss, temperature, weight_decay, max_steps, workers, seed, device, no_amp, no_resume,
-          overwrite, quiet, as_json, storage_options):
+def train(quiet, as_json, **values):
     """Distil a student from a store (HSK stage, then prediction stage); no teacher loaded."""
-    from .stages.train import TrainConfig, train as run
+    from .stages.train import train as run
 
-    config = TrainConfig(store=store, student=student, output=output, teacher=teacher,
-                         stages=tuple(s.strip() for s in stages.split(",") if s.strip()), hsk_epochs=hsk_epochs,
-                         hsk_lr=hsk_lr, hsk_batch_size=hsk_batch_size, pred_epochs=pred_epochs, pred_lr=pred_lr,
-                         pred_batch_size=pred_batch_size, hsk_loss=hsk_loss, temperature=temperature,
-                         weight_decay=weight_decay, max_steps=max_steps, num_workers=workers, seed=seed,
-                         device=device, amp=not no_amp, resume=not no_resume, overwrite=overwrite,
-                         storage_options=storage_options)
+    config = build(TrainConfig, values)
     result = run(config, progress=_progress(quiet))
     if not _is_main_rank():
         return
     teacher_dev, student_dev = result["teacher_dev"], result["student_dev"] or {}
-    _echo_summary(result, as_json, f"{result['mode']} run in {output}: teacher dev {teacher_dev}  "
+    _echo_summary(result, as_json, f"{result['mode']} run in {config.output}: teacher dev {teacher_dev}  "
                                    f"student dev {student_dev}")
 
 
 @cli.command()
 @click.argument("store")
-@click.option("--student", required=True, help="Student directory (`hskstore student`).")
-@click.option("--teacher", default=None, help="The store's teacher: also time online distillation.")
-@click.option("--steps", default=20, show_default=True, help="Timed steps per mode per round.")
-@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds; medians are reported.")
-@click.option("--batch-size", type=int, default=None, help="Step batch size [64 on GPU, 16 on CPU].")
-@click.option("--reader-batches", default=200, show_default=True, help="Batches per reader timing.")
-@click.option("--reader-batch-size", type=int, default=None, help="[the task's HSK-stage batch size]")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
-def bench(store, student, teacher, steps, rounds, batch_size, reader_batches, reader_batch_size, device, as_json):
+@click_options(BenchConfig)
+@json_option
+def bench(as_json, **values):
     """Time HSK-stage steps student-only, offline and online, and the store reader alone."""
-    from .experiments.bench import BenchConfig, bench as run, format_bench
+    from .experiments.bench import bench as run, format_bench
 
-    config = BenchConfig(store=store, student=student, teacher=teacher, steps=steps, rounds=rounds,
-                         batch_size=batch_size, reader_batches=reader_batches, reader_batch_size=reader_batch_size,
-                         device=device)
-    result = run(config, echo=None if as_json else lambda line: click.echo(line, err=True))
+    result = run(build(BenchConfig, values), echo=None if as_json else lambda line: click.echo(line, err=True))
     click.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
 
 
-def _point(value: str) -> tuple:
-    """N^D,N^L,N^W[,option=value...]: 1,9,0.1 or 4,all,all or 1,9,0.1,width_strategy=rand,hsk_loss=kept."""
-    from .experiments.sweep import POINT_COMPRESSION_OPTIONS
-
-    usage = f"a point is N^D,N^L,N^W[,option=value...] such as 1,9,0.1 or 1,all,0.1,hsk_loss=kept, got {value!r}"
-    parts = value.split(",")
-    if len(parts) < 3 or any("=" in p for p in parts[:3]) or any("=" not in p for p in parts[3:]):
-        raise click.BadParameter(usage)
-    try:
-        triple = tuple(None if p.strip() == "all" else convert(p) for p, convert in zip(parts[:3], (int, int, _width)))
-    except ValueError:
-        raise click.BadParameter(usage) from None
-    options = {}
-    for part in parts[3:]:
-        key, raw = (s.strip() for s in part.split("=", 1))
-        whole = key in ("l_top", "width_seed", "value_bits") and key in POINT_COMPRESSION_OPTIONS
-        try:
-            options[key] = int(raw) if whole else raw
-        except ValueError:
-            raise click.BadParameter(f"point option {key} takes a whole number, got {raw!r}") from None
-    return triple + (options,) if options else triple
-
-
-def _floats(value: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
-
-
 @cli.command()
-@click.option("--teacher", required=True, help="Fine-tuned teacher directory.")
-@click.option("--task", default="tweets", show_default=True, help="GLUE name, 'tweets', or a CSV/TSV/JSONL file.")
-@click.option("--output", required=True, help="Sweep directory: stores/, runs/, results.json/.csv, sweep.png.")
-@click.option("--student", default="rosita", show_default=True,
-              help="Initial student directory, or 'rosita' to cut one from the teacher once.")
-@click.option("--point", "points", multiple=True,
-              help="N^D,N^L,N^W[,option=value...]: 1,9,0.1; 4,all,all; 1,9,0.1,width_strategy=rand (repeat).")
-@click.option("--level", "levels", multiple=True, type=float, help="Target A^HSK, spread over triples (repeat).")
-@click.option("--per-level", default=1, show_default=True, help="Triples drawn per --level.")
-@click.option("--seeds", default="0,1,2", show_default=True)
-@click.option("--student-layers", default=3, show_default=True, help="L' of the student.")
-@click.option("--no-full", is_flag=True, help="Skip the full-HSK baseline.")
-@click.option("--no-pred", is_flag=True, help="Skip the prediction-only KD baseline.")
-@click.option("--pred-lr-grid", default="2e-5,5e-5,1e-4,5e-4", show_default=True,
-              help="Prediction-only KD learning rates; the best on dev is run for every seed.")
-@click.option("--point-lr-grid", default="", help="HSK + prediction points: both stages' lr picked on dev the "
-              "same way (give the baseline's grid for a fair comparison) [default: fixed --hsk-lr/--pred-lr].")
-@click.option("--hsk-epochs", type=int, default=None, help="[the task's schedule]")
-@click.option("--pred-epochs", type=int, default=None, help="[the task's schedule]")
-@click.option("--hsk-lr", type=float, default=None)
-@click.option("--pred-lr", type=float, default=None, help="HSK + prediction points' prediction-stage lr.")
-@click.option("--hsk-batch-size", type=int, default=None)
-@click.option("--pred-batch-size", type=int, default=None)
-@click.option("--limit", type=int, default=None, help="Examples kept: LIMIT train, LIMIT//4 validation.")
-@click.option("--max-length", type=int, default=None, help="[the teacher's fine-tuning length]")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dry-run", is_flag=True, help="Print the points and the number of training runs.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def sweep(teacher, task, output, student, points, levels, per_level, seeds, student_layers, no_full, no_pred,
-          pred_lr_grid, point_lr_grid, hsk_epochs, pred_epochs, hsk_lr, pred_lr, hsk_batch_size, pred_batch_size, limit, max_length,
-          device, dry_run, as_json):
+@click_options(SweepConfig)
+@dry_run_option("Print the points and the number of training runs.")
+@json_option
+def sweep(dry_run, as_json, **values):
     """Dev metric against A^HSK over points and seeds, with prediction-only KD and full HSK baselines."""
-    from .experiments.sweep import SweepConfig, sweep as run
+    from .experiments.sweep import sweep as run
 
-    config = SweepConfig(teacher=teacher, task=task, output=output, student=student,
-                         points=tuple(_point(p) for p in points), levels=tuple(levels), per_level=per_level,
-                         seeds=tuple(int(s) for s in _floats(seeds)), student_layers=student_layers,
-                         full_baseline=not no_full, pred_baseline=not no_pred, pred_lr_grid=_floats(pred_lr_grid),
-                         point_lr_grid=_floats(point_lr_grid), hsk_epochs=hsk_epochs, pred_epochs=pred_epochs, hsk_lr=hsk_lr, pred_lr=pred_lr,
-                         hsk_batch_size=hsk_batch_size, pred_batch_size=pred_batch_size, limit=limit,
-                         max_length=max_length, device=device)
-    result = run(config, echo=None if as_json else lambda line: click.echo(line, err=True), dry_run=dry_run)
+    result = run(build(SweepConfig, values), echo=None if as_json else lambda line: click.echo(line, err=True),
+                 dry_run=dry_run)
     if dry_run or as_json:
         click.echo(json.dumps(result if dry_run else result["summary"], indent=2))
         return
@@ -518,10 +309,10 @@ def sweep(teacher, task, output, student, points, levels, per_level, seeds, stud
 @click.option("--task", default=None, help="[default: the task the student was distilled on]")
 @click.option("--split", default="validation", show_default=True)
 @click.option("--limit", type=int, default=None, help="[default: the store's]")
-@click.option("--data-seed", type=click.IntRange(0, 2**32 - 1), default=None,
+@click.option("--data-seed", type=click.IntRange(SEED_RANGE["min"], SEED_RANGE["max"]), default=None,
               help="Split and --limit seed [default: the store's].")
 @device_option()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--store", default=None, help="Evaluate on a store's split (its tokens and labels): no dataset needed.")
 @storage_option
 @task_options
@@ -535,7 +326,7 @@ def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store,
         result = evaluate_on_store(student_dir, store, split, device=device, storage_options=storage_options)
     else:
         result = evaluate_student(student_dir, task, split, limit=limit, seed=data_seed, device=device,
-                                  task_options=_task_kwargs(**task_kw), allow_task_mismatch=allow_task_mismatch)
+                                  task_options=_task_kwargs(task_kw), allow_task_mismatch=allow_task_mismatch)
     click.echo(json.dumps(result, indent=2) if as_json else ", ".join(f"{k}={v}" for k, v in result.items()))
 
 
@@ -558,11 +349,9 @@ def predict(student_dir, texts, text_file, device):
 @cli.command()
 @click.argument("src")
 @click.argument("dst")
-@click.option("--overwrite", is_flag=True, help="Replace a complete store at DST.")
-@click.option("--src-option", "src_options", multiple=True, callback=lambda c, p, v: _parse_storage_options(v),
-              help="fsspec option for SRC, KEY=VALUE (repeatable).")
-@click.option("--dst-option", "dst_options", multiple=True, callback=lambda c, p, v: _parse_storage_options(v),
-              help="fsspec option for DST, KEY=VALUE (repeatable).")
+@overwrite_dst_option
+@src_option
+@dst_option
 def convert(src, dst, overwrite, src_options, dst_options):
     """Copy a store losslessly between backends: Zarr directory or URL <-> one HDF5 file (.h5)."""
     from .store.convert import convert_store
@@ -574,7 +363,7 @@ def convert(src, dst, overwrite, src_options, dst_options):
 @cli.command()
 @click.argument("store")
 @storage_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option
 def verify(store, storage_options, as_json):
     """Read every chunk of a store and name the first damaged or missing one (exit 2 if any)."""
     from .store.verify import verify_store
@@ -588,23 +377,17 @@ def verify(store, storage_options, as_json):
 @cli.command(name="slice")
 @click.argument("src")
 @click.argument("dst")
-@click.option("--depth", default=None, help="N^D: top stored layers kept [the store's].")
-@click.option("--length", default=None, help="N^L: best tokens kept [the store's].")
-@click.option("--width", default=None, help="N^W: top-magnitude activations kept, a count or fraction of d [the store's].")
+@slice_options
 @click.option("--limit", type=int, default=None, help="Keep the first LIMIT examples of every split.")
-@click.option("--overwrite", is_flag=True, help="Replace a complete store at DST.")
-@click.option("--src-option", "src_options", multiple=True, callback=lambda c, p, v: _parse_storage_options(v),
-              help="fsspec option for SRC, KEY=VALUE (repeatable).")
-@click.option("--dst-option", "dst_options", multiple=True, callback=lambda c, p, v: _parse_storage_options(v),
-              help="fsspec option for DST, KEY=VALUE (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@overwrite_dst_option
+@src_option
+@dst_option
+@json_option
 def slice_(src, dst, depth, length, width, limit, overwrite, src_options, dst_options, as_json):
     """Derive a smaller store from SRC with no teacher: fewer layers, tokens or activations."""
     from .store.slicing import slice_store
 
-    summary = slice_store(src, dst, depth=None if depth is None else int(depth),
-                          length=None if length is None else int(length),
-                          width=None if width is None else _width(width), limit=limit, overwrite=overwrite,
+    summary = slice_store(src, dst, depth=depth, length=length, width=width, limit=limit, overwrite=overwrite,
                           src_options=src_options, dst_options=dst_options)
     click.echo(json.dumps(summary, indent=2) if as_json else
                f"sliced {src} -> {dst}: (N^D, N^L, N^W) = {tuple(summary['triple'])}, A^HSK {summary['amount_hsk']:.3f}, "

@@ -15,11 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hskstore"
 
 # Lowest first. The root package (`hskstore/__init__.py`) is the facade over all of them and is not ranked.
 LAYERS = {
-    "errors": 0, "version": 0,
+    "errors": 0, "version": 0, "options": 0,
     "runtime": 1, "data": 1,
     "models": 2,
     "method": 3,
-    "store": 4,
+    "store": 4, "configs": 4,
     "stages": 5,
     "experiments": 6,
     "cli": 7, "__main__": 7,

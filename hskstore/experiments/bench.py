@@ -14,41 +14,16 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, StoreError
+from ..configs.bench import BenchConfig
+from ..errors import StoreError
 
 __all__ = ["BenchConfig", "bench", "time_steps", "time_reader", "format_bench"]
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    store: str                      # store written by `hskstore extract`
-    student: str                    # student directory (`hskstore student`)
-    teacher: str | None = None      # the store's teacher: adds the online mode
-    steps: int = 20                 # timed steps per mode per round
-    rounds: int = 3
-    warmup: int = 3                 # untimed steps per mode first (allocator, kernels, first chunk reads)
-    batch_size: int | None = None   # None: 64 on GPU, 16 on CPU
-    reader_batches: int = 200       # batches per reader timing
-    reader_batch_size: int | None = None  # None: the store task's HSK-stage batch size
-    device: str = "auto"
-
-    def __post_init__(self):
-        problems = [f"{name} must be >= 1, got {getattr(self, name)}"
-                    for name in ("steps", "rounds", "reader_batches") if getattr(self, name) < 1]
-        if self.warmup < 0:
-            problems.append(f"warmup must be >= 0, got {self.warmup}")
-        for name in ("batch_size", "reader_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"{name} must be >= 1, got {value}")
-        if problems:
-            raise ConfigError(problems)
 
 
 def _forever(trainer, stage: str, batch_size: int):

@@ -19,13 +19,17 @@ import random
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..method.compression import Compression
+from ..configs.extract import ExtractConfig
+from ..configs.train import TrainConfig
+from ..method.compression import Compression, parse_width
 from ..errors import ConfigError
+from ..options import build, each, nested, option
 
-__all__ = ["SweepConfig", "SweepPoint", "configurations_for", "plan", "point_of", "obtain_store", "sweep", "plot_sweep"]
+__all__ = ["SweepConfig", "SweepPoint", "configurations_for", "plan", "point_of", "obtain_store", "sweep", "plot_sweep",
+           "parse_point", "parse_numbers"]
 
 WIDTH_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # N^W fractions the paper draws from
 
@@ -34,6 +38,36 @@ WIDTH_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # N^W fractions
 POINT_COMPRESSION_OPTIONS = ("length_strategy", "score_layer", "score_kind", "width_strategy", "width_seed", "l_top",
                              "value_bits")
 POINT_TRAIN_OPTIONS = ("hsk_loss",)
+
+
+def parse_point(text: str) -> tuple:
+    """N^D,N^L,N^W[,option=value...]: 1,9,0.1 or 4,all,all or 1,9,0.1,width_strategy=rand,hsk_loss=kept."""
+    usage = f"a point is N^D,N^L,N^W[,option=value...] such as 1,9,0.1 or 1,all,0.1,hsk_loss=kept, got {text!r}"
+    parts = text.split(",")
+    if len(parts) < 3 or any("=" in p for p in parts[:3]) or any("=" not in p for p in parts[3:]):
+        raise ValueError(usage)
+    try:
+        triple = tuple(None if p.strip() == "all" else convert(p)
+                       for p, convert in zip(parts[:3], (int, int, parse_width)))
+    except ValueError:
+        raise ValueError(usage) from None
+    options = {}
+    for part in parts[3:]:
+        key, raw = (s.strip() for s in part.split("=", 1))
+        whole = key in ("l_top", "width_seed", "value_bits") and key in POINT_COMPRESSION_OPTIONS
+        try:
+            options[key] = int(raw) if whole else raw
+        except ValueError:
+            raise ValueError(f"point option {key} takes a whole number, got {raw!r}") from None
+    return triple + (options,) if options else triple
+
+
+def parse_numbers(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers: 2e-5,5e-5,1e-4."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -48,33 +82,42 @@ class SweepPoint:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    teacher: str                                  # fine-tuned teacher directory
-    task: str                                     # GLUE name, "tweets", or a file
-    output: str                                   # sweep directory: stores/, runs/, results.*, sweep.png
-    student: str = "rosita"                       # a student directory, or "rosita": cut from the teacher once
-    points: tuple[tuple, ...] = ()                # (N^D, N^L, N^W) or (N^D, N^L, N^W, {option: value}); None = all
-    levels: tuple[float, ...] = ()                # target A^HSK levels, each spread over `per_level` triples
-    per_level: int = 1                            # triples drawn per level (the paper sampled 13-112 per level)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    student_layers: int = 3                       # L' of the student (the layer mapping and N^D range)
-    full_baseline: bool = True                    # full HSK: every mapped layer, token and activation
-    pred_baseline: bool = True                    # prediction-only KD, same total epochs
-    pred_lr_grid: tuple[float, ...] = (2e-5, 5e-5, 1e-4, 5e-4)
-    point_lr_grid: tuple[float, ...] = ()         # HSK + prediction points: both stages' lr picked on dev (fair
-                                                  # against the baseline when equal to pred_lr_grid); () = fixed
-    hsk_epochs: int | None = None                 # None: the task's schedule (schedules.py)
-    pred_epochs: int | None = None
-    hsk_lr: float | None = None
-    pred_lr: float | None = None
-    hsk_batch_size: int | None = None
-    pred_batch_size: int | None = None
-    limit: int | None = None                      # examples per split, as `extract --limit`
-    max_length: int | None = None
+    """A sweep's points and seeds, with an extract config for its stores and a train config for its runs.
+
+    The two templates hold what every store and every run share; the sweep sets per store the output, the
+    compression, the max length (the teacher's when None) and the data seed, and per run the store, the
+    student, the output, the stages, the seed and the point's options. `SweepConfig.of(...)` takes all of
+    it as flat keywords, as the command line does.
+    """
+
+    output: str = option(help="Sweep directory: stores/, runs/, results.json/.csv, sweep.png.")
+    extract: ExtractConfig = nested(ExtractConfig, only=("teacher", "task", "limit", "max_length", "device"),
+                                    defaults={"task": "tweets", "output": ""})  # the teacher, task, limit...
+    train: TrainConfig = nested(TrainConfig, only=("hsk_epochs", "pred_epochs", "hsk_lr", "pred_lr", "hsk_batch_size",
+                                                   "pred_batch_size", "device"),
+                                defaults={"store": "", "student": "", "output": ""},  # set per run
+                                factory=lambda: TrainConfig(store="", student="", output=""))
+    student: str = option("rosita", "Initial student directory, or 'rosita' to cut one from the teacher once.")
+    points: tuple[tuple, ...] = option(           # (N^D, N^L, N^W) or (N^D, N^L, N^W, {option: value}); None = all
+        (), "N^D,N^L,N^W[,option=value...]: 1,9,0.1; 4,all,all; 1,9,0.1,width_strategy=rand (repeat).",
+        flag="--point", multiple=True, parse=each(parse_point))
+    levels: tuple[float, ...] = option((), "Target A^HSK, spread over triples (repeat).", flag="--level",
+                                       multiple=True, type=float)
+    per_level: int = option(1, "Triples drawn per --level.")  # the paper sampled 13-112 per level
+    seeds: tuple[int, ...] = option((0, 1, 2), "Training seeds of every point.",
+                                    parse=lambda text: tuple(int(s) for s in parse_numbers(text)))
+    student_layers: int = option(3, "L' of the student.")  # the layer mapping and N^D range
+    full_baseline: bool = option(True, "Skip the full-HSK baseline.", flag="--no-full", negate=True)
+    pred_baseline: bool = option(True, "Skip the prediction-only KD baseline.", flag="--no-pred",
+                                 negate=True)  # same total epochs
+    pred_lr_grid: tuple[float, ...] = option((2e-5, 5e-5, 1e-4, 5e-4), "Prediction-only KD learning rates; the "
+                                             "best on dev is run for every seed.", parse=parse_numbers)
+    point_lr_grid: tuple[float, ...] = option(    # fair against the baseline when equal to pred_lr_grid
+        (), "HSK + prediction points: both stages' lr picked on dev the same way (give the baseline's grid for a "
+        "fair comparison).", parse=parse_numbers, default_text="fixed --hsk-lr/--pred-lr")
     data_seed: int | None = None                  # None: the teacher's
     importance_examples: int | None = 2000        # ROSITA: examples scored when cutting the student
     level_seed: int = 0                           # which triples a level draws
-    device: str = "auto"
-    extract_options: dict = field(default_factory=dict)  # more ExtractConfig fields (chunk_rows, value_bits...)
 
     def __post_init__(self):
         problems = []
@@ -101,11 +144,17 @@ class SweepConfig:
         if problems:
             raise ConfigError(problems)
 
+    @classmethod
+    def of(cls, **settings) -> "SweepConfig":
+        """From flat keywords, as the command line gives them: teacher, task, limit and max_length go to the
+        extract template, the stages' epochs, lrs and batch sizes to the train template, device to both."""
+        return build(cls, settings, strict="sweep")
+
     def epochs(self, task_name: str) -> tuple[int, int]:
         from ..runtime.schedules import default_schedules
 
         schedules = default_schedules(task_name)
-        return (self.hsk_epochs or schedules["hsk"].epochs, self.pred_epochs or schedules["pred"].epochs)
+        return (self.train.hsk_epochs or schedules["hsk"].epochs, self.train.pred_epochs or schedules["pred"].epochs)
 
 
 def configurations_for(level: float, student_layers: int, max_length: int, tolerance: float = 0.1,
@@ -196,7 +245,7 @@ def obtain_store(config: SweepConfig, compression: Compression, path: Path, max_
     """The store of one point: reused when complete, sliced from a source store it nests in (a cover
     store, or full HSK for points that keep every token; no teacher run), else extracted (or resumed)."""
     from ..errors import StoreError
-    from ..stages.extract import ExtractConfig, extract
+    from ..stages.extract import extract
     from ..store import store_state
 
     if store_state(str(path))[0] == "complete":
@@ -215,25 +264,21 @@ def obtain_store(config: SweepConfig, compression: Compression, path: Path, max_
             slice_store(source_path, str(path), depth=compression.depth, length=compression.length,
                         width=compression.width, overwrite=True)
             return str(path)
-    extract(ExtractConfig(teacher=config.teacher, task=config.task, output=str(path), compression=compression,
-                          max_length=max_length, limit=config.limit, data_seed=data_seed, device=config.device,
-                          **config.extract_options), progress=False)
+    extract(replace(config.extract, output=str(path), compression=compression, max_length=max_length,
+                    data_seed=data_seed), progress=False)
     return str(path)
 
 
 def _train(config: SweepConfig, store: str, student: str, output: Path, seed: int, stages, **overrides) -> dict:
     """One training run, or its saved metrics when it already finished (resumable sweeps)."""
-    from ..stages.train import TrainConfig, train
+    from ..stages.train import train
 
     metrics = output / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text()) | {"reused": True}
-    schedule = dict(hsk_epochs=config.hsk_epochs, pred_epochs=config.pred_epochs, hsk_lr=config.hsk_lr,
-                    pred_lr=config.pred_lr, hsk_batch_size=config.hsk_batch_size,
-                    pred_batch_size=config.pred_batch_size) | overrides
     started = time.perf_counter()
-    result = train(TrainConfig(store=store, student=student, output=str(output), stages=tuple(stages), seed=seed,
-                               device=config.device, **schedule), progress=False)
+    result = train(replace(config.train, store=store, student=student, output=str(output), stages=tuple(stages),
+                           seed=seed, **overrides), progress=False)
     result["seconds"] = time.perf_counter() - started
     metrics.write_text(json.dumps(result, indent=2))
     shutil.rmtree(output / "checkpoint", ignore_errors=True)  # only a resume needs it; the best student stays
@@ -280,8 +325,9 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     from ..store.report import store_info
 
     out = Path(config.output)
-    max_length = config.max_length or teacher_max_length(config.teacher)
-    data_seed = teacher_data_seed(config.teacher) if config.data_seed is None else config.data_seed
+    teacher = config.extract.teacher
+    max_length = config.extract.max_length or teacher_max_length(teacher)
+    data_seed = teacher_data_seed(teacher) if config.data_seed is None else config.data_seed
     points = plan(config, max_length)
     hsk_points = [p for p in points if p.kind != "pred"]
     grid = list(config.pred_lr_grid) if config.pred_baseline else []
@@ -297,7 +343,7 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     # The teacher runs once per cover store; every point that nests in one is sliced from it, and points
     # that keep every token are sliced from the full-HSK store.
     sources = []
-    for i, covering in enumerate(cover_compressions(hsk_points, config.teacher, max_length)):
+    for i, covering in enumerate(cover_compressions(hsk_points, teacher, max_length)):
         name = "cover.zarr" if i == 0 else f"cover-{i + 1}.zarr"
         sources.append(obtain_store(config, covering, out / "stores" / name, max_length, data_seed))
     full = [p for p in hsk_points if p.kind == "full"]
@@ -317,7 +363,7 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     if student == "rosita":  # one initial student for every point and seed: only the HSK differs
         student = str(out / "student")
         if not any((Path(student) / name).is_file() for name in ("student.json", "config.json")):  # a rerun reuses it
-            build_student("rosita", student, teacher=config.teacher, store=first_store,
+            build_student("rosita", student, teacher=teacher, store=first_store,
                           importance_examples=config.importance_examples, device="cpu", progress=False)
     rows = []
     point_grid = list(config.point_lr_grid)
@@ -342,7 +388,8 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     summary = _summarise(rows)
     files = _write_results(out, rows, summary)
     try:
-        files["plot"] = str(plot_sweep(summary, out / "sweep.png", title=f"{config.task}: dev {rows[0]['metric']}"))
+        title = f"{config.extract.task or teacher}: dev {rows[0]['metric']}"
+        files["plot"] = str(plot_sweep(summary, out / "sweep.png", title=title))
     except ImportError:
         files["plot"] = None
         if echo:
@@ -350,10 +397,20 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     return {"points": [p.key for p in points], "rows": rows, "summary": summary, "files": files}
 
 
-# What finished runs depend on: a rerun may add points, levels or seeds, but not change these.
-_RECIPE = ("teacher", "task", "student", "student_layers", "pred_lr_grid", "point_lr_grid", "hsk_epochs", "pred_epochs", "hsk_lr",
-           "pred_lr", "hsk_batch_size", "pred_batch_size", "limit", "max_length", "data_seed", "importance_examples",
-           "extract_options")
+# What finished runs depend on: a rerun may add points, levels or seeds, but not change these: the sweep's own
+# fields below, and the templates' but for what the sweep sets per store or run (or that changes no result).
+_RECIPE = ("student", "student_layers", "pred_lr_grid", "point_lr_grid", "data_seed", "importance_examples")
+_PER_STORE = ("output", "compression", "data_seed", "device", "overwrite", "storage_options")
+_PER_RUN = ("store", "student", "output", "stages", "seed", "device", "overwrite", "resume", "storage_options")
+
+
+def _recipe(config: dict) -> dict:
+    """A sweep.json config as one flat dict, the form sweep.json had before the templates (still read)."""
+    if "extract" not in config:
+        return config
+    flat = {k: v for k, v in config["extract"].items() if k not in _PER_STORE}
+    flat |= {f"train.{k}" if k in flat else k: v for k, v in config["train"].items() if k not in _PER_RUN}
+    return flat | {k: config[k] for k in _RECIPE if k in config}
 
 
 def _check_recipe(out: Path, config: SweepConfig) -> None:
@@ -361,9 +418,9 @@ def _check_recipe(out: Path, config: SweepConfig) -> None:
     saved = out / "sweep.json"
     if not saved.is_file():
         return
-    old = json.loads(saved.read_text()).get("config", {})
-    new = json.loads(json.dumps(asdict(config), default=str))
-    diffs = [f"{k}: {old.get(k)!r} then, {new[k]!r} now" for k in _RECIPE if old.get(k) != new[k]]
+    old = _recipe(json.loads(saved.read_text()).get("config", {}))
+    new = _recipe(json.loads(json.dumps(asdict(config), default=str)))
+    diffs = [f"{k}: {old[k]!r} then, {v!r} now" for k, v in new.items() if k in old and old[k] != v]
     if diffs:
         raise ConfigError(f"{out} holds a sweep with another recipe ({'; '.join(diffs[:3])}): use another --output, "
                           "or the same options to resume it")

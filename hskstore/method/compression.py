@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ConfigError
-from .strategies import LENGTH, WIDTH, WidthStrategy
+from ..options import option
+from .strategies import LENGTH, WIDTH, WidthStrategy, length_choices, width_choices
 
 __all__ = [
     "Compression",
@@ -15,9 +16,11 @@ __all__ = [
     "default_l_top",
     "SCORE_KINDS",
     "SCORE_LAYERS",
+    "parse_count",
+    "parse_width",
 ]
 
-SCORE_KINDS = ("softmax", "logits")      # post-softmax attention (paper text) or pre-softmax q.k/sqrt(h) (code)
+SCORE_KINDS = ("logits", "softmax")      # pre-softmax q.k/sqrt(h) (code, the default) or post-softmax (paper text)
 SCORE_LAYERS = ("uniform", "same")       # score from layer g(l, L) ("Att (L_top=L)"), or the stored layer g(l, L_top)
 VALUE_DTYPES = ("float16", "float32")
 
@@ -29,6 +32,26 @@ def strict_from_dict(cls, data: dict, what: str):
     if unknown:
         raise ConfigError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(known)}")
     return cls(**data)
+
+
+def parse_count(text: str) -> int | None:
+    """N^D or N^L as the command line writes it: a whole count, or 'all' (None)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number or 'all', got {text!r}") from None
+
+
+def parse_width(text: str) -> float | int | None:
+    """N^W as the command line writes it: 'all', a fraction with a decimal point (0.1, 1.0) or a whole count (38, 1)."""
+    if text == "all":
+        return None
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        raise ValueError(f"expected a count (38), a fraction of d (0.1) or 'all', got {text!r}") from None
 
 
 def layer_mapping(student_layers: int, l_top: int) -> list[int]:
@@ -45,18 +68,24 @@ def default_l_top(teacher_layers: int) -> int:
 class Compression:
     """What a store keeps. `None` means "all" along that dimension (full HSK)."""
 
-    depth: int | None = 1               # N^D: student layers distilled, counted from the top (None: all L'+1)
-    length: int | None = 9              # N^L: tokens kept per layer (None: every token, strategy `all`)
-    width: float | int | None = 0.1     # N^W: count, or fraction of d when < 1 (None or 1.0: all d)
-    student_layers: int = 3             # L': student depth the layer mapping is made for
-    l_top: int | None = None            # teacher layer paired with the student's top layer (None: round(10L/12))
-    length_strategy: str = "att-nosep"  # att-nosep | att | left | all
-    score_layer: str = "uniform"        # uniform: attention of layer g(l, L); same: of the stored layer
-    score_kind: str = "logits"          # logits (pre-softmax, the default: docs/results.md) | softmax
-    width_strategy: str = "mag"         # mag | uniform | rand
-    width_seed: int = 0                 # seed of the static `rand` mask
-    value_dtype: str = "float16"        # dtype of the stored kept activations
-    value_bits: int | None = None       # float16 mantissa bits kept (lossy, 1..9); None keeps all 10
+    depth: int | None = option(1, "N^D: top student layers kept, or 'all'.", parse=parse_count)  # None: all L'+1
+    length: int | None = option(9, "N^L: tokens kept per layer, or 'all'.", parse=parse_count)  # None: strategy `all`
+    width: float | int | None = option(            # a count, or a fraction of d when < 1 (None or 1.0: all d)
+        0.1, "N^W: activations kept, a count or fraction of d, or 'all'.", parse=parse_width)
+    student_layers: int = option(3, "L': student depth the layer mapping is for.")
+    l_top: int | None = option(None, "Teacher layer for the student's top layer.", default_text="round(10L/12)")
+    length_strategy: str = option("att-nosep", "How the N^L tokens are ranked (docs/method.md).",
+                                  choices=length_choices)
+    score_layer: str = option("uniform", "Rank tokens with the attention of layer g(l, L) (uniform) or of the "
+                              "stored layer (same).", choices=SCORE_LAYERS)
+    score_kind: str = option("logits", "Average pre-softmax scores (released code; ahead over 3 seeds, "
+                             "docs/results.md) or post-softmax attention (the paper's text).", choices=SCORE_KINDS)
+    width_strategy: str = option("mag", "How the N^W activations are chosen (docs/method.md).",
+                                 choices=width_choices)
+    width_seed: int = option(0, "Seed of the static `rand` width mask.")
+    value_dtype: str = option("float16", "dtype of the stored activations.", choices=VALUE_DTYPES)
+    value_bits: int | None = option(None, "Lossy: keep this many of float16's 10 mantissa bits (7: ~0.4% error, "
+                                    "smaller store).", default_text="exact")
 
     def __post_init__(self):
         problems = []

@@ -5,10 +5,10 @@ B batch, T tokens, d_S student width, d teacher width, D stored layers, n token 
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
-from .select import gather_tokens
+if TYPE_CHECKING:  # torch is imported where it is used: `hskstore train --help` reads HSK_LOSSES
+    import torch
 
 __all__ = ["HSK_LOSSES", "hsk_loss", "soft_cross_entropy", "prediction_loss"]
 
@@ -30,6 +30,8 @@ def hsk_loss(student_hidden: list[torch.Tensor], positions: torch.Tensor, target
     Returns:
         scalar loss.
     """
+    from .select import gather_tokens
+
     total = targets.new_zeros(())
     d = targets.shape[-1]
     for layer, hidden in enumerate(student_hidden):
@@ -52,6 +54,8 @@ def hsk_loss(student_hidden: list[torch.Tensor], positions: torch.Tensor, target
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """-(softmax(t/T) * log_softmax(s/T)).sum(-1).mean(); logits (B, C)."""
+    import torch.nn.functional as F
+
     targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
     return -(targets * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
 
@@ -59,6 +63,8 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 def prediction_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
                     temperature: float = 1.0) -> torch.Tensor:
     """Soft cross-entropy to the teacher's logits; regression (C = 1) uses MSE to the gold label."""
+    import torch.nn.functional as F
+
     if student_logits.shape[-1] == 1:
         return F.mse_loss(student_logits.float().squeeze(-1), labels.float())
     return soft_cross_entropy(student_logits, teacher_logits, temperature)

@@ -14,7 +14,7 @@ import json
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..version import __version__
-from ..method.compression import Compression
+from ..configs.extract import ExtractConfig
 from ..runtime import distributed
 from ..runtime.device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
 from ..errors import ConfigError, ModelError
@@ -85,45 +85,6 @@ def teacher_task(teacher: str) -> dict | None:
     if ref is None:
         return None
     return {**ref, "name": spec.get("name"), "label_names": spec.get("label_names")}
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    teacher: str                          # fine-tuned teacher directory (transformers format)
-    task: str | None                      # GLUE name, "tweets", a file or saved dataset; None: the teacher's
-    output: str                           # store: a directory, an .h5 file, or a URL (s3://bucket/x.zarr)
-    compression: Compression = field(default_factory=Compression)
-    max_length: int | None = None         # None: the teacher's fine-tuning max length, else 128
-    batch_size: int | None = None         # rows per teacher batch; None: by tokens (batch_tokens)
-    batch_tokens: int | None = None       # padded tokens per batch; None: 32768 on GPU/mps, 8192 on CPU
-    chunk_rows: int = 4096                # rows per store chunk (docs/storage-notes.md: <= 1024 reads slowly)
-    splits: tuple[str, ...] = ("train", "validation")
-    limit: int | None = None              # cap examples per split (see hskstore.data.tasks.load_task)
-    data_seed: int = 0                    # train/validation split and `limit` subset: keep the teacher's
-    device: str = "auto"
-    overwrite: bool = False
-    task_options: dict = field(default_factory=dict)  # text_columns, label_column, data_dir... (load_task)
-    allow_task_mismatch: bool = False     # extract another task than the teacher's recorded one
-    storage_options: dict = field(default_factory=dict)  # fsspec options for URL outputs (endpoint_url, ...)
-
-    def __post_init__(self):
-        problems = []
-        if self.chunk_rows < 1:
-            problems.append(f"chunk_rows must be >= 1, got {self.chunk_rows}")
-        if self.batch_size is not None and self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.batch_tokens is not None and self.batch_tokens < 1:
-            problems.append(f"batch_tokens must be >= 1, got {self.batch_tokens}")
-        if self.max_length is not None and not 2 <= self.max_length <= 512:
-            problems.append(f"max_length must be in 2..512, got {self.max_length}")
-        if self.limit is not None and self.limit < 1:
-            problems.append(f"limit must be >= 1 (or None for every example), got {self.limit}")
-        if not 0 <= self.data_seed < 2**32:
-            problems.append(f"data_seed must be in 0..2**32-1 (a numpy seed), got {self.data_seed}")
-        if not self.splits:
-            problems.append("splits must name at least one split")
-        if problems:
-            raise ConfigError(problems)
 
 
 class _ChunkWriter:

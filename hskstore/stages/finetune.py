@@ -13,13 +13,12 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..method.compression import strict_from_dict
+from ..configs.finetune import FinetuneConfig
 from ..data.tasks import TaskSpec, absolute_task_ref, load_task, tokenize
 from ..runtime.device import precision_for, resolve_device
 from ..errors import ConfigError
@@ -34,92 +33,6 @@ from ..models.teacher import (check_bert_family, check_max_length, check_tokeniz
 __all__ = ["FinetuneConfig", "finetune", "evaluate", "TEACHER_INFO_FILE"]
 
 TEACHER_INFO_FILE = "hskstore_teacher.json"
-KEEP = ("best", "last")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    model: str                             # BERT checkpoint directory (or hub name when online)
-    task: str                              # GLUE name, "tweets", or a .csv/.tsv/.jsonl path
-    output: str                            # directory the teacher is written to
-    max_length: int = 64                   # tokens per example, [CLS]/[SEP] included
-    batch_size: int = 32
-    epochs: int = 3
-    lr: float = 1e-4                       # peak AdamW LR; MiniLM-L6, 2000 tweets, 1 epoch: 0.726 dev acc vs 0.666 at 5e-5
-    warmup_fraction: float = 0.1           # share of steps with linear warm-up, then linear decay to 0
-    weight_decay: float = 0.01             # not applied to biases and LayerNorm weights
-    max_grad_norm: float = 1.0
-    limit: int | None = None               # examples kept: `limit` train, limit // 4 validation
-    seed: int = 0                          # model init, dropout and batch order (the split uses data_seed)
-    data_seed: int = 0                     # train/validation split and `limit` subset; keep it for all stages
-    device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    keep: str = "best"                     # best: epoch with the best validation metric; last: final epoch
-    text_columns: tuple[str, ...] | None = None   # file tasks: text column(s), default ("text",)
-    label_column: str | None = None        # file tasks: default "label"
-    label_names: tuple[str, ...] | None = None    # file tasks: class names; () means regression
-    validation_file: str | None = None     # file tasks: a separate validation file
-    validation_fraction: float = 0.1       # tweets and file tasks: held-out share
-    data_dir: str | None = None            # GLUE names: the GLUE folder, a save_to_disk dir, or a cached hub id
-    task_name: str | None = None           # file tasks: the task's name (default: the file's stem)
-    metric: str | None = None              # file tasks: accuracy | f1 | matthews | pearson_spearman
-    resume: bool = True                    # continue from output/checkpoint (written every epoch) when it matches
-    overwrite: bool = False                # replace an existing teacher in output
-
-    def __post_init__(self):
-        problems = []
-        for name in ("max_length", "batch_size", "epochs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if isinstance(self.max_length, int) and self.max_length < 4:
-            problems.append(f"max_length must leave room for [CLS], text and [SEP]: expected >= 4, got {self.max_length}")
-        if not self.lr > 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup_fraction < 1:
-            problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not self.max_grad_norm > 0:
-            problems.append(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-        for name in ("seed", "data_seed"):  # numpy and torch generators take 0..2**32-1
-            if not isinstance(getattr(self, name), int) or not 0 <= getattr(self, name) < 2**32:
-                problems.append(f"{name} must be an integer in 0..2**32-1, got {getattr(self, name)!r}")
-        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
-            problems.append(f"limit must be a positive integer or None, got {self.limit!r}")
-        if self.keep not in KEEP:
-            problems.append(f"keep must be one of {list(KEEP)}, got {self.keep!r}")
-        if not (self.device in ("auto", "cpu", "mps") or str(self.device).startswith("cuda")):
-            problems.append(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        if not 0 < self.validation_fraction < 1:
-            problems.append(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        if problems:
-            raise ConfigError(problems)
-        for name in ("model", "task", "output", "validation_file", "data_dir"):  # Paths become str: the config goes to JSON
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, str(getattr(self, name)))
-        for name in ("text_columns", "label_names"):  # lists from JSON/CLI become tuples: frozen and hashable
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-            elif isinstance(value, str):
-                object.__setattr__(self, name, (value,))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FinetuneConfig":
-        return strict_from_dict(cls, data, "finetune")
-
-    def task_options(self) -> dict:
-        """Keyword arguments for `load_task` that reproduce this run's task and split."""
-        return {"limit": self.limit, "seed": self.data_seed, **self.task_source()}
-
-    def task_source(self) -> dict:
-        """The `load_task` options that name the data (not the subset): recorded for later stages."""
-        return {"text_columns": self.text_columns, "label_column": self.label_column,
-                "label_names": self.label_names, "validation_file": self.validation_file,
-                "validation_fraction": self.validation_fraction, "data_dir": self.data_dir,
-                "task_name": self.task_name, "metric": self.metric}
 
 
 def finetune(config: FinetuneConfig, progress: bool = True) -> dict:

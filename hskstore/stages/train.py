@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 import weakref
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,82 +26,22 @@ from tqdm.auto import tqdm
 
 from ..data.metrics import compute_metrics, primary_metric
 from ..errors import ConfigError, StoreError
-from ..method.losses import HSK_LOSSES, hsk_loss, prediction_loss
+from ..configs.train import STAGES, TrainConfig
+from ..method.losses import hsk_loss, prediction_loss
 from ..models.student import load_student, read_student_meta, save_student
 from ..runtime import distributed
 from ..runtime.checkpoint import load_weights, read_state, recover, restore_optimizer, resumable, save_checkpoint
 from ..runtime.device import describe_device, precision_for
 from ..runtime.outputs import check_output_dir
 from ..runtime.preflight import check_writable
-from ..runtime.schedules import StageSchedule, default_schedules
+from ..runtime.schedules import StageSchedule
 from ..store import normalize_location, open_store
 from ..store.stream import DeviceBatch, Prefetcher, StoreStream, keep_numpy, to_device
 from ..store.targets import targets_for
 
 __all__ = ["TrainConfig", "Trainer", "train", "store_identity", "STAGES"]
 
-STAGES = ("hsk", "pred")
 LOG_EVERY = 20  # steps between reads of the loss: each read waits for the accelerator to catch up
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    store: str                          # store written by `hskstore extract`: directory, .h5 file or URL
-    student: str                        # student directory written by `hskstore student`
-    output: str                         # run directory: checkpoint/, student/, metrics.json
-    teacher: str | None = None          # online mode: run this teacher in the loop instead of reading HSK
-    stages: tuple[str, ...] = STAGES    # hsk, pred, or both in that order
-    hsk_epochs: int | None = None       # None: the paper's per-task schedule (schedules.py)
-    hsk_lr: float | None = None
-    hsk_batch_size: int | None = None
-    pred_epochs: int | None = None
-    pred_lr: float | None = None
-    pred_batch_size: int | None = None
-    hsk_loss: str = "masked-zero"       # masked-zero | kept
-    temperature: float = 1.0            # prediction-stage soft cross-entropy temperature
-    weight_decay: float = 0.0
-    max_steps: int | None = None        # cap per stage (smoke runs, benchmarks)
-    device: str = "auto"
-    amp: bool = True                    # CUDA: bf16 autocast (capability >= 8.0) or fp16 + GradScaler; CPU/mps: fp32
-    seed: int = 0
-    num_workers: int = 0                # DataLoader workers reading the store
-    eval_batch_size: int = 128
-    resume: bool = True                 # continue from output/checkpoint when it matches this run
-    overwrite: bool = False             # replace an existing run in output (when not resuming it)
-    storage_options: dict = field(default_factory=dict)  # fsspec options for a store URL (endpoint_url, ...)
-
-    def __post_init__(self):
-        problems = []
-        if not self.stages or any(s not in STAGES for s in self.stages) or list(self.stages) != sorted(
-                self.stages, key=STAGES.index):
-            problems.append(f"stages must be a non-empty ordered subset of {list(STAGES)}, got {list(self.stages)}")
-        if self.hsk_loss not in HSK_LOSSES:
-            problems.append(f"hsk_loss must be one of {list(HSK_LOSSES)}, got {self.hsk_loss!r}")
-        for name in ("hsk_epochs", "pred_epochs", "hsk_batch_size", "pred_batch_size", "max_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"{name} must be >= 1, got {value}")
-        for name in ("hsk_lr", "pred_lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                problems.append(f"{name} must be > 0, got {value}")
-        if self.temperature <= 0:
-            problems.append(f"temperature must be > 0, got {self.temperature}")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.num_workers < 0:
-            problems.append(f"num_workers must be >= 0 (0 reads in the main process), got {self.num_workers}")
-        if not 0 <= self.seed < 2**32:
-            problems.append(f"seed must be in 0..2**32-1, got {self.seed}")
-        if self.eval_batch_size < 1:
-            problems.append(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        if problems:
-            raise ConfigError(problems)
-
-    def schedule(self, stage: str, task: str) -> StageSchedule:
-        default = default_schedules(task)[stage]
-        overrides = {k: getattr(self, f"{stage}_{k}") for k in ("epochs", "lr", "batch_size")}
-        return replace(default, **{k: v for k, v in overrides.items() if v is not None})
 
 
 class Trainer:

@@ -18,7 +18,7 @@ def test_levels_draw_triples_within_ten_percent_as_the_paper_does():
 
 
 def test_a_plan_lists_points_levels_then_both_baselines():
-    config = SweepConfig(teacher="t", task="tweets", output="o", points=((1, 9, 0.1),), levels=(3.0,), per_level=2)
+    config = SweepConfig.of(teacher="t", task="tweets", output="o", points=((1, 9, 0.1),), levels=(3.0,), per_level=2)
     points = plan(config, max_length=32)
     assert [p.kind for p in points] == ["hsk", "hsk", "hsk", "full", "pred"]
     assert points[0].key == "hsk-1-9-0.1" and points[3].compression.length is None
@@ -27,7 +27,7 @@ def test_a_plan_lists_points_levels_then_both_baselines():
 
 def test_a_sweep_needs_points_or_levels():
     with pytest.raises(ConfigError, match="at least one point"):
-        SweepConfig(teacher="t", task="tweets", output="o")
+        SweepConfig.of(teacher="t", task="tweets", output="o")
 
 
 @pytest.mark.slow
@@ -87,22 +87,29 @@ def test_a_rerun_with_another_recipe_is_refused_before_any_work(tiny_teacher, tm
 
     from hskstore.experiments.sweep import sweep
 
-    config = SweepConfig(teacher=tiny_teacher, task="tweets", output=str(tmp_path / "s"), points=((1, 3, 0.25),),
-                         hsk_epochs=1)
+    config = SweepConfig.of(teacher=tiny_teacher, task="tweets", output=str(tmp_path / "s"), points=((1, 3, 0.25),),
+                            hsk_epochs=1)
     (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "sweep.json").write_text(json.dumps({"config": asdict(config) | {"hsk_epochs": 2}}))
+    saved = asdict(config)
+    saved["train"]["hsk_epochs"] = 2
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({"config": saved}))
+    with pytest.raises(ConfigError, match="another recipe.*hsk_epochs: 2 then, 1 now"):
+        sweep(config)
+    # A sweep.json written before the templates (one flat config) is held to the same recipe.
+    flat = {"teacher": tiny_teacher, "task": "tweets", "hsk_epochs": 2, "limit": None, "extract_options": {}}
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({"config": flat}))
     with pytest.raises(ConfigError, match="another recipe.*hsk_epochs: 2 then, 1 now"):
         sweep(config)
     assert not (tmp_path / "s" / "stores").exists()
 
 
 def test_a_point_may_change_strategies_and_the_hsk_loss_and_keep_every_token():
-    from hskstore.cli import _point
+    from hskstore.experiments.sweep import parse_point as _point
 
     entry = _point("1,9,0.1,width_strategy=rand,l_top=4,hsk_loss=kept")
     assert entry == (1, 9, 0.1, {"width_strategy": "rand", "l_top": 4, "hsk_loss": "kept"})
-    config = SweepConfig(teacher="t", task="tweets", output="o", points=(entry, (1, 9, 0.1, {"l_top": 4}),
-                                                                         _point("2,all,all")))
+    config = SweepConfig.of(teacher="t", task="tweets", output="o", points=(entry, (1, 9, 0.1, {"l_top": 4}),
+                                                                            _point("2,all,all")))
     varied, base, deep = plan(config, max_length=32)[:3]
     assert varied.key == "hsk-1-9-0.1+hsk_loss=kept+l_top=4+width_strategy=rand"
     assert varied.compression.width_strategy == "rand" and varied.compression.l_top == 4
@@ -110,9 +117,9 @@ def test_a_point_may_change_strategies_and_the_hsk_loss_and_keep_every_token():
     assert base.store_key == "hsk-1-9-0.1+l_top=4" and varied.store_key != base.store_key
     assert deep.key == "hsk-2-all-all" and deep.compression.length_strategy == "all"
     with pytest.raises(ConfigError, match="unknown point options.*'lr'"):
-        SweepConfig(teacher="t", task="tweets", output="o", points=((1, 9, 0.1, {"lr": 1}),))
+        SweepConfig.of(teacher="t", task="tweets", output="o", points=((1, 9, 0.1, {"lr": 1}),))
     with pytest.raises(ConfigError, match="points repeat"):
-        plan(SweepConfig(teacher="t", task="tweets", output="o", points=((1, 9, 0.1), (1, 9, 0.1))), 32)
+        plan(SweepConfig.of(teacher="t", task="tweets", output="o", points=((1, 9, 0.1), (1, 9, 0.1))), 32)
 
 
 @pytest.mark.slow
