@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..runtime import distributed
-from ..runtime.device import describe_device, precision_for
+from ..runtime.device import describe_device, inference_precision, precision_for
 from ..errors import ConfigError, StoreError
 from ..method.losses import HSK_LOSSES, hsk_loss, prediction_loss
 from ..data.metrics import compute_metrics, primary_metric
@@ -102,12 +102,13 @@ class TrainConfig:
 
 class Trainer:
     def __init__(self, config: TrainConfig, progress: bool = True):
-        self._check_output(config)  # before the store and student load
         self.config = config
         self.progress = progress
         # Under torchrun: this rank, its device (cuda:LOCAL_RANK) and an open process group.
         self.world, self.device = distributed.setup(config.device)
-        check_writable(config.output)  # before the store and the student load, not when the first file is saved
+        # Before the store and student load; by rank 0 alone (--overwrite deletes), the others wait for it.
+        distributed.run_on_main(self.world, "preparing the output",
+                                lambda: (self._check_output(config), check_writable(config.output)))
         self.store = open_store(config.store, storage_options=config.storage_options)
         self.resolved = self.store.resolved
         self.task = self.store.task
@@ -215,8 +216,7 @@ class Trainer:
     @torch.no_grad()
     def _online_targets(self, batch: DeviceBatch) -> DeviceBatch:
         # The teacher runs exactly as extraction runs it: float16 autocast on CUDA, float32 on CPU.
-        teacher_autocast = dict(device_type=self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
-        with torch.autocast(**teacher_autocast):
+        with inference_precision(self.device.type).autocast(self.device):
             out, selection = self._selector.run(self.teacher, batch.input_ids, batch.attention_mask,
                                                 batch.token_type_ids)
         fixed_mask = self._selector.fixed_mask
@@ -329,7 +329,9 @@ class Trainer:
         optimizer = self.optimizer(stage, schedule.lr)
         scaler = self.precision.scaler(self.device)
         if state.get("stage") == stage and state.get("optimizer"):
-            load_optimizer(optimizer, state.pop("optimizer"))
+            checkpoint = state.pop("optimizer")  # read by rank 0, its state sent to the others
+            distributed.run_on_main(world, "loading the optimizer", lambda: load_optimizer(optimizer, checkpoint))
+            distributed.share_state(optimizer, world)
         if state.get("stage") == stage and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])  # fp16: resume at the learned loss scale, not 2**16 again
         start_epoch = state.get("epoch", 0) if state.get("stage") == stage else 0
@@ -405,7 +407,11 @@ class Trainer:
         main = self.world.is_main
         if main:
             self.output.mkdir(parents=True, exist_ok=True)
-        state = self._maybe_resume()
+        # Rank 0 alone reads the checkpoint (another machine may not see --output); every rank resumes as it does.
+        state = distributed.run_on_main(self.world, "reading the checkpoint", self._maybe_resume)
+        self.history = distributed.broadcast_object(self.history, self.world)
+        for part in (self.student, self.projection):
+            distributed.share_state(part, self.world)
         done = state.get("stages_done", [])
         for stage in self.config.stages:
             if stage in done:
@@ -477,9 +483,8 @@ class Trainer:
 
         checkpoint = self.output / "checkpoint"
         old = self.output / "checkpoint.old"
-        if self.world.is_main and not checkpoint.exists() and (old / "state.json").is_file():
+        if not checkpoint.exists() and (old / "state.json").is_file():
             old.rename(checkpoint)  # a crash between the two renames of _save_checkpoint: the old one stands
-        distributed.barrier(self.world)
         if not (self.config.resume and (checkpoint / "state.json").is_file()):
             return {}
         state = json.loads((checkpoint / "state.json").read_text())
