@@ -3,7 +3,8 @@
     python benchmarks/gpu.py [--teacher DIR] [--examples 4096] [--compare-rows 512] [--skip-tests]
     python benchmarks/gpu.py --dry-run      # the CPU at a tiny size: checks this script, measures nothing
 
-1. Runs the GPU tests (`pytest tests/runtime/test_gpu.py`: CUDA against the CPU with a fine-tuned MiniLM).
+1. Runs the GPU tests (`pytest tests/runtime/test_gpu.py`: CUDA against the CPU with a fine-tuned MiniLM;
+   the dry run only collects them).
 2. Extracts --examples tweets on CUDA, and on the CPU a seeded subset of them (--compare-rows; `limit`
    subsets nest, so every CPU row is a GPU row, matched by its tokens). Compares token positions and
    masks (the fraction equal: float16 can swap near-ties), the teacher's logits, and the values where both
@@ -53,17 +54,20 @@ def sizes(dry_run: bool) -> dict:
                 warmup=3, batch_size=64, student_layers=3)
 
 
-def run_gpu_tests(timeout: int) -> dict:
-    """tests/runtime/test_gpu.py in a fresh process; the counts from pytest's summary line."""
+def run_gpu_tests(timeout: int, collect_only: bool = False) -> dict:
+    """tests/runtime/test_gpu.py in a fresh process (or only collected); the counts from pytest's summary line."""
     started = time.perf_counter()
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/runtime/test_gpu.py"]
+    if collect_only:
+        command.append("--collect-only")
     try:
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"command": " ".join(command[1:]), "returncode": None, "timed_out": True, "ok": False,
                 "seconds": time.perf_counter() - started}
     tail = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)", tail)}
+    counts = {kind.split()[-1]: int(n) for n, kind in
+              re.findall(r"(\d+) (passed|failed|skipped|errors?|tests? collected)", tail)}
     return {"command": " ".join(command[1:]), "returncode": result.returncode, "summary": tail, "counts": counts,
             "ok": result.returncode == 0, "seconds": time.perf_counter() - started,
             "output_tail": (result.stdout + result.stderr)[-4000:] if result.returncode else ""}
@@ -118,17 +122,18 @@ def compare_stores(accelerated: str, reference: str) -> dict:
     return out
 
 
-def plain_inference(teacher, size, device, batch_tokens, limit) -> float:
-    """Examples/s of logits-only inference over the extraction's own chunks and batches."""
+def plain_inference(teacher, size, device, batch_tokens, limit, store) -> float:
+    """Examples/s of logits-only inference over the extraction's own chunks, batches and precision."""
     from hskstore.data.tasks import load_task, tokenize
     from hskstore.models.teacher import load_teacher, load_tokenizer
-    from hskstore.runtime.device import inference_precision_for
+    from hskstore.runtime.device import autocast
     from hskstore.stages.extract import batch_bounds
+    from hskstore.store import open_store
 
     task = load_task("tweets", limit=limit)
     encoded = tokenize(load_tokenizer(teacher), task.split("train"), task.spec, size["max_length"])
     model, _ = load_teacher(teacher, device=device)
-    precision = inference_precision_for(device)
+    dtype = torch.float16 if open_store(store).attrs["precision"] == "fp16-autocast" else None  # as extracted
     n, chunk = len(encoded["lengths"]), size["chunk_rows"]
 
     def run() -> float:
@@ -144,7 +149,7 @@ def plain_inference(teacher, size, device, batch_tokens, limit) -> float:
                 width = int(encoded["lengths"][batch_rows].max())
                 batch = {k: torch.from_numpy(encoded[k][batch_rows, :width]).to(device)
                          for k in ("input_ids", "attention_mask", "token_type_ids")}
-                with torch.inference_mode(), precision.autocast(device):
+                with torch.inference_mode(), autocast(device, dtype):
                     logits.append(model(**batch).logits.float())
             torch.cat(logits).cpu()
         return n / (time.perf_counter() - started)
@@ -171,7 +176,8 @@ def main(argv=None) -> int:
     from hskstore.experiments.bench import time_steps
     from hskstore.experiments.demo import build_student
     from hskstore.method.compression import Compression
-    from hskstore.runtime.device import describe_device, inference_precision_for, precision_for
+    from hskstore.runtime.device import describe_device, precision_for
+    from hskstore.store import open_store
 
     if not args.dry_run and not torch.cuda.is_available():
         print("error: no CUDA device here: run this on a GPU machine, or pass --dry-run to check the script",
@@ -189,10 +195,11 @@ def main(argv=None) -> int:
         print(f"{name}: {phases[name]} s", flush=True)
 
     result = {"dry_run": args.dry_run, "device": describe_device(device), "sizes": size,
-              "training_precision": precision_for(device).name, "inference_precision": inference_precision_for(device).name}
+              "training_precision": precision_for(device).name}
 
     started = time.perf_counter()
-    result["tests"] = {"skipped": True, "ok": True} if args.skip_tests else run_gpu_tests(timeout=BUDGET_S // 2)
+    result["tests"] = ({"skipped": True, "ok": True} if args.skip_tests
+                       else run_gpu_tests(timeout=BUDGET_S // 2, collect_only=args.dry_run))
     phase("gpu tests", started)
 
     started = time.perf_counter()
@@ -211,11 +218,12 @@ def main(argv=None) -> int:
                                 compression, batch_tokens)
         rates.append(summary["examples_per_second"])
     extract_store(teacher, stores["reference"], "cpu", size["compare_rows"], size, compression, 8192)
+    result["inference_precision"] = open_store(str(stores["accelerated"])).attrs["precision"]  # as extracted
     result["comparison"] = compare_stores(str(stores["accelerated"]), str(stores["reference"]))
     phase("extract and compare", started)
 
     started = time.perf_counter()
-    plain = plain_inference(teacher, size, device, batch_tokens, size["examples"])
+    plain = plain_inference(teacher, size, device, batch_tokens, size["examples"], str(stores["accelerated"]))
     result["extraction"] = {"examples": size["examples"], "batch_tokens": batch_tokens,
                             "extract_examples_per_second": rates, "median_extract": statistics.median(rates),
                             "median_plain": plain, "extract_over_plain": statistics.median(rates) / plain}

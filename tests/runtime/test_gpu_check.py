@@ -30,10 +30,9 @@ def test_the_dry_run_goes_through_every_step_of_the_gpu_check_and_writes_its_rep
     report = json.loads(out.read_text())
     assert report["dry_run"] and report["ok"] and report["device"] == "cpu"
     assert report["training_precision"] == report["inference_precision"] == "fp32"
-    tests = report["tests"]
-    assert tests["returncode"] == 0 and tests["command"].endswith("tests/runtime/test_gpu.py")
-    if not torch.cuda.is_available():
-        assert tests["counts"].get("skipped", 0) >= 4 and "failed" not in tests["counts"]  # skipped, none failed
+    tests = report["tests"]  # the dry run collects the GPU tests, it does not run them
+    assert tests["returncode"] == 0 and "tests/runtime/test_gpu.py" in tests["command"]
+    assert tests["counts"]["collected"] >= 4
     # The CPU against itself: every compared row is found and agrees exactly.
     comparison = report["comparison"]
     assert comparison["rows_compared"] == report["sizes"]["compare_rows"] and comparison["rows_unmatched"] == 0
