@@ -252,8 +252,8 @@ def main(argv=None) -> int:
     c, e, t = result["comparison"], result["extraction"], result["training"]
     print(f"\n{result['device']}: tests {'ok' if result['tests']['ok'] else 'FAILED'}"
           f" ({result['tests'].get('summary', 'skipped')})")
-    print(f"{device.type.upper()} vs CPU on {c['rows_compared']} rows: positions {c.get('positions_equal', 0):.4f} equal, masks "
-          f"{c.get('masks_equal', 0):.4f}, argmax {c.get('argmax_equal', 0):.4f}, value error (99.9%) "
+    print(f"{device.type.upper()} vs CPU on {c['rows_compared']} rows: positions {c.get('positions_equal', 0):.4f} "
+          f"equal, masks {c.get('masks_equal', 0):.4f}, argmax {c.get('argmax_equal', 0):.4f}, value error (99.9%) "
           f"{c.get('value_error_q999', float('nan')):.2e}: {'ok' if c['ok'] else 'FAILED'}")
     print(f"extraction {e['median_extract']:.0f} ex/s, plain inference {e['median_plain']:.0f} ex/s: "
           f"{e['extract_over_plain']:.3f}")

@@ -34,7 +34,8 @@ def main():
 
     # 1. broadcast_object: rank 0's value, int keys, tuples, paths and tensors of every kind included.
     value = {"epoch": 3, 7: (1.5, None, True), "path": Path("/x/checkpoint"), "n": np.int64(4),
-             "t": torch.arange(6, dtype=torch.float32).reshape(2, 3), "h": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
+             "t": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+             "h": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
              "b": torch.tensor([True, False, True]), "step": torch.tensor(5.0), "empty": torch.zeros(0, 4)}
     mine = value if world.is_main else {"something": "else"}
     got = distributed.broadcast_object(mine, world)

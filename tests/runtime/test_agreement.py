@@ -23,7 +23,7 @@ PROBE = Path(__file__).with_name("_agreement_probe.py")
 PROBE_TIMEOUT_S = 5
 
 
-def test_the_collective_timeout_defaults_to_two_hours_not_ncclS_ten_minutes():
+def test_the_collective_timeout_defaults_to_two_hours_instead_of_nccls_ten_minutes():
     assert collective_timeout({}) == datetime.timedelta(seconds=DEFAULT_TIMEOUT_S) == datetime.timedelta(hours=2)
     assert collective_timeout({TIMEOUT_ENV: "86400"}) == datetime.timedelta(days=1)
     assert collective_timeout({TIMEOUT_ENV: "90.5"}) == datetime.timedelta(seconds=90.5)
@@ -83,7 +83,8 @@ def test_every_rank_receives_rank_0s_object_without_pickle(ranks):
     assert got is not None, result.stderr[-3000:]
     assert got == seen[0]["broadcast"]
     assert got["keys"] == sorted(map(repr, ["epoch", 7, "path", "n", "t", "h", "b", "step", "empty"]))
-    assert got["tuple"] == [1.5, None, True] and got["path"] == "/x/checkpoint" and got["n"] == [4, "int"]  # numpy ints arrive as ints
+    assert got["tuple"] == [1.5, None, True] and got["path"] == "/x/checkpoint"
+    assert got["n"] == [4, "int"]  # a numpy int arrives as an int
     assert got["tensors_equal"] and got["empty_shape"] == [0, 4]
 
 

@@ -85,7 +85,8 @@ def test_a_failing_rank_stops_every_rank_with_a_one_line_error(tiny_teacher, tmp
     assert result.returncode != 0
     assert time.time() - float((probe / "raised-at").read_text()) < 60, "ranks waited for a timeout"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: rank 1 failed at extracting its chunks; its error is printed above"], result.stderr[-3000:]
+    expected = "error: rank 1 failed at extracting its chunks; its error is printed above"
+    assert errors == [expected], result.stderr[-3000:]
     assert "CUDA out of memory (simulated" in result.stderr
     assert time.time() - started < 200
 
