@@ -1,26 +1,55 @@
-"""torchrun entry point for the 2-process tests: the real `hskstore` CLI, with a recorder and a crash patched in.
+"""torchrun entry point for the 2-process tests: the real `hskstore` CLI, with a recorder and a fault patched in.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/_torchrun_probe.py \
-        PROBE_DIR CRASH_AT hskstore-args...
+        PROBE_DIR FAULT hskstore-args...
 
 Every rank appends the rows of each training batch it stages to PROBE_DIR/rows-rank{R}.jsonl; rank 0
 writes the training history with its per-step losses to PROBE_DIR/history.json at every checkpoint.
-With CRASH_AT > 0, rank 1 dies (os._exit, like a killed process: no cleanup) after its CRASH_AT-th
-written chunk (extract) or training step (train).
+
+FAULT says what goes wrong on rank 1:
+- `0`: nothing;
+- `N` (N > 0): rank 1 dies (os._exit, like a killed process: no cleanup) after its N-th written chunk
+  (extract) or training step (train);
+- `raise:N`: rank 1's N-th teacher batch raises an out-of-memory error (extract), the time of it in
+  PROBE_DIR/raised-at; rank 1 then lingers before exiting, as a rank on another machine would, whose
+  death torchrun's agent on this machine does not see: the other ranks must learn of it themselves.
+
+With HSKSTORE_PROBE_NODE_LOCAL=1 in the environment, rank R > 0 gets `--output X.rank{R}`: the output
+of a machine-local directory, which rank 0's files never reach.
 """
 
 import json
 import os
 import sys
+import time
+import traceback
 from pathlib import Path
+
+LINGER_S = 120
+
+
+def _node_local(args: list[str], rank: int) -> list[str]:
+    if rank == 0 or os.environ.get("HSKSTORE_PROBE_NODE_LOCAL") != "1":
+        return args
+    out = list(args)
+    at = out.index("--output") + 1
+    out[at] = f"{out[at]}.rank{rank}"
+    return out
 
 
 def main():
-    probe, crash_at, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    probe, fault, args = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
     rank = int(os.environ.get("RANK", 0))
+    args = _node_local(args, rank)
     probe.mkdir(parents=True, exist_ok=True)
-    counts = {"chunks": 0, "steps": 0}
+    raising = fault.startswith("raise:")
+    crash_at = 0 if raising else int(fault)
+    raise_at = int(fault.split(":", 1)[1]) if raising else 0
+    counts = {"chunks": 0, "steps": 0, "batches": 0}
 
+    import torch
+
+    from hskstore.method.select import Selector
     from hskstore.store.base import StoreWriter
     from hskstore.stages.train import Trainer
 
@@ -34,6 +63,16 @@ def main():
     def crashing_write_chunk(self, *a, **k):
         write_chunk(self, *a, **k)
         die_at("chunks")
+
+    run = Selector.run
+
+    def raising_run(self, *a, **k):
+        counts["batches"] += 1
+        if raise_at and rank == 1 and counts["batches"] == raise_at:
+            (probe / "raised-at").write_text(repr(time.time()))
+            out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+            raise out_of_memory("CUDA out of memory (simulated by tests/_torchrun_probe.py)")
+        return run(self, *a, **k)
 
     stage_batch, train_step, save_checkpoint = Trainer._stage_batch, Trainer._train_step, Trainer._save_checkpoint
 
@@ -52,13 +91,21 @@ def main():
         (probe / "history.json").write_text(json.dumps(self.history))
 
     StoreWriter.write_chunk = crashing_write_chunk
+    Selector.run = raising_run
     Trainer._stage_batch = recording_stage_batch
     Trainer._train_step = crashing_train_step
     Trainer._save_checkpoint = recording_save_checkpoint
 
     from hskstore.cli import cli
 
-    cli(args=args, prog_name="hskstore")
+    try:
+        cli(args=args, prog_name="hskstore")
+    except BaseException:
+        if raising and rank == 1:
+            traceback.print_exc()
+            sys.stderr.flush()
+            time.sleep(LINGER_S)
+        raise
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from ..version import __version__
 from ..configs.extract import ExtractConfig
 from ..runtime import distributed
 from ..runtime.device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
+from ..runtime.device import non_blocking_for
 from ..errors import ConfigError, ModelError
 from ..method.select import Selector, pack_bits, round_mantissa
 from ..store import StoreWriter, array_specs, root_attributes
@@ -154,11 +155,11 @@ def _teacher_chunk(model, selector, encoded, rows, batching, device, compression
     order = np.argsort(-lengths, kind="stable")      # longest first: dynamic padding wastes little
     pieces = {"logits": [], "positions": [], "values": [], "masks": []}
     precision = inference_precision(device.type)
-    accelerated = device.type != "cpu"
     for start, stop in batch_bounds(lengths[order], *batching):
         batch_rows = rows[order[start:stop]]
         width = int(encoded["lengths"][batch_rows].max())
-        batch = {name: torch.from_numpy(encoded[name][batch_rows, :width]).to(device, non_blocking=True)
+        batch = {name: torch.from_numpy(encoded[name][batch_rows, :width])  # a fresh slice: pageable
+                 .to(device, non_blocking=non_blocking_for(device, pinned=False))
                  for name in ("input_ids", "attention_mask", "token_type_ids")}
         with torch.inference_mode(), precision.autocast(device):
             out, selection = selector.run(model, **batch)
@@ -168,10 +169,10 @@ def _teacher_chunk(model, selector, encoded, rows, batching, device, compression
         produced = {"logits": out.logits.float(), "positions": selection.positions.to(torch.int16), "values": values}
         if selection.mask is not None:
             produced["masks"] = pack_bits(selection.mask)
-        # Each batch leaves the accelerator as it is produced (into pinned memory, without waiting), so
-        # device memory holds one batch, not a whole chunk (8-32 GB for --full with a BERT-base teacher).
+        # Each batch leaves the accelerator as it is produced (on CUDA into memory torch pins, without
+        # waiting), so device memory holds one batch, not a whole chunk (8-32 GB for --full with BERT-base).
         for name, tensor in produced.items():
-            pieces[name].append(tensor.to("cpu", non_blocking=accelerated))
+            pieces[name].append(tensor.to("cpu", non_blocking=non_blocking_for(device, pinned=True)))
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the copies above were queued: wait once per chunk, not per batch
     elif device.type == "mps":
@@ -359,8 +360,9 @@ def _run(config: ExtractConfig, plan: _Plan, transaction: StoreTransaction, prog
         bar = tqdm(total=remaining, unit="ex", desc=f"extract{f' rank {world.rank}' if world.distributed else ''}",
                    disable=not progress, smoothing=0.1, position=world.rank if world.distributed else None)
         try:
-            for split in config.splits:
-                for k in todo[split]:
+            # Ranks meet after every chunk: an error on one (out of memory...) stops all of them at once.
+            with distributed.Lockstep(world, "extracting its chunks", device) as lockstep:
+                for split, k in lockstep.each([(s, k) for s in config.splits for k in todo[s]]):
                     rows = np.arange(k * chunk_rows, min((k + 1) * chunk_rows, sizes[split]))
                     arrays = _teacher_chunk(plan.model, plan.selector, plan.encoded[split], rows - plan.offset[split],
                                             plan.batching, device, config.compression)

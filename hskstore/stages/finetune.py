@@ -7,7 +7,6 @@ and how the teacher was made so later stages can load the same task and split.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -20,7 +19,7 @@ import torch
 
 from ..configs.finetune import FinetuneConfig
 from ..data.tasks import TaskSpec, absolute_task_ref, load_task, tokenize
-from ..runtime.device import precision_for, resolve_device
+from ..runtime.device import autocast, precision_for, resolve_device
 from ..errors import ConfigError
 from ..data.metrics import compute_metrics, primary_metric
 from ..runtime.outputs import check_output_dir
@@ -202,9 +201,7 @@ def _mixed_precision(device: torch.device):
 
 
 def _autocast(device: torch.device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return autocast(device, dtype)  # no autocast object at all in fp32 (runtime.device.autocast)
 
 
 def _set_label_names(model, spec: TaskSpec) -> None:

@@ -48,12 +48,13 @@ class Trainer:
     """Setup in `__init__`; `train()` runs the stages, `step` and `loss_on` are one batch (bench, checks)."""
 
     def __init__(self, config: TrainConfig, progress: bool = True):
-        _check_output(config)  # before the store and student load
         self.config = config
         self.progress = progress
         # Under torchrun: this rank, its device (cuda:LOCAL_RANK) and an open process group.
         self.world, self.device = distributed.setup(config.device)
-        check_writable(config.output)  # before the store and the student load, not when the first file is saved
+        # Before the store and student load; by rank 0 alone (--overwrite deletes), the others wait for it.
+        distributed.run_on_main(self.world, "preparing the output",
+                                lambda: (_check_output(config), check_writable(config.output)))
         self.store = open_store(config.store, storage_options=config.storage_options)
         self.resolved = self.store.resolved
         self.task = self.store.task
@@ -208,7 +209,11 @@ class Trainer:
         main = self.world.is_main
         if main:
             self.output.mkdir(parents=True, exist_ok=True)
-        state = self._resume()
+        # Rank 0 alone reads the checkpoint (another machine may not see --output); every rank resumes as it does.
+        state = distributed.run_on_main(self.world, "reading the checkpoint", self._resume)
+        self.history = distributed.broadcast_object(self.history, self.world)
+        for part in (self.student, self.projection):
+            distributed.share_state(part, self.world)
         done = state.get("stages_done", [])
         for stage in self.config.stages:
             if stage in done:
@@ -235,8 +240,13 @@ class Trainer:
         total = min(sum(epoch_steps), self.config.max_steps or sum(epoch_steps))
         optimizer = self.optimizer(stage, schedule.lr)
         resumed = state if state.get("stage") == stage else {}  # the checkpoint was written inside this stage
-        if resumed:
-            restore_optimizer(self.checkpoint, optimizer, self.scaler_for(optimizer), resumed.get("scaler"))
+        if resumed:  # read by rank 0, its state sent to the others
+            scaler = self.scaler_for(optimizer)
+            distributed.run_on_main(self.world, "loading the optimizer",
+                                    lambda: restore_optimizer(self.checkpoint, optimizer, scaler, resumed.get("scaler")))
+            distributed.share_state(optimizer, self.world)
+            if resumed.get("scaler") and not self.world.is_main:
+                scaler.load_state_dict(resumed["scaler"])
         step, best = resumed.get("step", 0), state.get("best")
         self._ddp = self._distributed_loss(stage)
         for epoch in range(resumed.get("epoch", 0), schedule.epochs):
@@ -381,10 +391,11 @@ class Trainer:
                         write=lambda tmp: save_student(self.student, tmp / "student"))
 
     def _resume(self) -> dict:
-        """The state of this run's checkpoint with its weights loaded into the student and P; {} without one."""
-        if self.world.is_main:
-            recover(self.checkpoint)  # a crash between the renames of a checkpoint swap: the old one stands
-        distributed.barrier(self.world)
+        """The state of this run's checkpoint with its weights loaded into the student and P; {} without one.
+
+        Rank 0 alone calls it (through `distributed.run_on_main`): the checkpoint is on its disk.
+        """
+        recover(self.checkpoint)  # a crash between the renames of a checkpoint swap: the old one stands
         if not (self.config.resume and (self.checkpoint / "state.json").is_file()):
             return {}
         state = read_state(self.checkpoint, self._run_key(), self._different_run)

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import StoreError
 from ..method.select import Selector, full_width
+from ..runtime.device import inference_precision
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, to_device
 
 __all__ = ["Targets", "OfflineTargets", "OnlineTargets", "targets_for"]
@@ -101,7 +102,7 @@ class OnlineTargets:
     @torch.no_grad()
     def __call__(self, batch: DeviceBatch) -> DeviceBatch:
         # The teacher runs exactly as extraction runs it: float16 autocast on CUDA, float32 on the CPU.
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+        with inference_precision(self.device.type).autocast(self.device):
             out, selection = self.selector.run(self.teacher, batch.input_ids, batch.attention_mask,
                                                batch.token_type_ids)
         fixed = None if self.selector.fixed_mask is None else self.selector.fixed_mask.to(self.device)

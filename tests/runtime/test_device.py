@@ -1,9 +1,14 @@
 """Device and precision choices, with the hardware as an input: what a CUDA box, a Mac or a laptop gets."""
 
+import ast
+import contextlib
+from pathlib import Path
+
 import pytest
 import torch
 
-from hskstore.runtime.device import inference_precision, pick_device, training_precision
+from hskstore.runtime.device import (FP32, autocast, inference_precision, non_blocking_for, pick_device,
+                                     training_precision)
 from hskstore.runtime.distributed import World, rank_device, world_from_env
 from hskstore.errors import ConfigError
 
@@ -32,13 +37,22 @@ def test_named_devices_are_checked_against_the_machine():
     ((8, 0), torch.bfloat16, False),   # A100: native bf16 from here on
     ((8, 6), torch.bfloat16, False),   # RTX 30xx / A10
     ((7, 5), torch.float16, True),     # T4: bf16 only emulated, slower than fp32
-    ((7, 0), torch.float16, True),     # V100
-    ((6, 1), torch.float16, True),
+    ((7, 0), torch.float16, True),     # V100: fp16 from here on (tensor cores)
+    ((6, 1), None, False),             # P40, P4, GTX 10xx: fp16 at 1/64 of the fp32 rate
+    ((6, 0), None, False),
 ])
-def test_training_uses_bf16_only_from_capability_8_else_fp16_with_a_grad_scaler(capability, expected, scaler):
+def test_training_uses_bf16_from_capability_8_fp16_with_a_grad_scaler_from_7_and_fp32_below(
+        capability, expected, scaler):
     precision = training_precision("cuda", capability, amp=True)
     assert precision.autocast_dtype == expected
     assert precision.grad_scaler is scaler
+    assert precision.name == {torch.bfloat16: "bf16-autocast", torch.float16: "fp16-autocast", None: "fp32"}[expected]
+
+
+@pytest.mark.parametrize("capability, expected", [((8, 0), "fp16-autocast"), ((7, 0), "fp16-autocast"),
+                                                  ((6, 1), "fp32"), (None, "fp16-autocast")])
+def test_the_teacher_runs_in_fp16_from_capability_7_and_fp32_below(capability, expected):
+    assert inference_precision("cuda", capability).name == expected
 
 
 @pytest.mark.parametrize("device_type", ["cpu", "mps"])
@@ -74,3 +88,72 @@ def test_the_world_comes_from_torchruns_environment():
     assert world_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == World(3, 4, 1)
     with pytest.raises(ConfigError, match="inconsistent"):
         world_from_env({"RANK": "4", "WORLD_SIZE": "4"})
+
+
+class _Torch24Autocast:
+    """torch.autocast as torch 2.4 has it on a Mac: `mps` raises even with enabled=False."""
+
+    def __init__(self, device_type, *args, **kwargs):
+        if device_type == "mps":
+            raise RuntimeError("User specified an unsupported autocast device_type 'mps'")
+
+
+def test_fp32_never_builds_an_autocast_so_mps_runs_on_torch_2_4(monkeypatch):
+    monkeypatch.setattr(torch, "autocast", _Torch24Autocast)
+    mps = torch.device("mps")
+    for context in (FP32.autocast(mps), training_precision("mps", None).autocast(mps),
+                    inference_precision("mps").autocast(mps), autocast(mps, None), autocast("cpu", None)):
+        assert isinstance(context, contextlib.nullcontext)
+        with context:
+            pass
+
+
+def test_a_device_without_autocast_on_this_torch_gets_none(monkeypatch):
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: device_type != "mps")
+    assert isinstance(autocast("mps", torch.float16), contextlib.nullcontext)
+    real = autocast("cpu", torch.bfloat16)
+    assert isinstance(real, torch.autocast)
+    with real:
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+@pytest.mark.parametrize("device, pinned, expected", [
+    ("cuda", True, True),       # page-locked host memory: the copy may run while the host goes on
+    ("cuda:1", True, True),
+    ("cuda", False, False),     # pageable: CUDA would stage it synchronously anyway
+    ("mps", True, False),       # mps reads a temporary source after it may have been freed
+    ("mps", False, False),
+    ("cpu", True, False),
+])
+def test_copies_are_asynchronous_only_between_cuda_and_pinned_memory(device, pinned, expected):
+    assert non_blocking_for(torch.device(device), pinned) is expected
+    assert non_blocking_for(device, pinned) is expected
+
+
+PACKAGE = Path(__file__).resolve().parents[2] / "hskstore"
+
+
+def _calls(predicate):
+    """(file, line) of every call in the package that `predicate(call)` flags."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and predicate(node):
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    return found
+
+
+def test_no_copy_in_the_package_is_asynchronous_unconditionally():
+    def literal_true(call):
+        return any(k.arg == "non_blocking" and isinstance(k.value, ast.Constant) and k.value.value is True
+                   for k in call.keywords)
+
+    assert _calls(literal_true) == []
+
+
+def test_only_runtime_device_constructs_an_autocast():
+    def builds_autocast(call):
+        name = ast.unparse(call.func)
+        return name in ("torch.autocast", "torch.amp.autocast", "torch.cuda.amp.autocast", "torch.cpu.amp.autocast")
+
+    assert [where for where in _calls(builds_autocast) if not where.startswith("hskstore/runtime/device.py")] == []

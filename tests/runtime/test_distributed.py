@@ -1,13 +1,15 @@
 """Two CPU processes under torchrun (gloo): sharded extraction and DDP training give the single-process results.
 
 Each test starts `python -m torch.distributed.run --standalone --nproc-per-node 2` on the real CLI
-(tests/_torchrun_probe.py wraps it to record batches and to kill rank 1 at a chosen point).
+(tests/_torchrun_probe.py wraps it to record batches, to kill rank 1 or make it fail at a chosen point,
+and to give rank 1 a machine-local --output).
 """
 
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,11 @@ TINY_EXTRACT = ["--task", "tweets", "--limit", "120", "--chunk-rows", "32", "--d
                 "--width", "0.25", "--student-layers", "2", "--device", "cpu"]  # the tiny_store fixture's options
 
 
-def torchrun(args, probe=None, crash_at=0, timeout=240) -> subprocess.CompletedProcess:
+def torchrun(args, probe=None, crash_at=0, timeout=240, node_local=False) -> subprocess.CompletedProcess:
+    """The CLI under torchrun; `crash_at` is the probe's FAULT; `node_local`: rank 1 writes to --output X.rank1."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               HSKSTORE_PROBE_NODE_LOCAL="1" if node_local else "0")
     target = [str(PROBE), str(probe), str(crash_at)] if probe is not None else ["-m", "hskstore"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *target, *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -69,6 +73,22 @@ def test_a_killed_rank_leaves_a_partial_store_that_a_rerun_finishes_identically(
     assert_same_store(out, tiny_store)
     written = sum(min(32, open_store(out).split(s).num_examples - 32 * k) for s in done for k in done[s])
     assert open_store(out).attrs["summary"]["examples_extracted"] == 150 - written  # resumed, not redone
+
+
+def test_a_failing_rank_stops_every_rank_with_a_one_line_error(tiny_teacher, tmp_path):
+    """Rank 1 runs out of memory at its second chunk and, like a rank on another machine, lingers: rank 0
+    must learn of it from the ranks' own meetings, not from torchrun's agent or the collective timeout."""
+    out, probe = tmp_path / "failed.zarr", tmp_path / "probe"
+    started = time.time()
+    result = torchrun(["extract", "--teacher", tiny_teacher, "--output", str(out), *TINY_EXTRACT],
+                      probe=probe, crash_at="raise:2", timeout=200)
+    assert result.returncode != 0
+    assert time.time() - float((probe / "raised-at").read_text()) < 60, "ranks waited for a timeout"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    expected = "error: rank 1 failed at extracting its chunks; its error is printed above"
+    assert errors == [expected], result.stderr[-3000:]
+    assert "CUDA out of memory (simulated" in result.stderr
+    assert time.time() - started < 200
 
 
 def _no_dropout_student(tiny_student, directory) -> str:
@@ -117,6 +137,7 @@ def _reference_losses(store, student, output, epochs):
 
 
 def test_ddp_training_sees_every_example_once_matches_one_process_and_resumes(tiny_store, tiny_student, tmp_path):
+    """Rank 1's --output is machine-local (run.rank1): only rank 0 sees the checkpoint, and both ranks resume."""
     student = _no_dropout_student(tiny_student, tmp_path / "student")
     run = tmp_path / "run"
     args = ["train", tiny_store, "--student", student, "--output", str(run), "--stages", "hsk", "--hsk-epochs", "2",
@@ -124,7 +145,7 @@ def test_ddp_training_sees_every_example_once_matches_one_process_and_resumes(ti
     reference, trainer = _reference_losses(tiny_store, student, tmp_path / "reference", epochs=2)
     steps = len(reference) // 2  # 120 rows over 2 ranks of 8: 8 steps an epoch (4 chunks of 32, 32, 32, 24 rows)
 
-    first = torchrun(args, probe=tmp_path / "first", crash_at=steps + 2)  # rank 1 dies in epoch 2
+    first = torchrun(args, probe=tmp_path / "first", crash_at=steps + 2, node_local=True)  # rank 1 dies in epoch 2
     assert first.returncode != 0
     history = json.loads((tmp_path / "first" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1]
@@ -133,7 +154,7 @@ def test_ddp_training_sees_every_example_once_matches_one_process_and_resumes(ti
     assert _multiset(rows[0] + rows[1]) == _multiset([everything])  # each example once, over both ranks
     np.testing.assert_allclose(history[0]["step_losses"], reference[:steps], rtol=1e-4)
 
-    second = torchrun(args, probe=tmp_path / "second")  # the same command: resumes at the epoch-1 checkpoint
+    second = torchrun(args, probe=tmp_path / "second", node_local=True)  # the same command: resumes at epoch 1
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = json.loads((tmp_path / "second" / "history.json").read_text())
     assert [h["epoch"] for h in resumed] == [1, 2] and "step_losses" not in resumed[0]  # epoch 1 not redone
@@ -149,6 +170,21 @@ def test_ddp_training_sees_every_example_once_matches_one_process_and_resumes(ti
     saved = load_student(run / "student").state_dict()
     for name, value in trainer.student.state_dict().items():
         torch.testing.assert_close(saved[name], value, rtol=1e-4, atol=1e-6)
+    assert not Path(f"{run}.rank1").exists()  # rank 1 wrote nothing of its own
+
+
+def test_with_overwrite_only_rank_0_deletes_the_old_run(tiny_store, tiny_student, tmp_path):
+    """Each rank's --output holds an old run; rank 1's (machine-local) must survive: rank 0 alone prepares."""
+    run, local = tmp_path / "run", tmp_path / "run.rank1"
+    for old in (run, local):
+        old.mkdir()
+        (old / "metrics.json").write_text('{"old": true}')
+    result = torchrun(["train", tiny_store, "--student", tiny_student, "--output", str(run), "--stages", "hsk",
+                       "--hsk-epochs", "1", "--hsk-batch-size", "16", "--max-steps", "2", "--device", "cpu",
+                       "--overwrite"], probe=tmp_path / "probe", node_local=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["world_size"] == 2
+    assert json.loads((local / "metrics.json").read_text()) == {"old": True}
 
 
 def test_two_processes_extract_into_an_object_store(tiny_teacher, tiny_store, s3_server, s3_bucket_url):
