@@ -12,6 +12,7 @@ written chunk (extract) or training step (train).
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 
@@ -30,10 +31,12 @@ def main():
             os._exit(17)
 
     write_chunk = StoreWriter.write_chunk
+    one_at_a_time = threading.Lock()   # extract writes chunks from several threads: die after exactly CRASH_AT
 
     def crashing_write_chunk(self, *a, **k):
-        write_chunk(self, *a, **k)
-        die_at("chunks")
+        with one_at_a_time:
+            write_chunk(self, *a, **k)
+            die_at("chunks")
 
     stage_batch, train_step, save_checkpoint = Trainer._stage_batch, Trainer._train_step, Trainer._save_checkpoint
 
