@@ -2,8 +2,9 @@
 
 Work is done one store chunk at a time (default 4096 rows): the chunk's examples are sorted by length
 and batched with dynamic padding, the teacher runs (GPU with autocast when present), the selection
-happens on the teacher's device (masks packed there too, so only compressed bytes cross to the host),
-and a background thread compresses and writes the finished chunk while the teacher runs the next one.
+happens on the teacher's device (masks packed there too, so only the selected bytes cross to the host),
+each batch is copied into the chunk's arrays (made once per chunk), and writer threads (one per core
+for Zarr) compress and write finished chunks while the teacher runs the next ones.
 A chunk is recorded only after all its arrays are written, so a rerun resumes where it stopped and
 produces the same bytes an uninterrupted run writes.
 """
