@@ -21,6 +21,7 @@ of a machine-local directory, which rank 0's files never reach.
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -59,10 +60,12 @@ def main():
             os._exit(17)
 
     write_chunk = StoreWriter.write_chunk
+    one_at_a_time = threading.Lock()   # extract writes chunks from several threads: die after exactly CRASH_AT
 
     def crashing_write_chunk(self, *a, **k):
-        write_chunk(self, *a, **k)
-        die_at("chunks")
+        with one_at_a_time:
+            write_chunk(self, *a, **k)
+            die_at("chunks")
 
     run = Selector.run
 

@@ -289,6 +289,17 @@ class Selector:
         self.width = compression.width_rule
         self._layers, self._num_heads = encoder_layers, num_heads
         self.fixed_mask = compression.static_mask(resolved)      # (d,) bool, static width strategies only
+        self._fixed_on: dict[str, torch.Tensor] = {}
+
+    def fixed_mask_on(self, device: torch.device | str) -> torch.Tensor | None:
+        """The static width mask on `device`, copied once per device: a new copy each step would miss
+        `mask_index`'s cache (keyed by the mask object) and make the device count its bits every step."""
+        if self.fixed_mask is None:
+            return None
+        key = str(device)
+        if key not in self._fixed_on:
+            self._fixed_on[key] = self.fixed_mask.to(device)
+        return self._fixed_on[key]
 
     def recording(self):
         """A context manager yielding the [CLS]-row recorder, or None when the strategy needs no scores."""

@@ -2,8 +2,9 @@
 
 Work is done one store chunk at a time (default 4096 rows): the chunk's examples are sorted by length
 and batched with dynamic padding, the teacher runs (GPU with autocast when present), the selection
-happens on the teacher's device (masks packed there too, so only compressed bytes cross to the host),
-and a background thread compresses and writes the finished chunk while the teacher runs the next one.
+happens on the teacher's device (masks packed there too, so only the selected bytes cross to the host),
+each batch is copied into the chunk's arrays (made once per chunk), and writer threads (one per core
+for Zarr) compress and write finished chunks while the teacher runs the next ones.
 A chunk is recorded only after all its arrays are written, so a rerun resumes where it stopped and
 produces the same bytes an uninterrupted run writes.
 """
@@ -11,6 +12,7 @@ produces the same bytes an uninterrupted run writes.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -89,14 +91,21 @@ def teacher_task(teacher: str) -> dict | None:
 
 
 class _ChunkWriter:
-    """Background thread that compresses and writes finished chunks while the teacher keeps running."""
+    """Threads that compress and write finished chunks while the teacher keeps running.
 
-    def __init__(self, writer: StoreWriter):
+    Each thread takes whole chunks from one queue (numcodecs releases the GIL while it compresses), so
+    `threads` chunks are encoded at once; a chunk is recorded by the thread that wrote it, after its
+    arrays, so chunks complete out of order and a rerun still resumes exactly (Zarr keeps one object per
+    chunk and per chunk record). HDF5 takes one writer: one thread. The queue holds `threads` chunks."""
+
+    def __init__(self, writer: StoreWriter, threads: int = 1):
         self.writer = writer
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.queue: queue.Queue = queue.Queue(maxsize=max(2, threads))
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="hskstore-writer", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._run, name=f"hskstore-writer-{i}", daemon=True)
+                        for i in range(threads)]
+        for thread in self.threads:
+            thread.start()
 
     def _run(self):
         while True:
@@ -107,26 +116,37 @@ class _ChunkWriter:
                 try:
                     self.writer.write_chunk(*item)
                 except BaseException as exc:  # surfaced in the main thread by put()/close()
-                    self.error = exc
+                    self.error = self.error or exc
 
     def put(self, split: str, index: int, arrays: dict[str, np.ndarray]):
         if self.error:
             raise self.error
         self.queue.put((split, index, arrays))
 
+    def _stop(self):
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
+
     def close(self):
-        self.queue.put(None)
-        self.thread.join()
+        self._stop()
         if self.error:
             raise self.error
 
     def abort(self, reason: BaseException) -> None:
         """Stop after the chunks already queued, when the main loop failed: its error is the one raised;
         a writer error is attached to it as a note, never raised in its place."""
-        self.queue.put(None)
-        self.thread.join()
+        self._stop()
         if self.error is not None and self.error is not reason:
             reason.add_note(f"the store writer had also failed: {type(self.error).__name__}: {self.error}")
+
+
+def writer_threads(config_threads: int | None, parallel_writers: bool) -> int:
+    """Chunk writer threads: as asked, else one per core for a store that takes parallel writers, else 1."""
+    if not parallel_writers:
+        return 1
+    return config_threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _tokenizer_files(tokenizer) -> dict[str, bytes]:
@@ -149,12 +169,37 @@ def batch_bounds(sorted_lengths: np.ndarray, batch_size: int | None, batch_token
     return bounds
 
 
+class _ChunkArrays:
+    """One chunk's arrays, allocated once (on the first batch, whose shapes and dtypes they take) and
+    filled in row order as each batch arrives: no list of batches, concatenation or reordering copy,
+    so host memory holds the chunk once plus a batch or two in flight."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, name: str, where: np.ndarray, data: np.ndarray) -> None:
+        out = self.arrays.get(name)
+        if out is None:
+            out = self.arrays[name] = np.empty((self.rows, *data.shape[1:]), dtype=data.dtype)
+        out[where] = data
+
+
 def _teacher_chunk(model, selector, encoded, rows, batching, device, compression) -> dict[str, np.ndarray]:
     """Run the teacher over the rows of one chunk; return that chunk's arrays in row order."""
     lengths = encoded["lengths"][rows]
     order = np.argsort(-lengths, kind="stable")      # longest first: dynamic padding wastes little
-    pieces = {"logits": [], "positions": [], "values": [], "masks": []}
+    chunk = _ChunkArrays(len(rows))
     precision = inference_precision(device.type)
+    pending = None   # the previous batch's host copies, still in flight on an accelerator
+
+    def land(batch):
+        where, copies, done = batch
+        if done is not None:
+            done.synchronize()
+        for name, tensor in copies.items():
+            chunk.put(name, where, tensor.numpy())
+
     for start, stop in batch_bounds(lengths[order], *batching):
         batch_rows = rows[order[start:stop]]
         width = int(encoded["lengths"][batch_rows].max())
@@ -169,18 +214,22 @@ def _teacher_chunk(model, selector, encoded, rows, batching, device, compression
         produced = {"logits": out.logits.float(), "positions": selection.positions.to(torch.int16), "values": values}
         if selection.mask is not None:
             produced["masks"] = pack_bits(selection.mask)
-        # Each batch leaves the accelerator as it is produced (on CUDA into memory torch pins, without
-        # waiting), so device memory holds one batch, not a whole chunk (8-32 GB for --full with BERT-base).
-        for name, tensor in produced.items():
-            pieces[name].append(tensor.to("cpu", non_blocking=non_blocking_for(device, pinned=True)))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # the copies above were queued: wait once per chunk, not per batch
-    elif device.type == "mps":
-        torch.mps.synchronize()
-    gathered = {name: torch.cat(parts).numpy() for name, parts in pieces.items() if parts}
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    arrays = {name: data[inverse] for name, data in gathered.items()}
+        # Each batch leaves the accelerator as it is produced (into pinned memory, without waiting), so
+        # device memory holds one batch, not a whole chunk (8-32 GB for --full with a BERT-base teacher);
+        # it lands in the chunk's arrays once the next batch is queued, so at most two are in flight.
+        copies = {name: tensor.to("cpu", non_blocking=non_blocking_for(device, pinned=True)) for name, tensor in produced.items()}
+        done = None
+        if device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record()
+        elif device.type == "mps":
+            torch.mps.synchronize()
+        if pending is not None:
+            land(pending)
+        pending = (order[start:stop], copies, done)
+    if pending is not None:
+        land(pending)
+    arrays = chunk.arrays
     arrays["input_ids"] = encoded["input_ids"][rows]
     arrays["token_type_ids"] = encoded["token_type_ids"][rows]
     arrays["lengths"] = lengths
@@ -329,7 +378,7 @@ def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -
     }
     # Batches are padded per batch: the same bytes need the same batching.
     meta["batch_size"], meta["batch_tokens"] = batch_size, batch_tokens
-    specs = array_specs(resolved, compression, identity.vocab_size, spec.num_labels)
+    specs = array_specs(resolved, compression, identity.vocab_size, spec.num_labels, mask_codec=config.mask_codec)
     fixed_mask = selector.fixed_mask
     return _Plan(model=model, selector=selector, tokenizer=tokenizer,
                  attrs=root_attributes(meta, split_sizes, chunk_rows, specs), specs=specs,
@@ -356,7 +405,7 @@ def _run(config: ExtractConfig, plan: _Plan, transaction: StoreTransaction, prog
         todo = {s: [k for k in plan.chunks[s] if k not in writer.chunks_done(s)] for s in config.splits}
         remaining = sum(min(chunk_rows, sizes[s] - k * chunk_rows) for s in todo for k in todo[s])
         started = time.perf_counter()
-        chunk_writer = _ChunkWriter(writer)
+        chunk_writer = _ChunkWriter(writer, writer_threads(config.writer_threads, transaction.backend.parallel_writers))
         bar = tqdm(total=remaining, unit="ex", desc=f"extract{f' rank {world.rank}' if world.distributed else ''}",
                    disable=not progress, smoothing=0.1, position=world.rank if world.distributed else None)
         try:

@@ -22,6 +22,7 @@ __all__ = [
     "BIT_ORDER",
     "RECORD_ARRAY",
     "CODECS",
+    "MASK_CODECS",
     "ArraySpec",
     "array_specs",
     "root_attributes",
@@ -48,11 +49,14 @@ CODECS = {
     "blosc-zstd1-byteshuffle": {"zarr": "blosc(zstd, clevel=1, shuffle, blocksize=1MiB) + crc32c",
                                 "hdf5": "shuffle + gzip(1) + fletcher32"},
     "zstd3": {"zarr": "zstd(3) + crc32c", "hdf5": "gzip(4) + fletcher32"},
-    "zstd1": {"zarr": "zstd(1) + crc32c", "hdf5": "gzip(1) + fletcher32"},   # masks before zstd19; still read
-    # Bitpacked masks: zstd's optimal parser (levels 17+) finds what level 1 leaves, 0.59x instead of 0.64x
-    # at (3, 8, 0.2). Encoding is slow (2-3 MB/s), decoding as fast as level 1's (docs/storage-notes.md).
+    # Bitpacked masks are written with level 1 by default (`MASK_CODECS`, extract's --mask-codec): it keeps
+    # up with a GPU teacher (benchmarks/host_side.py). zstd's optimal parser (levels 17+) finds what level 1
+    # leaves, 0.59x instead of 0.64x at (3, 8, 0.2), but encodes at 2-3 MB/s a core (docs/storage-notes.md).
+    "zstd1": {"zarr": "zstd(1) + crc32c", "hdf5": "gzip(1) + fletcher32"},
     "zstd19": {"zarr": "zstd(19) + crc32c", "hdf5": "gzip(9) + fletcher32"},
 }
+# The codecs a store's masks may be written with, the default first.
+MASK_CODECS = ("zstd1", "zstd3", "zstd19")
 
 # The files `train` may copy out of a store's tokenizer group: a crafted store must not be able to name
 # one `model.safetensors` and overwrite a student's weights.
@@ -72,8 +76,11 @@ class ArraySpec:
     dims: tuple[str, ...] = ()     # dimension names, "example" first (xarray reads them)
 
 
-def array_specs(resolved, compression, vocab_size: int, num_labels: int) -> list[ArraySpec]:
+def array_specs(resolved, compression, vocab_size: int, num_labels: int,
+                mask_codec: str = MASK_CODECS[0]) -> list[ArraySpec]:
     """Every per-example array of a split, with its dtype, codec and dimension names."""
+    if mask_codec not in MASK_CODECS:
+        raise ValueError(f"mask_codec must be one of {MASK_CODECS}, got {mask_codec!r}")
     T, D, n, k = resolved.max_length, resolved.depth, resolved.length, resolved.width
     specs = [
         ArraySpec("input_ids", (T,), "uint16" if vocab_size <= 1 << 16 else "int32", "zstd3", dims=("example", "token")),
@@ -86,7 +93,7 @@ def array_specs(resolved, compression, vocab_size: int, num_labels: int) -> list
                   dims=("example", "layer", "slot", "kept")),
     ]
     if compression.per_vector_masks(resolved):
-        specs.append(ArraySpec("masks", (D, n, resolved.mask_bytes), "uint8", "zstd19",
+        specs.append(ArraySpec("masks", (D, n, resolved.mask_bytes), "uint8", mask_codec,
                                dims=("example", "layer", "slot", "mask_byte")))
     return specs
 

@@ -105,8 +105,7 @@ class OnlineTargets:
         with inference_precision(self.device.type).autocast(self.device):
             out, selection = self.selector.run(self.teacher, batch.input_ids, batch.attention_mask,
                                                batch.token_type_ids)
-        fixed = None if self.selector.fixed_mask is None else self.selector.fixed_mask.to(self.device)
-        targets, mask = full_width(selection.values.float(), selection.mask, fixed)
+        targets, mask = full_width(selection.values.float(), selection.mask, self.selector.fixed_mask_on(self.device))
         return replace(batch, logits=out.logits.float(), positions=selection.positions, targets=targets, mask=mask)
 
 
