@@ -149,7 +149,7 @@ class Hdf5Writer(StoreWriter):
                 dataset.attrs["dimension_names"] = json.dumps(list(spec.dims))
             group.create_dataset(RECORD_ARRAY, shape=(-(-rows // rows_per_chunk),), dtype="uint8", fillvalue=0)
         if static_mask is not None:
-            file.create_dataset("static_mask", data=static_mask)
+            file.create_dataset("static_mask", data=static_mask, chunks=True, fletcher32=True)
         tokenizer = file.create_group("tokenizer")
         for name, data in tokenizer_files.items():
             tokenizer.create_dataset(name, data=np.frombuffer(data, dtype=np.uint8), fletcher32=True,

@@ -118,6 +118,13 @@ def _codecs(codec: str, itemsize: int) -> list:
     return [first, Crc32cCodec()]
 
 
+def _checksum_only() -> list:
+    """No compression, a CRC-32C: a flipped byte of the static mask is found like one of any chunk."""
+    from zarr.codecs import Crc32cCodec
+
+    return [Crc32cCodec()]
+
+
 class _ChunkFileDecoder:
     """Whole chunks of one local array read straight from their files: CRC-32C, then zstd or Blosc, into numpy.
 
@@ -305,7 +312,8 @@ class ZarrWriter(StoreWriter):
             sub.create_array(RECORD_ARRAY, shape=(-(-rows // attrs["chunk_rows"]),), chunks=(1,), dtype="uint8",
                              fill_value=0, compressors=None, dimension_names=("chunk",))
         if static_mask is not None:
-            group.create_array("static_mask", data=static_mask, compressors=None, dimension_names=("mask_byte",))
+            group.create_array("static_mask", data=static_mask, compressors=_checksum_only(),
+                               dimension_names=("mask_byte",))
         tokenizer = group.create_group("tokenizer")
         for name, data in tokenizer_files.items():
             tokenizer.create_array(name, data=np.frombuffer(data, dtype=np.uint8), compressors=_codecs("zstd3", 1),

@@ -215,19 +215,35 @@ class Store(ABC):
     def _v1_chunks_done(self, split: str) -> list[int]:
         raise StoreError(f"{self.location} is a version-1 store, which only the Zarr backend reads")
 
+    def _checked(self, part: str, read):
+        """Read a small root array through its checksum: any decode failure is damage, one line naming it."""
+        try:
+            return read()
+        except StoreError:
+            raise
+        except (ValueError, RuntimeError, OSError, TypeError, KeyError) as exc:
+            raise StoreError(f"{self.location}: the {part} is damaged ({damage_reason(exc)}); "
+                             f"run `hskstore verify {self.location}`, then re-extract the store") from None
+
     def static_mask_packed(self) -> np.ndarray | None:
-        """The static width mask as stored (bitpacked uint8), or None."""
-        return self._root_array("static_mask")
+        """The static width mask as stored (bitpacked uint8, checksum checked), or None."""
+        packed = self._checked("static_mask", lambda: self._root_array("static_mask"))
+        expected = -(-self.resolved.hidden_size // 8)
+        if packed is not None and packed.shape != (expected,):
+            raise StoreError(f"{self.location}: the static_mask is damaged (shape {tuple(packed.shape)}, expected "
+                             f"({expected},)); run `hskstore verify {self.location}`, then re-extract the store")
+        return packed
 
     def static_mask(self) -> np.ndarray | None:
         """(d,) bool static width mask, or None when masks are per vector or absent."""
-        packed = self._root_array("static_mask")
+        packed = self.static_mask_packed()
         if packed is None:
             return None
         return np.unpackbits(packed, count=self.resolved.hidden_size, bitorder="little").astype(bool)
 
     def tokenizer_files(self) -> dict[str, bytes]:
-        return self._tokenizer()
+        """Tokenizer file name -> bytes, each read through its checksum."""
+        return self._checked("tokenizer", self._tokenizer)
 
     def save_tokenizer(self, directory) -> Path:
         """Write the stored tokenizer files, under the tokenizer's own file names only.

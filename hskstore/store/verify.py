@@ -44,8 +44,8 @@ def verify_store(location, storage_options: dict | None = None, max_problems: in
         for part, read in (("tokenizer", store.tokenizer_files), ("static_mask", store.static_mask_packed)):
             try:
                 read()
-            except Exception as exc:  # any decode failure of these small arrays is damage
-                problems.append(f"{part}: {str(exc)[:80]}")
+            except StoreError as exc:  # read through their checksums: any decode failure is damage
+                problems.append(f"{part} {_reason(str(exc))}")
         complete, hint = store.complete, rerun_hint(store.attrs)
     if problems:
         more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
