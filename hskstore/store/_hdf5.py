@@ -53,12 +53,28 @@ def _open(location: str, mode: str):
                          "mid-write the file may be damaged: rerun with --overwrite") from None
 
 
+def _parse_attrs(raw, location: str) -> dict:
+    try:
+        attrs = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"{location}: the store's root attribute '{ATTRS_KEY}' is damaged ({str(exc)[:80]}); "
+                         "the store cannot be read: delete it and re-extract") from None
+    if not isinstance(attrs, dict):
+        raise StoreError(f"{location}: the store's root attribute '{ATTRS_KEY}' is damaged (not an object); "
+                         "the store cannot be read: delete it and re-extract")
+    return attrs
+
+
 def hdf5_read_attrs(location: str) -> dict | None:
     if not os.path.exists(_path(location)):
         return None
     with _open(location, "r") as file:
-        raw = file.attrs.get(ATTRS_KEY)
-        return None if raw is None else json.loads(raw)
+        try:
+            raw = file.attrs.get(ATTRS_KEY)
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise StoreError(f"{location}: the store's root attributes cannot be read ({str(exc)[:80]}); "
+                             "the store cannot be read: delete it and re-extract") from None
+        return None if raw is None else _parse_attrs(raw, location)
 
 
 class Hdf5Store(Store):
@@ -95,6 +111,26 @@ class Hdf5Store(Store):
     def missing_chunk(self, split, name, start, stop):
         return None  # HDF5 allocates chunks inside the file: one cannot go missing alone
 
+    def check_records(self):
+        """Every recorded chunk of every array is allocated in the file (chunk index only, nothing decoded)."""
+        for split in self.splits:
+            done = sorted(self.chunks_done(split))
+            for name in self._array_names(split):
+                dataset = self.file[split][name]
+                if dataset.chunks is None or not done:
+                    continue
+                try:
+                    allocated = {dataset.id.get_chunk_info(i).chunk_offset[0] // dataset.chunks[0]
+                                 for i in range(dataset.id.get_num_chunks())}
+                except (OSError, RuntimeError, ValueError) as exc:
+                    raise StoreError(f"{self.location}: the chunk index of {split}/{name} is damaged "
+                                     f"({damage_reason(exc)}); run `hskstore verify {self.location}`, "
+                                     "then re-extract the store") from None
+                missing = [k for k in done if k not in allocated]
+                if missing:
+                    raise StoreError(f"{self.location}: chunk {missing[0]} of {split}/{name} is missing although "
+                                     f"recorded as written; run `hskstore verify {self.location}`, then re-extract")
+
     def _read(self, split, name, start, stop):
         try:
             return self.file[split][name][start:stop]
@@ -126,7 +162,7 @@ class Hdf5Store(Store):
 
 class Hdf5Writer(StoreWriter):
     def __init__(self, location, file, storage_options=None):
-        super().__init__(location, json.loads(file.attrs[ATTRS_KEY]), storage_options)
+        super().__init__(location, _parse_attrs(file.attrs[ATTRS_KEY], location), storage_options)
         self.file = file
 
     @classmethod
@@ -161,7 +197,7 @@ class Hdf5Writer(StoreWriter):
     @classmethod
     def reopen(cls, location, storage_options=None):
         file = _open(location, "r+")
-        check_format(json.loads(file.attrs[ATTRS_KEY]), location)
+        check_format(_parse_attrs(file.attrs[ATTRS_KEY], location), location)
         return cls(location, file, storage_options)
 
     def _write_array(self, split, name, start, data):
@@ -175,7 +211,7 @@ class Hdf5Writer(StoreWriter):
         return {int(i) for i in np.flatnonzero(self.file[split][RECORD_ARRAY][:])}
 
     def _update_attrs(self, changes, drop=()):
-        attrs = json.loads(self.file.attrs[ATTRS_KEY]) | changes
+        attrs = _parse_attrs(self.file.attrs[ATTRS_KEY], self.location) | changes
         for name in drop:
             attrs.pop(name, None)
         self.file.attrs[ATTRS_KEY] = json.dumps(attrs)

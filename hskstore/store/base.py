@@ -174,6 +174,13 @@ class Store(ABC):
     def nbytes(self) -> dict[str, int]:
         """Bytes on disk: "<split>/<array>" for every array, plus "static_mask", "tokenizer" and "total"."""
 
+    def check_records(self) -> None:
+        """Cheap structural check (`info`): every recorded chunk is present and every metadata parses.
+
+        Raises:
+            StoreError: a recorded chunk absent, or metadata that does not parse; the message points to verify.
+        """
+
     def close(self) -> None:
         """Release file handles (HDF5); a no-op where there are none."""
 

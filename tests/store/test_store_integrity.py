@@ -94,3 +94,65 @@ def test_a_static_mask_is_written_with_a_checksum_on_both_backends(uniform_store
     assert meta["codecs"] == [{"name": "bytes"}, {"name": "crc32c"}]
     with h5py.File(_copy(uniform_store, tmp_path, "hdf5"), "r") as f:
         assert f["static_mask"].fletcher32
+
+
+def _delete_chunk(location: str, split: str, name: str, chunk: int) -> None:
+    """Remove one stored chunk: a file on Zarr; on HDF5, unlink the dataset's chunk from the file's index."""
+    if location.endswith(".h5"):
+        import h5py
+
+        with h5py.File(location, "r+") as f:   # rebuild the array without that chunk: the index no longer has it
+            old = f[split][name]
+            data, rows = old[...], old.chunks[0]
+            kwargs = dict(shape=old.shape, dtype=old.dtype, chunks=old.chunks, fillvalue=old.fillvalue,
+                          fletcher32=old.fletcher32, compression=old.compression, compression_opts=old.compression_opts,
+                          shuffle=old.shuffle)
+            del f[split][name]
+            new = f[split].create_dataset(name, **kwargs)
+            for k in range(-(-len(data) // rows)):
+                if k != chunk:
+                    new[k * rows:(k + 1) * rows] = data[k * rows:(k + 1) * rows]
+        return
+    files = [p for p in (Path(location) / split / name / "c" / str(chunk)).rglob("*") if p.is_file()] \
+        or [Path(location) / split / name / "c" / str(chunk)]
+    files[0].unlink()
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_info_finds_a_deleted_chunk_without_decoding(tiny_store, tmp_path, backend):
+    store = _copy(tiny_store, tmp_path, backend)
+    _delete_chunk(store, "train", "values", 1)
+    _one_error_line(CliRunner().invoke(cli, ["info", store]), "chunk 1 of train/values is missing", "hskstore verify")
+
+
+def test_info_finds_an_array_whose_metadata_does_not_parse(tiny_store, tmp_path):
+    store = _copy(tiny_store, tmp_path, "zarr")
+    meta = Path(store) / "train" / "positions" / "zarr.json"
+    meta.write_text(meta.read_text()[:40])
+    _one_error_line(CliRunner().invoke(cli, ["info", store]), "train/positions/zarr.json is damaged", "hskstore verify")
+    _one_error_line(CliRunner().invoke(cli, ["verify", store]), "train/positions/zarr.json is damaged")
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "train", "slice", "convert", "extract"])
+def test_a_truncated_root_metadata_is_one_line_in_every_command(tiny_store, tiny_student, tiny_teacher, tmp_path,
+                                                               command):
+    store = _copy(tiny_store, tmp_path, "zarr")
+    root = Path(store) / "zarr.json"
+    root.write_text(root.read_text()[:200])
+    args = {"info": ["info", store], "verify": ["verify", store],
+            "train": ["train", store, "--student", tiny_student, "--output", str(tmp_path / "run"), "--device", "cpu",
+                      "--quiet"],
+            "slice": ["slice", store, str(tmp_path / "small.zarr"), "--length", "3"],
+            "convert": ["convert", store, str(tmp_path / "c.h5")],
+            "extract": ["extract", "--teacher", tiny_teacher, "--task", "tweets", "--output", store, "--limit", "120",
+                        "--chunk-rows", "32", "--quiet"]}[command]
+    _one_error_line(CliRunner().invoke(cli, args), "root metadata (zarr.json) is damaged")
+
+
+def test_a_damaged_hdf5_root_attribute_is_one_line(tiny_store, tmp_path):
+    import h5py
+
+    store = _copy(tiny_store, tmp_path, "hdf5")
+    with h5py.File(store, "r+") as f:
+        f.attrs["hskstore"] = f.attrs["hskstore"][:100]
+    _one_error_line(CliRunner().invoke(cli, ["info", store]), "root attribute 'hskstore' is damaged")
