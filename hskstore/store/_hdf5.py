@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
 from ..errors import StoreError
 from .base import Backend, Store, StoreWriter, damage_reason
-from .format import RECORD_ARRAY, ArraySpec, check_format
+from .format import FORMAT_NAME, RECORD_ARRAY, ArraySpec, check_format
 from .location import is_remote, local_path
 
 __all__ = ["Hdf5Store", "Hdf5Writer", "Hdf5Backend", "BACKEND", "is_hdf5", "hdf5_read_attrs", "ATTRS_KEY"]
@@ -71,9 +72,12 @@ def hdf5_read_attrs(location: str) -> dict | None:
     with _open(location, "r") as file:
         try:
             raw = file.attrs.get(ATTRS_KEY)
+            empty = raw is None and not len(file) and not len(file.attrs)
         except (OSError, RuntimeError, KeyError) as exc:
             raise StoreError(f"{location}: the store's root attributes cannot be read ({str(exc)[:80]}); "
                              "the store cannot be read: delete it and re-extract") from None
+        if empty:   # an HDF5 file with nothing in it: a store killed before its attributes (before creation
+            return {"format": FORMAT_NAME}   # was atomic); it holds no data, so a rerun may remake it
         return None if raw is None else _parse_attrs(raw, location)
 
 
@@ -160,6 +164,66 @@ class Hdf5Store(Store):
         return out
 
 
+def creating_path(path: str) -> str:
+    """Where an HDF5 store's layout is built before it is renamed into place."""
+    stem, _, suffix = path.rpartition(".")
+    return f"{stem}.creating.{suffix}"
+
+
+def _write_layout(file, attrs, specs, static_mask, tokenizer_files) -> None:
+    """Root attributes, every dataset at its final size, static mask and tokenizer, then layout_complete."""
+    file.attrs[ATTRS_KEY] = json.dumps(attrs)
+    rows_per_chunk = attrs["chunk_rows"]
+    for split, rows in attrs["splits"].items():
+        group = file.create_group(split)
+        group.attrs["num_examples"] = rows
+        for spec in specs:
+            shape = (rows, *spec.row_shape)
+            chunks = (max(1, min(rows_per_chunk, rows)), *spec.row_shape) if rows else None
+            dataset = group.create_dataset(spec.name, shape=shape, dtype=spec.dtype, chunks=chunks,
+                                           fillvalue=spec.fill_value, fletcher32=bool(rows),
+                                           **(_FILTERS[spec.codec] if rows else {}))
+            dataset.attrs["dimension_names"] = json.dumps(list(spec.dims))
+        group.create_dataset(RECORD_ARRAY, shape=(-(-rows // rows_per_chunk),), dtype="uint8", fillvalue=0)
+    if static_mask is not None:
+        file.create_dataset("static_mask", data=static_mask, chunks=True, fletcher32=True)
+    tokenizer = file.create_group("tokenizer")
+    for name, data in tokenizer_files.items():
+        tokenizer.create_dataset(name, data=np.frombuffer(data, dtype=np.uint8), fletcher32=True,
+                                 chunks=True, compression="gzip", compression_opts=4)
+    file.attrs[ATTRS_KEY] = json.dumps(attrs | {"layout_complete": True})
+    file.flush()
+
+
+_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def _as_os_error(exc: BaseException, path: str) -> BaseException:
+    """HDF5 reports a failed write (disk full, quota, file-size limit) as RuntimeError/OSError text holding
+    `errno = N`: the OSError it was, naming the file, so the CLI prints one line."""
+    if isinstance(exc, StoreError):
+        return exc
+    match = _ERRNO.search(str(exc))
+    if match:
+        return OSError(int(match.group(1)), os.strerror(int(match.group(1))), path)
+    return exc
+
+
+def _close_quietly(file) -> None:
+    try:
+        if file.id.valid:
+            file.close()
+    except (OSError, RuntimeError, ValueError):
+        pass   # the write that failed already said why
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 class Hdf5Writer(StoreWriter):
     def __init__(self, location, file, storage_options=None):
         super().__init__(location, _parse_attrs(file.attrs[ATTRS_KEY], location), storage_options)
@@ -167,32 +231,29 @@ class Hdf5Writer(StoreWriter):
 
     @classmethod
     def create(cls, location, attrs, specs: list[ArraySpec], static_mask, tokenizer_files, storage_options=None):
+        """Build the layout under a temporary name beside the target (`x.creating.h5`) and rename it into place
+        once complete and closed: a kill or a full disk mid-creation never leaves a half-made file at the
+        target (a leftover temporary file is removed by the next create)."""
         path = _path(location)
         if os.path.dirname(os.path.abspath(path)):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        file = _open(location, "w")
-        file.attrs[ATTRS_KEY] = json.dumps(attrs)
-        rows_per_chunk = attrs["chunk_rows"]
-        for split, rows in attrs["splits"].items():
-            group = file.create_group(split)
-            group.attrs["num_examples"] = rows
-            for spec in specs:
-                shape = (rows, *spec.row_shape)
-                chunks = (max(1, min(rows_per_chunk, rows)), *spec.row_shape) if rows else None
-                dataset = group.create_dataset(spec.name, shape=shape, dtype=spec.dtype, chunks=chunks,
-                                               fillvalue=spec.fill_value, fletcher32=bool(rows),
-                                               **(_FILTERS[spec.codec] if rows else {}))
-                dataset.attrs["dimension_names"] = json.dumps(list(spec.dims))
-            group.create_dataset(RECORD_ARRAY, shape=(-(-rows // rows_per_chunk),), dtype="uint8", fillvalue=0)
-        if static_mask is not None:
-            file.create_dataset("static_mask", data=static_mask, chunks=True, fletcher32=True)
-        tokenizer = file.create_group("tokenizer")
-        for name, data in tokenizer_files.items():
-            tokenizer.create_dataset(name, data=np.frombuffer(data, dtype=np.uint8), fletcher32=True,
-                                     chunks=True, compression="gzip", compression_opts=4)
-        writer = cls(location, file, storage_options)
-        writer.set_attrs({"layout_complete": True})
-        return writer
+        building = creating_path(path)
+        if os.path.exists(building):
+            os.remove(building)
+        try:
+            file = _open(building, "w")
+            try:
+                _write_layout(file, attrs, specs, static_mask, tokenizer_files)
+            finally:
+                _close_quietly(file)
+        except (OSError, RuntimeError, ValueError) as exc:
+            _remove_quietly(building)
+            raise _as_os_error(exc, path) from None
+        except BaseException:
+            _remove_quietly(building)
+            raise
+        os.replace(building, path)
+        return cls.reopen(location, storage_options)
 
     @classmethod
     def reopen(cls, location, storage_options=None):
@@ -200,12 +261,28 @@ class Hdf5Writer(StoreWriter):
         check_format(_parse_attrs(file.attrs[ATTRS_KEY], location), location)
         return cls(location, file, storage_options)
 
+    def _guarded(self, write):
+        """A write; one the disk refuses (full, quota, file-size limit) closes the file and raises the OSError.
+        Every chunk record was flushed after its chunk, so a rerun resumes at the first unrecorded chunk."""
+        try:
+            return write()
+        except (OSError, RuntimeError, ValueError) as exc:
+            error = _as_os_error(exc, _path(self.location))
+            if error is not exc:
+                _close_quietly(self.file)
+                raise error from None
+            raise
+
     def _write_array(self, split, name, start, data):
-        self.file[split][name][start:start + len(data)] = data
+        def write():
+            self.file[split][name][start:start + len(data)] = data
+        self._guarded(write)
 
     def _record(self, split, index):
-        self.file[split][RECORD_ARRAY][index] = 1
-        self.file.flush()
+        def record():
+            self.file[split][RECORD_ARRAY][index] = 1
+            self.file.flush()
+        self._guarded(record)
 
     def chunks_done(self, split):
         return {int(i) for i in np.flatnonzero(self.file[split][RECORD_ARRAY][:])}
@@ -214,12 +291,15 @@ class Hdf5Writer(StoreWriter):
         attrs = _parse_attrs(self.file.attrs[ATTRS_KEY], self.location) | changes
         for name in drop:
             attrs.pop(name, None)
-        self.file.attrs[ATTRS_KEY] = json.dumps(attrs)
-        self.file.flush()
+
+        def update():
+            self.file.attrs[ATTRS_KEY] = json.dumps(attrs)
+            self.file.flush()
+        self._guarded(update)
 
     def close(self):
         if self.file.id.valid:
-            self.file.close()
+            self._guarded(self.file.close)
 
 
 class Hdf5Backend(Backend):
