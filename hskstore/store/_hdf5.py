@@ -209,6 +209,75 @@ def _as_os_error(exc: BaseException, path: str) -> BaseException:
     return exc
 
 
+class _GuardedFile:
+    """The file an HDF5 writer writes through (h5py's `fileobj` driver): the first write the disk refuses (full,
+    quota, file-size limit) is kept, and every later write is dropped, so HDF5 never meets a failed write
+    (a failed flush leaves it unable to close the file, and it crashes the interpreter at exit). The writer
+    raises the kept error after the operation; the file keeps what was written before it, the metadata
+    of the last flush, which is the last chunk record."""
+
+    def __init__(self, path: str, create: bool):
+        self.path = path
+        self.raw = open(path, "w+b" if create else "r+b", buffering=0)
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += self.raw.write(view[done:])
+            except OSError as exc:
+                self.error = exc
+        return len(view)
+
+    def truncate(self, size=None):
+        if self.error is None:
+            try:
+                return self.raw.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return size
+
+    def flush(self):
+        if self.error is None:
+            self.raw.flush()
+
+    def read(self, size=-1):
+        return self.raw.read(size)
+
+    def readinto(self, buffer):
+        return self.raw.readinto(buffer)
+
+    def seek(self, offset, whence=0):
+        return self.raw.seek(offset, whence)
+
+    def tell(self):
+        return self.raw.tell()
+
+    def close(self):
+        self.raw.close()
+
+    def raise_kept(self):
+        if self.error is not None:
+            exc = self.error
+            raise OSError(exc.errno, exc.strerror or str(exc), self.path)
+
+
+def _open_for_writing(path: str, create: bool):
+    """(h5py.File, its _GuardedFile) for a writer."""
+    import h5py
+
+    handle = _GuardedFile(path, create)
+    try:
+        return h5py.File(handle, "w" if create else "r+"), handle
+    except OSError as exc:
+        handle.close()
+        raise StoreError(f"cannot open HDF5 store {path} ({exc}); if a run writing it was killed "
+                         "mid-write the file may be damaged: rerun with --overwrite") from None
+
+
 def _close_quietly(file) -> None:
     try:
         if file.id.valid:
@@ -241,14 +310,13 @@ class Hdf5Writer(StoreWriter):
         if os.path.exists(building):
             os.remove(building)
         try:
-            file = _open(building, "w")
+            file, handle = _open_for_writing(building, create=True)
             try:
                 _write_layout(file, attrs, specs, static_mask, tokenizer_files)
             finally:
                 _close_quietly(file)
-        except (OSError, RuntimeError, ValueError) as exc:
-            _remove_quietly(building)
-            raise _as_os_error(exc, path) from None
+                handle.close()
+            handle.raise_kept()
         except BaseException:
             _remove_quietly(building)
             raise
@@ -257,21 +325,34 @@ class Hdf5Writer(StoreWriter):
 
     @classmethod
     def reopen(cls, location, storage_options=None):
-        file = _open(location, "r+")
+        file, handle = _open_for_writing(_path(location), create=False)
         check_format(_parse_attrs(file.attrs[ATTRS_KEY], location), location)
-        return cls(location, file, storage_options)
+        writer = cls(location, file, storage_options)
+        writer._handle = handle
+        return writer
+
+    _handle: _GuardedFile | None = None
 
     def _guarded(self, write):
         """A write; one the disk refuses (full, quota, file-size limit) closes the file and raises the OSError.
         Every chunk record was flushed after its chunk, so a rerun resumes at the first unrecorded chunk."""
         try:
-            return write()
+            result = write()
         except (OSError, RuntimeError, ValueError) as exc:
             error = _as_os_error(exc, _path(self.location))
             if error is not exc:
-                _close_quietly(self.file)
+                self._abandon()
                 raise error from None
             raise
+        if self._handle is not None and self._handle.error is not None:
+            self._abandon()
+            self._handle.raise_kept()
+        return result
+
+    def _abandon(self):
+        _close_quietly(self.file)
+        if self._handle is not None:
+            self._handle.close()
 
     def _write_array(self, split, name, start, data):
         def write():
@@ -300,6 +381,8 @@ class Hdf5Writer(StoreWriter):
     def close(self):
         if self.file.id.valid:
             self._guarded(self.file.close)
+            if self._handle is not None:
+                self._handle.close()
 
 
 class Hdf5Backend(Backend):
