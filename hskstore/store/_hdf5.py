@@ -149,6 +149,9 @@ class Hdf5Store(Store):
     def _root_array(self, name):
         return self.file[name][...] if name in self.file else None
 
+    def _tokenizer_names(self):
+        return list(self.file["tokenizer"])
+
     def _tokenizer(self):
         group = self.file["tokenizer"]
         return {name: group[name][...].tobytes() for name in group}

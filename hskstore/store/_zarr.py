@@ -301,6 +301,9 @@ class ZarrStore(Store):
     def _root_array(self, name: str):
         return self.group[name][...] if name in self.group.array_keys() else None
 
+    def _tokenizer_names(self) -> list[str]:
+        return list(self.group["tokenizer"].array_keys())
+
     def _tokenizer(self) -> dict[str, bytes]:
         tokenizer = self.group["tokenizer"]
         return {name: tokenizer[name][...].tobytes() for name in tokenizer.array_keys()}

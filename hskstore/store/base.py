@@ -9,7 +9,6 @@ written once here: arrays are created at their final size, a chunk is written wh
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -248,6 +247,24 @@ class Store(ABC):
             return None
         return np.unpackbits(packed, count=self.resolved.hidden_size, bitorder="little").astype(bool)
 
+    def _tokenizer_names(self) -> list[str]:
+        """The tokenizer entries' names (no data read); backends answer from their listing."""
+        return list(self._tokenizer())
+
+    def check_tokenizer_names(self, names=None) -> None:
+        """Every tokenizer entry is one of the tokenizer files `save_pretrained` writes (TOKENIZER_FILE_NAMES),
+        checked when the store is opened, before anything trains: a crafted store cannot have a student
+        directory receive `model.safetensors`, `hskstore_teacher.json` or a path.
+
+        Raises:
+            StoreError: the first entry that is not a tokenizer file name.
+        """
+        names = list(self._checked("tokenizer", self._tokenizer_names) if names is None else names)
+        bad = [n for n in names if n not in TOKENIZER_FILE_NAMES]
+        if bad:
+            raise StoreError(f"{self.location} holds a tokenizer entry {bad[0]!r} that is not a tokenizer file name "
+                             f"(one of {sorted(TOKENIZER_FILE_NAMES)}): refusing to read it; re-extract the store")
+
     def tokenizer_files(self) -> dict[str, bytes]:
         """Tokenizer file name -> bytes, each read through its checksum."""
         return self._checked("tokenizer", self._tokenizer)
@@ -259,11 +276,7 @@ class Store(ABC):
             StoreError: an entry named like anything else (`model.safetensors`, `../x`): a crafted store.
         """
         files = self.tokenizer_files()
-        bad = [n for n in files if n not in TOKENIZER_FILE_NAMES and not re.fullmatch(r"[\w.-]+\.(txt|json|model)", n)]
-        bad += [n for n in files if n in ("config.json", "student.json", "task.json") or "/" in n or n.startswith(".")]
-        if bad:
-            raise StoreError(f"{self.location} holds a tokenizer entry {bad[0]!r} that is not a tokenizer file name: "
-                             "refusing to write it; re-extract the store")
+        self.check_tokenizer_names(files)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():

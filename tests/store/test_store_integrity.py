@@ -156,3 +156,27 @@ def test_a_damaged_hdf5_root_attribute_is_one_line(tiny_store, tmp_path):
     with h5py.File(store, "r+") as f:
         f.attrs["hskstore"] = f.attrs["hskstore"][:100]
     _one_error_line(CliRunner().invoke(cli, ["info", store]), "root attribute 'hskstore' is damaged")
+
+
+@pytest.mark.parametrize("entry", ["hskstore_teacher.json", "model.safetensors", "notes.txt"])
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_crafted_tokenizer_entry_is_refused_before_anything_trains(tiny_store, tiny_student, tmp_path, backend,
+                                                                    entry, monkeypatch):
+    import h5py
+    import numpy as np
+    import zarr
+
+    from hskstore.stages import train as train_stage
+
+    store = _copy(tiny_store, tmp_path, backend)
+    if backend == "zarr":
+        group = zarr.open_group(str(Path(store) / "tokenizer"), mode="r+")
+        group.create_array(entry, data=np.frombuffer(b"{}", dtype=np.uint8))
+        zarr.consolidate_metadata(store)
+    else:
+        with h5py.File(store, "r+") as f:
+            f["tokenizer"].create_dataset(entry, data=np.frombuffer(b"{}", dtype=np.uint8))
+    trained = []
+    monkeypatch.setattr(train_stage, "hsk_loss", lambda *a, **k: trained.append(1))   # nothing may train
+    _one_error_line(_train(store, tiny_student, tmp_path / "run"), f"tokenizer entry {entry!r}", "refusing")
+    assert not trained and not (tmp_path / "run" / "student").exists()
