@@ -27,21 +27,37 @@ __all__ = ["main", "cli"]
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
-def _as_os_error(exc: Exception) -> OSError | None:
-    """The OSError behind `exc`, or None. safetensors' Rust writer reports a failed write (a full disk
-    included) as SafetensorError('... I/O error: No space left on device (os error 28)'), not as OSError."""
-    if isinstance(exc, OSError):
-        return exc
-    match = _RUST_OS_ERROR.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
-    return OSError(int(match.group(1)), os.strerror(int(match.group(1)))) if match else None
+def _as_os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`, or None.
+
+    Rust libraries report a failed write as their own exception type holding the io::Error's text:
+    safetensors as SafetensorError('... No space left on device (os error 28)'), tokenizers as a plain
+    Exception('File too large (os error 27)'). Any exception whose text names an `(os error N)` is read as
+    that OSError, and an OSError anywhere in the cause/context chain counts too (a library that wraps it).
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            return exc
+        match = _RUST_OS_ERROR.search(str(exc))
+        if match:
+            return OSError(int(match.group(1)), os.strerror(int(match.group(1))))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+_SPACE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EFBIG: "file too large for this file system or the process's file-size limit"}
 
 
 def _os_error_line(exc: OSError) -> str:
-    """An OSError met while reading or writing (disk full, permissions) as one line naming the file and the fix."""
+    """An OSError met while reading or writing (disk full, quota, file-size limit, permissions) as one line
+    naming the file and the fix."""
     where = f": {exc.filename}" if exc.filename else ""
-    if exc.errno == errno.ENOSPC:
-        return (f"no space left on device{where}; free some space or choose an --output on another disk, then "
-                "rerun (extract and train resume from their last recorded chunk or checkpoint)")
+    if exc.errno in _SPACE_ERRNOS:
+        return (f"{_SPACE_ERRNOS[exc.errno]}{where}; free some space (or raise the limit) or choose an --output "
+                "on another disk, then rerun (extract and train resume from their last recorded chunk or checkpoint)")
     return f"{exc.strerror or exc}{where}; check the path, its permissions and free space, then rerun"
 
 

@@ -197,6 +197,19 @@ def test_a_checkpoint_is_not_resumed_on_a_re_extracted_store(tiny_teacher, tmp_p
     assert json.loads(state)["run"]["store_identity"] != store_identity(open_store(path).attrs)
 
 
+def test_a_checkpoint_is_not_resumed_after_the_initial_student_was_replaced(store, tmp_path):
+    student, run = tmp_path / "student", tmp_path / "run"
+    bert = ("student", "bert", "--store", store, "--output", student, "--layers", 2, "--heads", 2, "--ffn", 32)
+    assert hsk(*bert, "--hidden", 16).exit_code == 0
+    first = hsk("train", store, "--student", student, "--output", run, *TRAIN_OPTS)
+    assert first.exit_code == 0, first.output
+    state = (run / "checkpoint" / "state.json").read_text()
+    assert hsk(*bert, "--hidden", 24, "--overwrite").exit_code == 0   # another student at the same path
+    again = hsk("train", store, "--student", student, "--output", run, *TRAIN_OPTS)
+    assert_one_line_error(again, "initial student", "was replaced", "--no-resume")
+    assert (run / "checkpoint" / "state.json").read_text() == state
+
+
 def test_store_identity_is_the_uuid_when_the_store_has_one():
     attrs = {"uuid": "a1", "created_at": "2026-01-01T00:00:00+00:00", "compression": {"length": 5}}
     assert store_identity(attrs) == {"uuid": "a1"}

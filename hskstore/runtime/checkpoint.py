@@ -88,6 +88,25 @@ def changed_keys(recorded: dict, current: dict) -> list[str]:
     return [k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
 
 
+def fingerprint_files(directory) -> dict[str, str]:
+    """SHA-256 of a model directory's weights and configs (top-level `*.safetensors`, `*.json`), by file name.
+
+    A run key records the initial student's: a student replaced between a killed run and its resume is
+    refused by name, not met as a state_dict size mismatch.
+    """
+    import hashlib
+
+    out = {}
+    for path in sorted(Path(directory).iterdir()) if Path(directory).is_dir() else ():
+        if path.is_file() and path.name.endswith((".safetensors", ".json")):
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            out[path.name] = digest.hexdigest()
+    return out
+
+
 def load_weights(directory: Path, stem: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor] | None:
     """`<stem>.safetensors` of a checkpoint on `device`, or None when the checkpoint has none."""
     from safetensors.torch import load_file

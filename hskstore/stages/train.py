@@ -30,7 +30,7 @@ from ..configs.train import STAGES, TrainConfig
 from ..method.losses import hsk_loss, prediction_loss
 from ..models.student import load_student, read_student_meta, save_student
 from ..runtime import distributed
-from ..runtime.checkpoint import load_weights, read_state, recover, restore_optimizer, resumable, save_checkpoint
+from ..runtime.checkpoint import fingerprint_files, load_weights, read_state, recover, restore_optimizer, resumable, save_checkpoint
 from ..runtime.device import describe_device, precision_for
 from ..runtime.outputs import check_output_dir
 from ..runtime.preflight import check_writable
@@ -61,6 +61,7 @@ class Trainer:
         self._check_student_positions()
         torch.manual_seed(config.seed)
         self.student = load_student(config.student, device=self.device)
+        self._student_fingerprint = fingerprint_files(config.student)   # the initial student, for the run key
         self._check_student()
         d_s, d = self.student.hidden_size, self.resolved.hidden_size
         # P: one projection d_S -> d shared by all layers (TinyBERT); none when the widths agree.
@@ -380,7 +381,8 @@ class Trainer:
                 **({"world_size": self.world.world_size} if self.world.distributed else {}),  # and per rank
                 "schedules": {s: asdict(c.schedule(s, self.task["name"])) for s in c.stages},
                 # The same path can hold another store (re-extracted with --overwrite): compare contents' identity.
-                "store_identity": store_identity(self.store.attrs), "compression": self.store.attrs.get("compression")}
+                "store_identity": store_identity(self.store.attrs), "compression": self.store.attrs.get("compression"),
+                "student_fingerprint": self._student_fingerprint}
 
     def _save_checkpoint(self, state: dict, optimizer) -> None:
         """checkpoint/: student/, projection.safetensors (P as a layer), the optimizer inside a stage, state.json."""
@@ -409,6 +411,8 @@ class Trainer:
     def _different_run(self, changed: list[str], recorded: dict) -> str:
         if recorded and "store_identity" not in recorded:
             why = "written by an hskstore that did not record the store's identity"
+        elif "student_fingerprint" in changed and recorded.get("student_fingerprint"):
+            why = f"the initial student {self.config.student} was replaced since the run started"
         elif {"store_identity", "compression"} & set(changed):
             why = "the store was replaced or re-extracted since"
         else:

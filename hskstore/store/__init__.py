@@ -109,6 +109,11 @@ def open_store(location, allow_incomplete: bool = False, storage_options: dict |
         raise StoreError(f"store {location} was interrupted while its arrays were being created; "
                          f"{rerun_hint(attrs, anew=True)}.")
     store = location.backend.open(location)
+    try:
+        store.check_tokenizer_names()   # before anything trains on, converts or slices a crafted store
+    except StoreError:
+        store.close()
+        raise
     if not store.complete and not allow_incomplete:
         done = {s: f"{len(store.chunks_done(s))}/{store.split(s).num_chunks}" for s in store.splits}
         store.close()

@@ -8,6 +8,7 @@ touch the same object, and each chunk's record (`chunks_written[k]`) is one more
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import warnings
@@ -69,17 +70,28 @@ def _consolidate(store) -> None:
         manager.__exit__(None, None, None)
 
 
+def _open_group(store, location: str, mode: str = "r", **kwargs):
+    """Open the root group; metadata that does not parse (a truncated zarr.json) is one line, not a traceback."""
+    import zarr
+
+    manager = _quiet()
+    try:
+        return zarr.open_group(store, mode=mode, zarr_format=3, **kwargs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        raise
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:   # JSONDecodeError is a ValueError
+        raise StoreError(f"{location}: the store's root metadata (zarr.json) is damaged ({str(exc)[:80]}); "
+                         "the store cannot be read: delete it and re-extract") from None
+    finally:
+        manager.__exit__(None, None, None)
+
+
 def zarr_read_attrs(location: str, storage_options: dict | None = None) -> dict | None:
     """Root attributes of whatever Zarr group is at `location`, or None when there is none."""
     import zarr
 
     try:
-        store = _store(location, storage_options, read_only=True)
-        manager = _quiet()
-        try:
-            group = zarr.open_group(store, mode="r", zarr_format=3)
-        finally:
-            manager.__exit__(None, None, None)
+        group = _open_group(_store(location, storage_options, read_only=True), location)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return None
     return group.attrs.asdict()
@@ -116,6 +128,13 @@ def _codecs(codec: str, itemsize: int) -> list:
     else:
         raise ValueError(f"unknown codec {codec!r}")
     return [first, Crc32cCodec()]
+
+
+def _checksum_only() -> list:
+    """No compression, a CRC-32C: a flipped byte of the static mask is found like one of any chunk."""
+    from zarr.codecs import Crc32cCodec
+
+    return [Crc32cCodec()]
 
 
 class _ChunkFileDecoder:
@@ -172,11 +191,10 @@ class ZarrStore(Store):
         import zarr
 
         self._zstore = _store(location, storage_options, read_only=True)
-        manager = _quiet()
         try:
-            self.group = zarr.open_group(self._zstore, mode="r", zarr_format=3)
-        finally:
-            manager.__exit__(None, None, None)
+            self.group = _open_group(self._zstore, location)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            raise StoreError(f"no store at {location}: expected a store written by `hskstore extract`.") from None
         super().__init__(location, self.group.attrs.asdict(), storage_options)
         self._arrays: dict[tuple[str, str], object] = {}
         self._present: set[str] | None = None   # chunk keys on disk, listed once (one LIST on an object store)
@@ -219,6 +237,29 @@ class ZarrStore(Store):
                 return None
         return missing[0]
 
+    def check_records(self) -> None:
+        """Every recorded chunk of every array has its object, and every array's metadata parses (a listing
+        and the small metadata files, no chunk decoded)."""
+        if self.format_version == 1:
+            return
+        fs, root = _filesystem(self.location, self.storage_options)
+        root = root.rstrip("/")
+        present = self._listing(refresh=True)
+        for split in self.splits:
+            done = sorted(self.chunks_done(split))
+            for name in [*self._array_names(split), RECORD_ARRAY]:
+                meta = f"{split}/{name}/zarr.json"
+                try:
+                    json.loads(fs.cat_file(f"{root}/{meta}"))
+                except (OSError, ValueError) as exc:
+                    raise StoreError(f"{self.location}: the metadata {meta} is damaged or missing ({str(exc)[:60]}); "
+                                     f"run `hskstore verify {self.location}`, then re-extract the store") from None
+                if name == RECORD_ARRAY:
+                    continue
+                missing = [k for k in done if self._chunk_key(split, name, k) not in present]
+                if missing:
+                    raise self._missing_error(split, name, missing[0])
+
     def _read(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
         decoder = self._decoder(split, name)
         direct = decoder is not None and decoder.whole_chunk(start, stop)
@@ -259,6 +300,9 @@ class ZarrStore(Store):
 
     def _root_array(self, name: str):
         return self.group[name][...] if name in self.group.array_keys() else None
+
+    def _tokenizer_names(self) -> list[str]:
+        return list(self.group["tokenizer"].array_keys())
 
     def _tokenizer(self) -> dict[str, bytes]:
         tokenizer = self.group["tokenizer"]
@@ -305,7 +349,8 @@ class ZarrWriter(StoreWriter):
             sub.create_array(RECORD_ARRAY, shape=(-(-rows // attrs["chunk_rows"]),), chunks=(1,), dtype="uint8",
                              fill_value=0, compressors=None, dimension_names=("chunk",))
         if static_mask is not None:
-            group.create_array("static_mask", data=static_mask, compressors=None, dimension_names=("mask_byte",))
+            group.create_array("static_mask", data=static_mask, compressors=_checksum_only(),
+                               dimension_names=("mask_byte",))
         tokenizer = group.create_group("tokenizer")
         for name, data in tokenizer_files.items():
             tokenizer.create_array(name, data=np.frombuffer(data, dtype=np.uint8), compressors=_codecs("zstd3", 1),
@@ -319,7 +364,7 @@ class ZarrWriter(StoreWriter):
         import zarr
 
         store = _store(location, storage_options, read_only=False)
-        group = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
+        group = _open_group(store, location, mode="r+", use_consolidated=False)
         if check_format(group.attrs.asdict(), location) != 2:
             raise StoreError(f"{location} is a partial version-1 store, which this hskstore cannot finish: "
                              "pass --overwrite to extract it anew")

@@ -9,7 +9,6 @@ written once here: arrays are created at their final size, a chunk is written wh
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -174,6 +173,13 @@ class Store(ABC):
     def nbytes(self) -> dict[str, int]:
         """Bytes on disk: "<split>/<array>" for every array, plus "static_mask", "tokenizer" and "total"."""
 
+    def check_records(self) -> None:
+        """Cheap structural check (`info`): every recorded chunk is present and every metadata parses.
+
+        Raises:
+            StoreError: a recorded chunk absent, or metadata that does not parse; the message points to verify.
+        """
+
     def close(self) -> None:
         """Release file handles (HDF5); a no-op where there are none."""
 
@@ -215,19 +221,53 @@ class Store(ABC):
     def _v1_chunks_done(self, split: str) -> list[int]:
         raise StoreError(f"{self.location} is a version-1 store, which only the Zarr backend reads")
 
+    def _checked(self, part: str, read):
+        """Read a small root array through its checksum: any decode failure is damage, one line naming it."""
+        try:
+            return read()
+        except StoreError:
+            raise
+        except (ValueError, RuntimeError, OSError, TypeError, KeyError) as exc:
+            raise StoreError(f"{self.location}: the {part} is damaged ({damage_reason(exc)}); "
+                             f"run `hskstore verify {self.location}`, then re-extract the store") from None
+
     def static_mask_packed(self) -> np.ndarray | None:
-        """The static width mask as stored (bitpacked uint8), or None."""
-        return self._root_array("static_mask")
+        """The static width mask as stored (bitpacked uint8, checksum checked), or None."""
+        packed = self._checked("static_mask", lambda: self._root_array("static_mask"))
+        expected = -(-self.resolved.hidden_size // 8)
+        if packed is not None and packed.shape != (expected,):
+            raise StoreError(f"{self.location}: the static_mask is damaged (shape {tuple(packed.shape)}, expected "
+                             f"({expected},)); run `hskstore verify {self.location}`, then re-extract the store")
+        return packed
 
     def static_mask(self) -> np.ndarray | None:
         """(d,) bool static width mask, or None when masks are per vector or absent."""
-        packed = self._root_array("static_mask")
+        packed = self.static_mask_packed()
         if packed is None:
             return None
         return np.unpackbits(packed, count=self.resolved.hidden_size, bitorder="little").astype(bool)
 
+    def _tokenizer_names(self) -> list[str]:
+        """The tokenizer entries' names (no data read); backends answer from their listing."""
+        return list(self._tokenizer())
+
+    def check_tokenizer_names(self, names=None) -> None:
+        """Every tokenizer entry is one of the tokenizer files `save_pretrained` writes (TOKENIZER_FILE_NAMES),
+        checked when the store is opened, before anything trains: a crafted store cannot have a student
+        directory receive `model.safetensors`, `hskstore_teacher.json` or a path.
+
+        Raises:
+            StoreError: the first entry that is not a tokenizer file name.
+        """
+        names = list(self._checked("tokenizer", self._tokenizer_names) if names is None else names)
+        bad = [n for n in names if n not in TOKENIZER_FILE_NAMES]
+        if bad:
+            raise StoreError(f"{self.location} holds a tokenizer entry {bad[0]!r} that is not a tokenizer file name "
+                             f"(one of {sorted(TOKENIZER_FILE_NAMES)}): refusing to read it; re-extract the store")
+
     def tokenizer_files(self) -> dict[str, bytes]:
-        return self._tokenizer()
+        """Tokenizer file name -> bytes, each read through its checksum."""
+        return self._checked("tokenizer", self._tokenizer)
 
     def save_tokenizer(self, directory) -> Path:
         """Write the stored tokenizer files, under the tokenizer's own file names only.
@@ -236,11 +276,7 @@ class Store(ABC):
             StoreError: an entry named like anything else (`model.safetensors`, `../x`): a crafted store.
         """
         files = self.tokenizer_files()
-        bad = [n for n in files if n not in TOKENIZER_FILE_NAMES and not re.fullmatch(r"[\w.-]+\.(txt|json|model)", n)]
-        bad += [n for n in files if n in ("config.json", "student.json", "task.json") or "/" in n or n.startswith(".")]
-        if bad:
-            raise StoreError(f"{self.location} holds a tokenizer entry {bad[0]!r} that is not a tokenizer file name: "
-                             "refusing to write it; re-extract the store")
+        self.check_tokenizer_names(files)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():

@@ -1,9 +1,12 @@
-"""One writer per store: a lock file beside the store, created exclusively, naming its holder.
+"""One writer per store: a lock file beside the store, created with its content in one step, naming its holder.
 
 Two `extract` runs on one store would interleave chunk writes and completion; the second gets a one-line
-error naming the holder (host, PID, start time) instead. A lock whose holder is gone (same host, PID no
-longer alive) is stale and taken over. On object stores exclusive creation is best effort (check,
-then write): two runs started within the same second can both pass.
+error naming the holder (host, PID, start time) instead. The lock's content is written to a temporary
+file first and then hard-linked to the lock's name (`link` fails if the name exists), so a lock file is
+never seen empty or half-written. A lock is stale, and taken over, when its holder is a dead PID on this
+host, or when it is older than `STALE_AFTER_S` (7 days: a run on another host, or a lock file that does
+not parse); otherwise the run is refused. On object stores exclusive creation is best effort (check,
+then one PUT, which is atomic): two runs started within the same second can both pass.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import datetime as _dt
 import json
 import os
 import socket
+import time
 
 from ..errors import StoreError
 from .location import StoreLocation
 
-__all__ = ["WriterLock", "lock_location"]
+__all__ = ["WriterLock", "lock_location", "STALE_AFTER_S"]
+
+STALE_AFTER_S = 7 * 24 * 3600   # a lock older than this is stale whoever holds it (docs/reliability.md)
 
 
 def lock_location(location) -> str:
@@ -75,13 +81,29 @@ class WriterLock:
             return True
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
+        temporary = f"{self.path}.{self.holder['host']}.{os.getpid()}.tmp"
+        with open(temporary, "wb") as handle:   # the whole content first, under a name no other run uses
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(temporary, self.path)        # atomic, and fails if the lock exists: never seen empty
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        finally:
+            os.remove(temporary)
         return True
+
+    def _age(self) -> float | None:
+        """Seconds since the lock file was written, or None when it is gone."""
+        try:
+            if self.remote:
+                fs, path = self._fs()
+                modified = fs.modified(path)
+                return time.time() - modified.timestamp()
+            return time.time() - os.path.getmtime(self.path)
+        except (FileNotFoundError, NotImplementedError, AttributeError):
+            return None
 
     def _remove(self) -> None:
         if self.remote:
@@ -95,14 +117,24 @@ class WriterLock:
         if self._create():
             self.held = True
             return self
-        holder = self._read() or {}
-        stale = holder.get("host") == self.holder["host"] and isinstance(holder.get("pid"), int) \
-            and not _alive(holder["pid"])
-        if stale or holder == {}:
-            self._remove()  # its writer died (or left an empty file): take over
+        holder = self._read()
+        if holder is None:   # released between our attempt and the read
             if self._create():
                 self.held = True
                 return self
+            holder = self._read()
+        holder = holder if isinstance(holder, dict) else {}
+        age = self._age()
+        same_host = holder.get("host") == self.holder["host"] and isinstance(holder.get("pid"), int)
+        stale = (same_host and not _alive(holder["pid"])) or (age is not None and age > STALE_AFTER_S)
+        if stale:
+            self._remove()  # its writer died, or the lock is older than any run: take over
+            if self._create():
+                self.held = True
+                return self
+        if not holder:
+            raise StoreError(f"{self.location} has a lock file {self.path} that does not name its holder (written "
+                             "by another tool?); if no run is writing the store, delete it and rerun")
         raise StoreError(f"{self.location} is being written by another run (host {holder.get('host')}, PID "
                          f"{holder.get('pid')}, since {holder.get('started_at')}); wait for it, or delete "
                          f"{self.path} if that run is gone")

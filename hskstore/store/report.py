@@ -23,6 +23,7 @@ COMPONENTS = {
 def store_info(location, allow_incomplete: bool = False, storage_options: dict | None = None) -> dict:
     """Config, counts, A^HSK, and bytes on disk per component of a store (all splits together)."""
     with open_store(location, allow_incomplete=allow_incomplete, storage_options=storage_options) as store:
+        store.check_records()   # a listing and the metadata, no chunk decoded: damage points to verify
         return _describe(store)
 
 

@@ -41,11 +41,17 @@ def verify_store(location, storage_options: dict | None = None, max_problems: in
                     checked += 1
                 if len(problems) >= max_problems:
                     break
+        try:
+            store.check_records()   # array metadata that does not parse
+        except StoreError as exc:
+            message = str(exc)   # missing chunks are named by the reads above; metadata only here
+            problems.append(message.split(": ", 1)[-1].split(";")[0] if "metadata" in message else "")
+        problems = [p for p in problems if p]
         for part, read in (("tokenizer", store.tokenizer_files), ("static_mask", store.static_mask_packed)):
             try:
                 read()
-            except Exception as exc:  # any decode failure of these small arrays is damage
-                problems.append(f"{part}: {str(exc)[:80]}")
+            except StoreError as exc:  # read through their checksums: any decode failure is damage
+                problems.append(f"{part} {_reason(str(exc))}")
         complete, hint = store.complete, rerun_hint(store.attrs)
     if problems:
         more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""

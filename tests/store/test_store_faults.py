@@ -130,12 +130,18 @@ def test_a_kill_at_each_phase_leaves_a_store_a_rerun_finishes(tiny_teacher, tiny
         return wrapper
 
     target = {"creation": ("_update_attrs", 0), "mid-chunk": ("_write_array", 20),
-              "between data and record": ("_record", 2), "at completion": ("_update_attrs", 1)}[phase]
-    monkeypatch.setattr(writer_class, target[0], killed(getattr(writer_class, target[0]), target[1]))
+              "between data and record": ("_record", 2), "at completion": ("_update_attrs", 1 if suffix == ".zarr" else 0)}[phase]   # HDF5's layout: no attrs update
+    atomic = suffix == ".h5" and phase == "creation"   # HDF5 builds its layout under another name
+    if atomic:
+        from hskstore.store import _hdf5
+
+        monkeypatch.setattr(_hdf5, "_write_layout", lambda *a: killed(lambda *b: None, 0)(None))
+    else:
+        monkeypatch.setattr(writer_class, target[0], killed(getattr(writer_class, target[0]), target[1]))
     with pytest.raises(KeyboardInterrupt):
         extract(_config(tiny_teacher, path), progress=False)
     monkeypatch.undo()
-    expected_state = {"creation": "half", "at completion": "partial"}.get(phase, "partial")
+    expected_state = "absent" if atomic else {"creation": "half", "at completion": "partial"}.get(phase, "partial")
     assert store_state(str(path))[0] == expected_state
     summary = extract(_config(tiny_teacher, path), progress=False)
     if phase == "at completion":

@@ -1,0 +1,182 @@
+"""Every stored byte that feeds training or tokenisation is read through a checksum, and every metadata
+parse and chunk listing is checked: damage is one line pointing to `hskstore verify`, on every backend.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hskstore.cli import cli
+from hskstore.method.compression import Compression
+from hskstore.stages.extract import ExtractConfig, extract
+from hskstore.store.convert import convert_store
+
+pytestmark = pytest.mark.slow
+
+
+def _one_error_line(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def uniform_store(tiny_teacher, tmp_path_factory) -> str:
+    """A store with a static width mask (uniform, 8 of 32)."""
+    path = tmp_path_factory.mktemp("uniform") / "uniform.zarr"
+    compression = Compression(depth=1, length=3, width=8, student_layers=2, width_strategy="uniform")
+    extract(ExtractConfig(teacher=tiny_teacher, task="tweets", output=str(path), limit=60, chunk_rows=32,
+                          compression=compression), progress=False)
+    return str(path)
+
+
+def _copy(source: str, tmp_path, backend: str) -> str:
+    if backend == "zarr":
+        path = tmp_path / "s.zarr"
+        shutil.copytree(source, path)
+    else:
+        path = tmp_path / "s.h5"
+        convert_store(source, str(path))
+    return str(path)
+
+
+def _flip_root_array(location: str, name: str) -> None:
+    """Flip one byte in the middle of a root-level array's first chunk (static_mask, tokenizer/<file>)."""
+    if location.endswith(".h5"):
+        import h5py
+
+        with h5py.File(location, "r") as f:
+            info = f[name].id.get_chunk_info(0)
+        path, offset, size = Path(location), info.byte_offset, info.size
+    else:
+        path = next(p for p in (Path(location) / name / "c").rglob("*") if p.is_file())
+        offset, size = 0, path.stat().st_size
+    data = bytearray(path.read_bytes())
+    data[offset + size // 2 - 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _train(store, student, output):
+    return CliRunner().invoke(cli, ["train", store, "--student", student, "--output", str(output), "--device", "cpu",
+                                    "--hsk-epochs", "1", "--pred-epochs", "1", "--max-steps", "1", "--quiet"])
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_flipped_byte_of_the_static_mask_fails_verify_and_train(uniform_store, tiny_student, tmp_path, backend):
+    store = _copy(uniform_store, tmp_path, backend)
+    _flip_root_array(store, "static_mask")
+    _one_error_line(CliRunner().invoke(cli, ["verify", store]), "static_mask is damaged")
+    _one_error_line(_train(store, tiny_student, tmp_path / "run"), "static_mask is damaged", "hskstore verify")
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_flipped_byte_of_a_tokenizer_file_fails_verify_train_convert_and_student_bert(tiny_store, tiny_student,
+                                                                                     tmp_path, backend):
+    store = _copy(tiny_store, tmp_path, backend)
+    _flip_root_array(store, "tokenizer/tokenizer.json")
+    runner = CliRunner()
+    _one_error_line(runner.invoke(cli, ["verify", store]), "tokenizer is damaged")
+    _one_error_line(_train(store, tiny_student, tmp_path / "run"), "tokenizer is damaged", "hskstore verify")
+    _one_error_line(runner.invoke(cli, ["convert", store, str(tmp_path / "c.zarr")]), "tokenizer is damaged")
+    _one_error_line(runner.invoke(cli, ["student", "bert", "--store", store, "--output", str(tmp_path / "st")]),
+                    "tokenizer is damaged")
+
+
+def test_a_static_mask_is_written_with_a_checksum_on_both_backends(uniform_store, tmp_path):
+    import h5py
+
+    meta = json.loads((Path(uniform_store) / "static_mask" / "zarr.json").read_text())
+    assert meta["codecs"] == [{"name": "bytes"}, {"name": "crc32c"}]
+    with h5py.File(_copy(uniform_store, tmp_path, "hdf5"), "r") as f:
+        assert f["static_mask"].fletcher32
+
+
+def _delete_chunk(location: str, split: str, name: str, chunk: int) -> None:
+    """Remove one stored chunk: a file on Zarr; on HDF5, unlink the dataset's chunk from the file's index."""
+    if location.endswith(".h5"):
+        import h5py
+
+        with h5py.File(location, "r+") as f:   # rebuild the array without that chunk: the index no longer has it
+            old = f[split][name]
+            data, rows = old[...], old.chunks[0]
+            kwargs = dict(shape=old.shape, dtype=old.dtype, chunks=old.chunks, fillvalue=old.fillvalue,
+                          fletcher32=old.fletcher32, compression=old.compression, compression_opts=old.compression_opts,
+                          shuffle=old.shuffle)
+            del f[split][name]
+            new = f[split].create_dataset(name, **kwargs)
+            for k in range(-(-len(data) // rows)):
+                if k != chunk:
+                    new[k * rows:(k + 1) * rows] = data[k * rows:(k + 1) * rows]
+        return
+    files = [p for p in (Path(location) / split / name / "c" / str(chunk)).rglob("*") if p.is_file()] \
+        or [Path(location) / split / name / "c" / str(chunk)]
+    files[0].unlink()
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_info_finds_a_deleted_chunk_without_decoding(tiny_store, tmp_path, backend):
+    store = _copy(tiny_store, tmp_path, backend)
+    _delete_chunk(store, "train", "values", 1)
+    _one_error_line(CliRunner().invoke(cli, ["info", store]), "chunk 1 of train/values is missing", "hskstore verify")
+
+
+def test_info_finds_an_array_whose_metadata_does_not_parse(tiny_store, tmp_path):
+    store = _copy(tiny_store, tmp_path, "zarr")
+    meta = Path(store) / "train" / "positions" / "zarr.json"
+    meta.write_text(meta.read_text()[:40])
+    _one_error_line(CliRunner().invoke(cli, ["info", store]), "train/positions/zarr.json is damaged", "hskstore verify")
+    _one_error_line(CliRunner().invoke(cli, ["verify", store]), "train/positions/zarr.json is damaged")
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "train", "slice", "convert", "extract"])
+def test_a_truncated_root_metadata_is_one_line_in_every_command(tiny_store, tiny_student, tiny_teacher, tmp_path,
+                                                               command):
+    store = _copy(tiny_store, tmp_path, "zarr")
+    root = Path(store) / "zarr.json"
+    root.write_text(root.read_text()[:200])
+    args = {"info": ["info", store], "verify": ["verify", store],
+            "train": ["train", store, "--student", tiny_student, "--output", str(tmp_path / "run"), "--device", "cpu",
+                      "--quiet"],
+            "slice": ["slice", store, str(tmp_path / "small.zarr"), "--length", "3"],
+            "convert": ["convert", store, str(tmp_path / "c.h5")],
+            "extract": ["extract", "--teacher", tiny_teacher, "--task", "tweets", "--output", store, "--limit", "120",
+                        "--chunk-rows", "32", "--quiet"]}[command]
+    _one_error_line(CliRunner().invoke(cli, args), "root metadata (zarr.json) is damaged")
+
+
+def test_a_damaged_hdf5_root_attribute_is_one_line(tiny_store, tmp_path):
+    import h5py
+
+    store = _copy(tiny_store, tmp_path, "hdf5")
+    with h5py.File(store, "r+") as f:
+        f.attrs["hskstore"] = f.attrs["hskstore"][:100]
+    _one_error_line(CliRunner().invoke(cli, ["info", store]), "root attribute 'hskstore' is damaged")
+
+
+@pytest.mark.parametrize("entry", ["hskstore_teacher.json", "model.safetensors", "notes.txt"])
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_crafted_tokenizer_entry_is_refused_before_anything_trains(tiny_store, tiny_student, tmp_path, backend,
+                                                                    entry, monkeypatch):
+    import h5py
+    import numpy as np
+    import zarr
+
+    from hskstore.stages import train as train_stage
+
+    store = _copy(tiny_store, tmp_path, backend)
+    if backend == "zarr":
+        group = zarr.open_group(str(Path(store) / "tokenizer"), mode="r+")
+        group.create_array(entry, data=np.frombuffer(b"{}", dtype=np.uint8))
+        zarr.consolidate_metadata(store)
+    else:
+        with h5py.File(store, "r+") as f:
+            f["tokenizer"].create_dataset(entry, data=np.frombuffer(b"{}", dtype=np.uint8))
+    trained = []
+    monkeypatch.setattr(train_stage, "hsk_loss", lambda *a, **k: trained.append(1))   # nothing may train
+    _one_error_line(_train(store, tiny_student, tmp_path / "run"), f"tokenizer entry {entry!r}", "refusing")
+    assert not trained and not (tmp_path / "run" / "student").exists()
