@@ -85,3 +85,36 @@ def test_predict_file_reads_the_tasks_own_columns(pair_student, tmp_path):
     (tmp_path / "one.tsv").write_text("sentence1\nA man sleeps.\n")
     with pytest.raises(DataError, match=r"has no column \['sentence2'\]"):
         predict_file(pair_student, tmp_path / "one.tsv", device="cpu")
+
+
+def test_predict_on_the_command_line_takes_pairs_and_task_column_files(pair_student, tmp_path):
+    from click.testing import CliRunner
+
+    from hskstore.cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["predict", str(pair_student), "--pair", "A man sleeps.", "Nobody sleeps.",
+                                 "--pair", "It rains.", "It is wet.", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [(r["text"], r["pair"]) for r in rows] == [("A man sleeps.", "Nobody sleeps."), ("It rains.", "It is wet.")]
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text(json.dumps({"sentence1": "Ça pleut.", "sentence2": "Il fait humide."}) + "\n")
+    result = runner.invoke(cli, ["predict", str(pair_student), "--file", str(inputs), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["pair"] == "Il fait humide."
+    single = runner.invoke(cli, ["predict", str(pair_student), "A man sleeps.", "--device", "cpu"])
+    assert single.exit_code == 2 and "--pair" in single.output
+
+
+def test_predict_reads_a_latin_1_file_when_told_its_encoding(pair_student, tmp_path):
+    from click.testing import CliRunner
+
+    from hskstore.cli import cli
+
+    inputs = tmp_path / "inputs.tsv"
+    inputs.write_bytes("sentence1\tsentence2\nÇa pleut.\tIl fait humide.\n".encode("latin-1"))
+    result = CliRunner().invoke(cli, ["predict", str(pair_student), "--file", str(inputs), "--encoding", "latin-1",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["text"] == "Ça pleut."
