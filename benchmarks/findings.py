@@ -145,7 +145,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown studies {unknown}; known: {list(STUDIES)}")
     grid = tuple(float(v) for v in args.lr_grid.split(","))
-    from hskstore.stages.extract import teacher_max_length
+    from hskstore.models.teacher import teacher_max_length
     from hskstore.experiments.sweep import plan
 
     drawn = plan(SweepConfig.of(teacher=args.teacher, task="tweets", output=args.output, levels=LEVELS,

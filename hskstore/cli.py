@@ -175,7 +175,8 @@ def finetune(quiet, as_json, **values):
 @task_options
 def extract(full, dry_run, as_json, quiet, **values):
     """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
-    from .stages.extract import extract as run, teacher_data_seed, teacher_max_length
+    from .models.teacher import teacher_data_seed, teacher_max_length
+    from .stages.extract import extract as run
     from .store.report import format_info
     from .models.teacher import check_bert_family, check_max_length
 
@@ -319,7 +320,7 @@ def sweep(dry_run, as_json, **values):
 @allow_task_mismatch_option
 def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store, storage_options, allow_task_mismatch,
              **task_kw):
-    """GLUE metrics of a saved student on a task split."""
+    """GLUE metrics of a saved student (or a fine-tuned teacher directory) on a task split."""
     from .stages.evaluate import evaluate_on_store, evaluate_student
 
     if store is not None:

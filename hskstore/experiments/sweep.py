@@ -320,7 +320,7 @@ def _row(point: SweepPoint, seed: int, result: dict, metric: str, lr: float | No
 
 def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     """Run (or resume) the sweep; returns {"points": [...], "rows": [...], "summary": [...], "files": {...}}."""
-    from ..stages.extract import teacher_data_seed, teacher_max_length
+    from ..models.teacher import teacher_data_seed, teacher_max_length
     from .demo import build_student
     from ..store.report import store_info
 

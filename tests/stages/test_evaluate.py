@@ -118,3 +118,28 @@ def test_predict_reads_a_latin_1_file_when_told_its_encoding(pair_student, tmp_p
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["text"] == "Ça pleut."
+
+
+def test_evaluate_scores_a_teacher_directory_on_its_recorded_task_and_split(tiny_teacher, tmp_path):
+    """The teacher's number on the same footing as its students': its recorded task, seed and max length."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from hskstore.cli import cli
+
+    rows = [(f"{word} {i}", label) for i in range(20) for word, label in (("good day", "b"), ("bad day", "a"),
+                                                                          ("odd day", "c"))]
+    data = tmp_path / "days.csv"
+    data.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows))
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    (teacher / "hskstore_teacher.json").write_text(json.dumps({
+        "task": {"name": "days", "label_names": ["a", "b", "c"]}, "max_length": 16, "data_seed": 3,
+        "task_ref": {"task": str(data), "options": {"validation_fraction": 0.25}}}))
+    result = CliRunner().invoke(cli, ["evaluate", str(teacher), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output)
+    assert scored["task"] == "days" and scored["examples"] == 15 and 0 <= scored["accuracy"] <= 1
+    other = CliRunner().invoke(cli, ["evaluate", str(teacher), "--task", "tweets", "--device", "cpu"])
+    assert other.exit_code == 2 and "teacher" in other.output and "days" in other.output
