@@ -26,7 +26,7 @@ from .tables import FILE_SUFFIXES, LINE, read_table
 
 __all__ = ["TaskSpec", "TaskData", "TaskSource", "GLUE_TASKS", "TWEETS", "TASK_SOURCES", "FILE_OPTIONS", "load_task",
            "task_source", "task_name_of", "absolute_task_ref", "resolve_task", "check_same_labels",
-           "tokenize", "tweets_path"]
+           "tokenize", "count_truncated", "truncation_warning", "tweets_path"]
 
 METRICS = ("accuracy", "f1", "matthews", "pearson_spearman")
 
@@ -563,3 +563,37 @@ def tokenize(tokenizer, task_split: dict[str, list], spec: TaskSpec, max_length:
     out["labels"] = np.asarray(task_split[spec.label_column],
                                dtype=np.float32 if spec.is_regression else np.int64)
     return out
+
+
+TRUNCATION_WARN_FRACTION = 0.01
+
+
+def count_truncated(tokenizer, task_split: dict[str, list], spec: TaskSpec, max_length: int,
+                    lengths: np.ndarray | None = None) -> int:
+    """How many examples of a split have more than `max_length` tokens (and so lose some when tokenised).
+
+    Only the rows that fill `max_length` (from `lengths`, tokenize's output) can be truncated: those alone are
+    tokenised again without truncation, so the count costs little beyond tokenize itself.
+    """
+    texts = [task_split[c] for c in spec.text_columns]
+    rows = range(len(texts[0])) if lengths is None else np.flatnonzero(np.asarray(lengths) >= max_length)
+    candidates = [int(r) for r in rows]
+    if not candidates:
+        return 0
+    count = 0
+    for start in range(0, len(candidates), 2048):
+        chunk = candidates[start:start + 2048]
+        encoded = tokenizer(*[[t[r] for r in chunk] for t in texts], truncation=False, padding=False,
+                            return_attention_mask=False, return_token_type_ids=False, verbose=False)
+        count += sum(len(ids) > max_length for ids in encoded["input_ids"])
+    return int(count)
+
+
+def truncation_warning(truncated: dict[str, int], sizes: dict[str, int], max_length: int) -> str | None:
+    """One line when more than 1% of some split's examples are truncated, naming the count and --max-length."""
+    over = {s: n for s, n in truncated.items() if sizes.get(s) and n / sizes[s] > TRUNCATION_WARN_FRACTION}
+    if not over:
+        return None
+    parts = ", ".join(f"{n} of {sizes[s]} {s} examples ({n / sizes[s]:.1%})" for s, n in over.items())
+    return (f"warning: {parts} are longer than --max-length {max_length} tokens and are truncated; "
+            f"pass a larger --max-length to keep them whole")

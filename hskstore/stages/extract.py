@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ from ..errors import ConfigError, ModelError
 from ..method.select import Selector, pack_bits, round_mantissa
 from ..store import StoreWriter, array_specs, root_attributes
 from ..store.transaction import StoreTransaction
+from ..models.hub import hub_provenance
 from ..models.teacher import (DEFAULT_MAX_LENGTH, check_bert_family, check_max_length,  # noqa: F401 (re-exported)
                               check_tokenizer_files, load_teacher, load_tokenizer, teacher_data_seed,
                               teacher_fingerprint, teacher_max_length, teacher_task)
@@ -155,6 +157,9 @@ def _teacher_provenance(teacher: str, identity) -> dict:
             base = None
     info.update(path=_absolute_if_file(teacher), name=path.resolve().name if path.exists() else teacher,
                 base_model=_absolute_if_file(base) if isinstance(base, str) else None)
+    hub = hub_provenance(teacher)
+    if hub:  # a teacher named by hub id: the snapshot's commit (revision) it was read from
+        info["hub"] = hub
     return info
 
 
@@ -212,7 +217,8 @@ class _Plan:
 def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -> _Plan:
     """Resolve the teacher, task, compression, sizes, array specs and attributes; fail on anything
     wrong before the teacher runs (cheap checks before data and weights are loaded)."""
-    from ..data.tasks import absolute_task_ref, check_same_labels, load_task, resolve_task, tokenize
+    from ..data.tasks import (absolute_task_ref, check_same_labels, count_truncated, load_task, resolve_task, tokenize,
+                              truncation_warning)
 
     if world.distributed and not transaction.backend.parallel_writers:
         raise ConfigError(f"{config.output} is {transaction.backend.description}, which takes one writer: extract "
@@ -251,6 +257,12 @@ def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -
     offset = {s: mine[s].start * chunk_rows for s in config.splits}
     encoded = {s: tokenize(tokenizer, {c: v[offset[s]:mine[s].stop * chunk_rows] for c, v in columns[s].items()},
                            spec, max_length) for s in config.splits}
+    # Examples longer than max_length lose their tail: counted (this rank's rows) and recorded, warned above 1%.
+    truncated = {s: count_truncated(tokenizer, {c: v[offset[s]:mine[s].stop * chunk_rows] for c, v in columns[s].items()},
+                                    spec, max_length, encoded[s]["lengths"]) for s in config.splits}
+    warning = truncation_warning(truncated, {s: len(encoded[s]["lengths"]) for s in config.splits}, max_length)
+    if warning and world.is_main:
+        print(warning, file=sys.stderr)
     meta = {
         "created_by": f"hskstore {__version__}",
         "compression": compression.to_dict(),
@@ -265,6 +277,7 @@ def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -
         "label_names": list(spec.label_names),
         "num_labels": spec.num_labels,
         "max_length": max_length,
+        "truncated": truncated,  # examples per split longer than max_length (optional: older stores lack it)
         "limit": config.limit,
         "data_seed": config.data_seed,
         # CUDA runs the teacher under float16 autocast, CPU and mps in float32: a resumed store must not mix them.
