@@ -13,7 +13,7 @@ __all__ = ["FinetuneConfig", "KEEP", "TASK_OPTIONS", "default_max_length"]
 
 KEEP = ("best", "last")
 # The options that name a task's data: finetune records them; extract and evaluate take them too.
-TASK_OPTIONS = ("data_dir", "text_columns", "label_column", "validation_file", "task_name", "metric")
+TASK_OPTIONS = ("data_dir", "text_columns", "label_column", "validation_file", "task_name", "metric", "encoding")
 
 
 def default_max_length(task) -> int:
@@ -60,6 +60,8 @@ class FinetuneConfig:
     task_name: str | None = option(None, "File tasks: the task's name.", default_text="the file's stem")
     metric: str | None = option(None, "File tasks: the metric.", choices=_metrics,
                                 default_text="accuracy, or pearson_spearman for numeric scores")
+    encoding: str | None = option(None, "File tasks: the files' text encoding (e.g. latin-1).",
+                                  default_text="utf-8")
     resume: bool = option(True, "Ignore an unfinished run's checkpoint in --output.", flag="--no-resume",
                           negate=True)         # continue from output/checkpoint (written every epoch) when it matches
     overwrite: bool = OVERWRITE.field(False)  # replace an existing teacher in output
@@ -120,4 +122,5 @@ class FinetuneConfig:
         return {"text_columns": self.text_columns, "label_column": self.label_column,
                 "label_names": self.label_names, "validation_file": self.validation_file,
                 "validation_fraction": self.validation_fraction, "data_dir": self.data_dir,
-                "task_name": self.task_name, "metric": self.metric}
+                "task_name": self.task_name, "metric": self.metric,
+                **({"encoding": self.encoding} if self.encoding is not None else {})}

@@ -126,6 +126,7 @@ def load_task(
     data_dir: str | os.PathLike | None = None,
     task_name: str | None = None,
     metric: str | None = None,
+    encoding: str | None = None,
 ) -> TaskData:
     """Load a GLUE task (hub, local GLUE files, a saved dataset), the embedded tweets, or a local file.
 
@@ -147,6 +148,7 @@ def load_task(
         task_name, metric: file and saved-dataset tasks: the task's name (default: the file's stem;
             a GLUE name also picks that task's training schedule) and metric (default accuracy, or
             pearson_spearman for regression).
+        encoding: .csv/.tsv/.jsonl tasks: the files' text encoding (default UTF-8).
     Raises:
         DataError: unknown task, missing file or column, malformed row, missing or unknown label, empty
             text (naming the file and line), or GLUE unreachable.
@@ -157,7 +159,8 @@ def load_task(
         raise DataError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     options = {"limit": limit, "seed": seed, "text_columns": text_columns, "label_column": label_column,
                "label_names": label_names, "validation_fraction": validation_fraction,
-               "validation_file": validation_file, "data_dir": data_dir, "task_name": task_name, "metric": metric}
+               "validation_file": validation_file, "data_dir": data_dir, "task_name": task_name, "metric": metric,
+               "encoding": encoding}
     source = task_source(task, options)
     if data_dir is not None and not (source and source.takes_data_dir):
         data_dir_tasks = sorted({n for s in TASK_SOURCES.values() if s.takes_data_dir for n in s.names})
@@ -354,13 +357,13 @@ def _as_columns(text_columns) -> tuple[str, ...]:
 
 
 def _load_file(path, limit, seed, text_columns, label_column, label_names, fraction, validation_file,
-               task_name=None, metric=None):
+               task_name=None, metric=None, encoding=None):
     path = Path(path)
     text_columns = _as_columns(text_columns)
     label_column = label_column or "label"
-    train = read_table(path)
+    train = read_table(path, encoding=encoding)
     if validation_file is not None:
-        splits = {"train": train, "validation": read_table(Path(validation_file))}
+        splits = {"train": train, "validation": read_table(Path(validation_file), encoding=encoding)}
         origins = {"train": str(path), "validation": str(validation_file)}
     else:
         splits = _split_seeded(train, fraction, seed)
@@ -474,7 +477,7 @@ def _label_id(value, spec, index, where, row):
 
 
 # ---------------------------------------------------------------------------------------------- task sources
-FILE_OPTIONS = ("text_columns", "label_column", "label_names", "validation_file", "task_name", "metric")
+FILE_OPTIONS = ("text_columns", "label_column", "label_names", "validation_file", "task_name", "metric", "encoding")
 
 
 @dataclass(frozen=True)
@@ -528,7 +531,7 @@ TASK_SOURCES: dict[str, TaskSource] = {s.name: s for s in (
     TaskSource("table", lambda task, o: Path(task).suffix.lower() in FILE_SUFFIXES or Path(task).exists(),
                lambda task, o: _load_file(task, o["limit"], o["seed"], o["text_columns"], o["label_column"],
                                           o["label_names"], o["validation_fraction"], o["validation_file"],
-                                          o["task_name"], o["metric"]),
+                                          o["task_name"], o["metric"], o.get("encoding")),
                description="a .csv/.tsv/.jsonl file"),
 )}
 

@@ -143,3 +143,26 @@ def test_evaluate_scores_a_teacher_directory_on_its_recorded_task_and_split(tiny
     assert scored["task"] == "days" and scored["examples"] == 15 and 0 <= scored["accuracy"] <= 1
     other = CliRunner().invoke(cli, ["evaluate", str(teacher), "--task", "tweets", "--device", "cpu"])
     assert other.exit_code == 2 and "teacher" in other.output and "days" in other.output
+
+
+def test_a_latin_1_file_task_loads_with_encoding_on_the_command_line(tiny_teacher, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from hskstore.cli import cli
+
+    rows = [(f"{word} {i}", label) for i in range(20) for word, label in (("café crème", "b"), ("thé noir", "a"),
+                                                                          ("eau plate", "c"))]
+    data = tmp_path / "drinks.csv"
+    data.write_bytes(("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows)).encode("latin-1"))
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    (teacher / "hskstore_teacher.json").write_text(json.dumps({"max_length": 16}))
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["evaluate", str(teacher), "--task", str(data), "--device", "cpu"])
+    assert refused.exit_code == 2 and "--encoding" in refused.output
+    result = runner.invoke(cli, ["evaluate", str(teacher), "--task", str(data), "--encoding", "latin-1", "--json",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["task"] == "drinks"
