@@ -288,12 +288,15 @@ def bench(as_json, **values):
 
 @cli.command()
 @click_options(SweepConfig)
-@dry_run_option("Print the points and the number of training runs.")
+@dry_run_option("Print the points, the number of training runs, and the task and examples the stores will hold.")
 @json_option
+@task_options
 def sweep(dry_run, as_json, **values):
     """Dev metric against A^HSK over points and seeds, with prediction-only KD and full HSK baselines."""
     from .experiments.sweep import sweep as run
 
+    task_kw = _task_kwargs(values)
+    values = {k: v for k, v in values.items() if k not in TASK_OPTIONS} | {"task_options": task_kw}
     result = run(build(SweepConfig, values), echo=None if as_json else lambda line: click.echo(line, err=True),
                  dry_run=dry_run)
     if dry_run or as_json:
