@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -170,7 +171,7 @@ def load_task(
         named = list(dict.fromkeys(n for s in TASK_SOURCES.values() for n in sorted(s.names)))
         raise DataError(
             f"unknown task {task!r}: expected one of {named} "
-            f"or a path to a .csv/.tsv/.jsonl file or a `save_to_disk` directory"
+            f"or a path to a .csv/.tsv/.jsonl file, a `save_to_disk` directory, or a datasets hub id (owner/name)"
         )
     if source.names:
         _no_file_options(task, {k: options[k] for k in FILE_OPTIONS})
@@ -335,9 +336,16 @@ def _load_saved(path, limit, seed, text_columns, label_column, label_names, vali
     if not (Path(path) / "dataset_dict.json").is_file():
         raise DataError(f"{path} is a directory but not a `save_to_disk` DatasetDict (no dataset_dict.json): "
                         "pass a .csv/.tsv/.jsonl file or a directory written by DatasetDict.save_to_disk")
+    return _dataset_task(datasets.load_from_disk(str(path)), str(path), Path(path).name, limit, seed, text_columns,
+                         label_column, label_names, task_name, metric)
+
+
+def _dataset_task(dataset, origin: str, name: str, limit, seed, text_columns, label_column, label_names, task_name,
+                  metric) -> TaskData:
+    """A `DatasetDict` (saved to disk, or from the hub's cache) as a file task: its train and validation splits."""
     text_columns = _as_columns(text_columns)
     label_column = label_column or "label"
-    dataset = datasets.load_from_disk(str(path))
+    path = origin
     if "train" not in dataset:
         raise DataError(f"{path} has no 'train' split; it has {sorted(dataset)}")
     names = label_names
@@ -346,8 +354,38 @@ def _load_saved(path, limit, seed, text_columns, label_column, label_names, vali
     if names is None:
         names = _infer_label_names(list(dataset["train"][label_column]) if label_column in
                                    dataset["train"].column_names else [], None)
-    spec = _file_spec(Path(path).name, text_columns, label_column, tuple(str(n) for n in names), task_name, metric)
-    return _from_dataset_dict(spec, dataset, limit, seed, str(path))
+    spec = _file_spec(name, text_columns, label_column, tuple(str(n) for n in names), task_name, metric)
+    return _from_dataset_dict(spec, dataset, limit, seed, origin)
+
+
+_HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def _claims_hub_dataset(task: str, options: dict) -> bool:
+    """`owner/name` that is no local path and no file name: a `datasets` hub id."""
+    return (bool(_HUB_DATASET_ID.match(task)) and not Path(task).exists()
+            and Path(task).suffix.lower() not in FILE_SUFFIXES)
+
+
+def _load_hub_dataset(task: str, o: dict) -> TaskData:
+    """A hub dataset by id, read from the local cache when offline (or the hub is unreachable): never a hang."""
+    import datasets
+
+    if o.get("validation_file") is not None:
+        raise DataError("validation_file applies to .csv/.tsv/.jsonl tasks; a hub dataset has its own validation split")
+    offline = datasets.config.HF_HUB_OFFLINE or not _hub_reachable()
+    try:
+        with _offline_hub() if offline else contextlib.nullcontext():
+            dataset = datasets.load_dataset(task)
+    except Exception as exc:  # not in the cache, no such dataset, hub down: one line either way
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = ("offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set, or the hub unreachable), so only the local cache "
+                 "is read" if offline else "from the hub")
+        raise DataError(f"cannot load dataset {task!r} {where}: {reason}. Download it once with network "
+                        "(unset HF_DATASETS_OFFLINE and HF_HUB_OFFLINE), or pass a save_to_disk directory or a "
+                        ".csv/.tsv/.jsonl file") from None
+    return _dataset_task(dataset, task, task.split("/")[-1], o["limit"], o["seed"], o["text_columns"],
+                         o["label_column"], o["label_names"], o["task_name"], o["metric"])
 
 
 def _as_columns(text_columns) -> tuple[str, ...]:
@@ -533,6 +571,8 @@ TASK_SOURCES: dict[str, TaskSource] = {s.name: s for s in (
                                           o["label_names"], o["validation_fraction"], o["validation_file"],
                                           o["task_name"], o["metric"], o.get("encoding")),
                description="a .csv/.tsv/.jsonl file"),
+    TaskSource("hub", _claims_hub_dataset, _load_hub_dataset,
+               description="a datasets hub id (owner/name), from the hub or, offline, its local cache"),
 )}
 
 
