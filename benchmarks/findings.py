@@ -138,20 +138,27 @@ def main() -> None:
     parser.add_argument("--studies", default=",".join(STUDIES), help="Comma-separated subset of the studies.")
     parser.add_argument("--plots", default=None, help="Directory for findings-<study>.png [default: --output].")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--task", default=None, help="Any task source [default: the task the teacher recorded].")
+    parser.add_argument("--data-dir", default=None, help="GLUE names: the task's GLUE folder (as extract).")
+    parser.add_argument("--text-column", action="append", default=None, help="File tasks: text column (twice for pairs).")
+    parser.add_argument("--label-column", default=None, help="File tasks: label column.")
     args = parser.parse_args()
+    task_options = {k: v for k, v in (("data_dir", args.data_dir), ("label_column", args.label_column),
+                                      ("text_columns", tuple(args.text_column) if args.text_column else None))
+                    if v is not None}
 
     studies = [s.strip() for s in args.studies.split(",")]
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         parser.error(f"unknown studies {unknown}; known: {list(STUDIES)}")
     grid = tuple(float(v) for v in args.lr_grid.split(","))
-    from hskstore.stages.extract import teacher_max_length
+    from hskstore.models.teacher import teacher_max_length
     from hskstore.experiments.sweep import plan
 
-    drawn = plan(SweepConfig.of(teacher=args.teacher, task="tweets", output=args.output, levels=LEVELS,
+    drawn = plan(SweepConfig.of(teacher=args.teacher, task=args.task, output=args.output, levels=LEVELS,
                                 full_baseline=False, pred_baseline=False), teacher_max_length(args.teacher))
     STUDIES["amount"] = [(p.compression.depth, p.compression.length, p.compression.width) for p in drawn]
-    common = dict(teacher=args.teacher, task="tweets", seeds=tuple(int(s) for s in args.seeds.split(",")),
+    common = dict(teacher=args.teacher, task=args.task, task_options=task_options, seeds=tuple(int(s) for s in args.seeds.split(",")),
                   student_layers=3, hsk_epochs=args.hsk_epochs, pred_epochs=args.pred_epochs,
                   hsk_batch_size=args.batch_size, pred_batch_size=args.batch_size, limit=args.limit, device=args.device)
     echo = lambda line: print(line, flush=True)  # noqa: E731

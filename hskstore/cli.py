@@ -191,7 +191,8 @@ def finetune(quiet, as_json, **values):
 @task_options
 def extract(full, dry_run, as_json, quiet, **values):
     """Run the teacher once and store its compressed HSK, logits, tokens and labels."""
-    from .stages.extract import extract as run, teacher_data_seed, teacher_max_length
+    from .models.teacher import teacher_data_seed, teacher_max_length
+    from .stages.extract import extract as run
     from .store.report import format_info
     from .models.teacher import check_bert_family, check_max_length
 
@@ -303,12 +304,15 @@ def bench(as_json, **values):
 
 @cli.command()
 @click_options(SweepConfig)
-@dry_run_option("Print the points and the number of training runs.")
+@dry_run_option("Print the points, the number of training runs, and the task and examples the stores will hold.")
 @json_option
+@task_options
 def sweep(dry_run, as_json, **values):
     """Dev metric against A^HSK over points and seeds, with prediction-only KD and full HSK baselines."""
     from .experiments.sweep import sweep as run
 
+    task_kw = _task_kwargs(values)
+    values = {k: v for k, v in values.items() if k not in TASK_OPTIONS} | {"task_options": task_kw}
     result = run(build(SweepConfig, values), echo=None if as_json else lambda line: click.echo(line, err=True),
                  dry_run=dry_run)
     if dry_run or as_json:
@@ -335,7 +339,7 @@ def sweep(dry_run, as_json, **values):
 @allow_task_mismatch_option
 def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store, storage_options, allow_task_mismatch,
              **task_kw):
-    """GLUE metrics of a saved student on a task split."""
+    """GLUE metrics of a saved student (or a fine-tuned teacher directory) on a task split."""
     from .stages.evaluate import evaluate_on_store, evaluate_student
 
     if store is not None:
@@ -349,16 +353,32 @@ def evaluate(student_dir, task, split, limit, data_seed, device, as_json, store,
 @cli.command()
 @click.argument("student_dir", metavar="STUDENT")
 @click.argument("texts", nargs=-1)
-@click.option("--file", "text_file", type=click.File("r"), default=None, help="One text per line ('-' for stdin).")
+@click.option("--pair", "pairs", nargs=2, multiple=True, metavar="FIRST SECOND",
+              help="A sentence pair for pair tasks (repeatable).")
+@click.option("--file", "text_file", default=None,
+              help="A .csv/.tsv/.jsonl file with the task's text columns, or plain text: one text per line ('-' for stdin).")
+@click.option("--encoding", default=None, help="The --file's text encoding [default: utf-8].")
 @device_option()
-def predict(student_dir, texts, text_file, device):
-    """Label texts with a saved student (one JSON line each)."""
-    from .stages.evaluate import predict_texts
+def predict(student_dir, texts, pairs, text_file, encoding, device):
+    """Label texts or sentence pairs with a saved student (one JSON line each)."""
+    from .stages.evaluate import predict_file, predict_texts
 
-    lines = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
-    if not lines:
-        raise click.UsageError("give texts as arguments or --file")
-    for row in predict_texts(student_dir, lines, device=device):
+    rows = []
+    if text_file is not None and os.path.splitext(text_file)[1].lower() in (".csv", ".tsv", ".jsonl"):
+        rows += predict_file(student_dir, text_file, encoding=encoding, device=device)
+    elif text_file is not None:
+        with click.open_file(text_file, "r", encoding=encoding or "utf-8") as handle:
+            lines = [line.rstrip("\n") for line in handle if line.strip()]
+        texts = tuple(texts) + tuple(lines)
+    if texts and pairs:
+        raise click.UsageError("give single texts or --pair FIRST SECOND, not both")
+    if pairs:
+        rows += predict_texts(student_dir, [a for a, _ in pairs], [b for _, b in pairs], device=device)
+    elif texts:
+        rows += predict_texts(student_dir, list(texts), device=device)
+    if not rows and not texts:
+        raise click.UsageError("give texts as arguments, --pair FIRST SECOND, or --file")
+    for row in rows:
         click.echo(json.dumps(row))
 
 

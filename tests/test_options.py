@@ -85,7 +85,7 @@ def test_each_config_command_takes_its_options_from_the_config_alone(command):
     """Every option of the command is a config field's, or one of the command line's own few."""
     params = {p.name for p in cli.commands[command].params}
     from_config = {spec.name for spec in specs(CONFIGS[command])}
-    if command in ("finetune", "extract"):
+    if command in ("finetune", "extract", "sweep"):
         from_config |= {f.name for f in fields(FinetuneConfig) if f.name in params}  # the task options
     assert params - from_config == COMMAND_ONLY[command]
 
@@ -102,7 +102,7 @@ def test_one_device_option_reaches_both_templates_of_a_sweep():
     assert [p.name for p in sweep.params].count("device") == 1
     config = SweepConfig.of(teacher="t", output="o", points=((1, 9, 0.1),), device="cpu", hsk_lr=1e-3, limit=40)
     assert config.extract.device == config.train.device == "cpu"
-    assert (config.extract.teacher, config.extract.task, config.extract.limit) == ("t", "tweets", 40)
+    assert (config.extract.teacher, config.extract.task, config.extract.limit) == ("t", None, 40)  # the teacher's task
     assert config.train.hsk_lr == 1e-3 and config.student == "rosita"
 
 

@@ -9,11 +9,17 @@ from ..method.compression import strict_from_dict
 from ..options import option
 from .common import DEVICE, OVERWRITE, SEED_RANGE
 
-__all__ = ["FinetuneConfig", "KEEP", "TASK_OPTIONS"]
+__all__ = ["FinetuneConfig", "KEEP", "TASK_OPTIONS", "default_max_length"]
 
 KEEP = ("best", "last")
 # The options that name a task's data: finetune records them; extract and evaluate take them too.
-TASK_OPTIONS = ("data_dir", "text_columns", "label_column", "validation_file", "task_name", "metric")
+TASK_OPTIONS = ("data_dir", "text_columns", "label_column", "validation_file", "task_name", "metric", "encoding")
+
+
+def default_max_length(task) -> int:
+    """The max length a task gets when none is given: 128 for GLUE and file tasks (the released code's),
+    64 for the embedded tweets (short texts; the demo's teacher)."""
+    return 64 if task == "tweets" else 128
 
 
 def _metrics():
@@ -29,7 +35,8 @@ class FinetuneConfig:
     task: str = option(help="GLUE name, 'tweets', a CSV/TSV/JSONL file or a save_to_disk directory.",
                        cli_default="tweets")
     output: str = option(help="Directory the teacher is written to.")
-    max_length: int = option(64, "Tokens per example, [CLS]/[SEP] included.")
+    max_length: int | None = option(None, "Tokens per example, [CLS]/[SEP] included.",
+                                    default_text="128; tweets 64")  # None: default_max_length(task)
     batch_size: int = option(32, "Examples per optimizer step.")
     epochs: int = option(3, "Passes over the training split; the best epoch on validation is kept.")
     lr: float = option(1e-4, "Peak AdamW learning rate (1e-4 beat 5e-5 on MiniLM).")  # 0.726 vs 0.666 dev acc, 2000 tweets
@@ -53,11 +60,15 @@ class FinetuneConfig:
     task_name: str | None = option(None, "File tasks: the task's name.", default_text="the file's stem")
     metric: str | None = option(None, "File tasks: the metric.", choices=_metrics,
                                 default_text="accuracy, or pearson_spearman for numeric scores")
+    encoding: str | None = option(None, "File tasks: the files' text encoding (e.g. latin-1).",
+                                  default_text="utf-8")
     resume: bool = option(True, "Ignore an unfinished run's checkpoint in --output.", flag="--no-resume",
                           negate=True)         # continue from output/checkpoint (written every epoch) when it matches
     overwrite: bool = OVERWRITE.field(False)  # replace an existing teacher in output
 
     def __post_init__(self):
+        if self.max_length is None:
+            object.__setattr__(self, "max_length", default_max_length(self.task))
         problems = []
         for name in ("max_length", "batch_size", "epochs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -111,4 +122,5 @@ class FinetuneConfig:
         return {"text_columns": self.text_columns, "label_column": self.label_column,
                 "label_names": self.label_names, "validation_file": self.validation_file,
                 "validation_fraction": self.validation_fraction, "data_dir": self.data_dir,
-                "task_name": self.task_name, "metric": self.metric}
+                "task_name": self.task_name, "metric": self.metric,
+                **({"encoding": self.encoding} if self.encoding is not None else {})}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -26,7 +27,7 @@ from .tables import FILE_SUFFIXES, LINE, read_table
 
 __all__ = ["TaskSpec", "TaskData", "TaskSource", "GLUE_TASKS", "TWEETS", "TASK_SOURCES", "FILE_OPTIONS", "load_task",
            "task_source", "task_name_of", "absolute_task_ref", "resolve_task", "check_same_labels",
-           "tokenize", "tweets_path"]
+           "tokenize", "count_truncated", "truncation_warning", "tweets_path"]
 
 METRICS = ("accuracy", "f1", "matthews", "pearson_spearman")
 
@@ -126,6 +127,7 @@ def load_task(
     data_dir: str | os.PathLike | None = None,
     task_name: str | None = None,
     metric: str | None = None,
+    encoding: str | None = None,
 ) -> TaskData:
     """Load a GLUE task (hub, local GLUE files, a saved dataset), the embedded tweets, or a local file.
 
@@ -147,6 +149,7 @@ def load_task(
         task_name, metric: file and saved-dataset tasks: the task's name (default: the file's stem;
             a GLUE name also picks that task's training schedule) and metric (default accuracy, or
             pearson_spearman for regression).
+        encoding: .csv/.tsv/.jsonl tasks: the files' text encoding (default UTF-8).
     Raises:
         DataError: unknown task, missing file or column, malformed row, missing or unknown label, empty
             text (naming the file and line), or GLUE unreachable.
@@ -157,7 +160,8 @@ def load_task(
         raise DataError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     options = {"limit": limit, "seed": seed, "text_columns": text_columns, "label_column": label_column,
                "label_names": label_names, "validation_fraction": validation_fraction,
-               "validation_file": validation_file, "data_dir": data_dir, "task_name": task_name, "metric": metric}
+               "validation_file": validation_file, "data_dir": data_dir, "task_name": task_name, "metric": metric,
+               "encoding": encoding}
     source = task_source(task, options)
     if data_dir is not None and not (source and source.takes_data_dir):
         data_dir_tasks = sorted({n for s in TASK_SOURCES.values() if s.takes_data_dir for n in s.names})
@@ -167,7 +171,7 @@ def load_task(
         named = list(dict.fromkeys(n for s in TASK_SOURCES.values() for n in sorted(s.names)))
         raise DataError(
             f"unknown task {task!r}: expected one of {named} "
-            f"or a path to a .csv/.tsv/.jsonl file or a `save_to_disk` directory"
+            f"or a path to a .csv/.tsv/.jsonl file, a `save_to_disk` directory, or a datasets hub id (owner/name)"
         )
     if source.names:
         _no_file_options(task, {k: options[k] for k in FILE_OPTIONS})
@@ -332,9 +336,16 @@ def _load_saved(path, limit, seed, text_columns, label_column, label_names, vali
     if not (Path(path) / "dataset_dict.json").is_file():
         raise DataError(f"{path} is a directory but not a `save_to_disk` DatasetDict (no dataset_dict.json): "
                         "pass a .csv/.tsv/.jsonl file or a directory written by DatasetDict.save_to_disk")
+    return _dataset_task(datasets.load_from_disk(str(path)), str(path), Path(path).name, limit, seed, text_columns,
+                         label_column, label_names, task_name, metric)
+
+
+def _dataset_task(dataset, origin: str, name: str, limit, seed, text_columns, label_column, label_names, task_name,
+                  metric) -> TaskData:
+    """A `DatasetDict` (saved to disk, or from the hub's cache) as a file task: its train and validation splits."""
     text_columns = _as_columns(text_columns)
     label_column = label_column or "label"
-    dataset = datasets.load_from_disk(str(path))
+    path = origin
     if "train" not in dataset:
         raise DataError(f"{path} has no 'train' split; it has {sorted(dataset)}")
     names = label_names
@@ -343,8 +354,38 @@ def _load_saved(path, limit, seed, text_columns, label_column, label_names, vali
     if names is None:
         names = _infer_label_names(list(dataset["train"][label_column]) if label_column in
                                    dataset["train"].column_names else [], None)
-    spec = _file_spec(Path(path).name, text_columns, label_column, tuple(str(n) for n in names), task_name, metric)
-    return _from_dataset_dict(spec, dataset, limit, seed, str(path))
+    spec = _file_spec(name, text_columns, label_column, tuple(str(n) for n in names), task_name, metric)
+    return _from_dataset_dict(spec, dataset, limit, seed, origin)
+
+
+_HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def _claims_hub_dataset(task: str, options: dict) -> bool:
+    """`owner/name` that is no local path and no file name: a `datasets` hub id."""
+    return (bool(_HUB_DATASET_ID.match(task)) and not Path(task).exists()
+            and Path(task).suffix.lower() not in FILE_SUFFIXES)
+
+
+def _load_hub_dataset(task: str, o: dict) -> TaskData:
+    """A hub dataset by id, read from the local cache when offline (or the hub is unreachable): never a hang."""
+    import datasets
+
+    if o.get("validation_file") is not None:
+        raise DataError("validation_file applies to .csv/.tsv/.jsonl tasks; a hub dataset has its own validation split")
+    offline = datasets.config.HF_HUB_OFFLINE or not _hub_reachable()
+    try:
+        with _offline_hub() if offline else contextlib.nullcontext():
+            dataset = datasets.load_dataset(task)
+    except Exception as exc:  # not in the cache, no such dataset, hub down: one line either way
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = ("offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set, or the hub unreachable), so only the local cache "
+                 "is read" if offline else "from the hub")
+        raise DataError(f"cannot load dataset {task!r} {where}: {reason}. Download it once with network "
+                        "(unset HF_DATASETS_OFFLINE and HF_HUB_OFFLINE), or pass a save_to_disk directory or a "
+                        ".csv/.tsv/.jsonl file") from None
+    return _dataset_task(dataset, task, task.split("/")[-1], o["limit"], o["seed"], o["text_columns"],
+                         o["label_column"], o["label_names"], o["task_name"], o["metric"])
 
 
 def _as_columns(text_columns) -> tuple[str, ...]:
@@ -354,13 +395,13 @@ def _as_columns(text_columns) -> tuple[str, ...]:
 
 
 def _load_file(path, limit, seed, text_columns, label_column, label_names, fraction, validation_file,
-               task_name=None, metric=None):
+               task_name=None, metric=None, encoding=None):
     path = Path(path)
     text_columns = _as_columns(text_columns)
     label_column = label_column or "label"
-    train = read_table(path)
+    train = read_table(path, encoding=encoding)
     if validation_file is not None:
-        splits = {"train": train, "validation": read_table(Path(validation_file))}
+        splits = {"train": train, "validation": read_table(Path(validation_file), encoding=encoding)}
         origins = {"train": str(path), "validation": str(validation_file)}
     else:
         splits = _split_seeded(train, fraction, seed)
@@ -474,7 +515,7 @@ def _label_id(value, spec, index, where, row):
 
 
 # ---------------------------------------------------------------------------------------------- task sources
-FILE_OPTIONS = ("text_columns", "label_column", "label_names", "validation_file", "task_name", "metric")
+FILE_OPTIONS = ("text_columns", "label_column", "label_names", "validation_file", "task_name", "metric", "encoding")
 
 
 @dataclass(frozen=True)
@@ -528,8 +569,10 @@ TASK_SOURCES: dict[str, TaskSource] = {s.name: s for s in (
     TaskSource("table", lambda task, o: Path(task).suffix.lower() in FILE_SUFFIXES or Path(task).exists(),
                lambda task, o: _load_file(task, o["limit"], o["seed"], o["text_columns"], o["label_column"],
                                           o["label_names"], o["validation_fraction"], o["validation_file"],
-                                          o["task_name"], o["metric"]),
+                                          o["task_name"], o["metric"], o.get("encoding")),
                description="a .csv/.tsv/.jsonl file"),
+    TaskSource("hub", _claims_hub_dataset, _load_hub_dataset,
+               description="a datasets hub id (owner/name), from the hub or, offline, its local cache"),
 )}
 
 
@@ -563,3 +606,37 @@ def tokenize(tokenizer, task_split: dict[str, list], spec: TaskSpec, max_length:
     out["labels"] = np.asarray(task_split[spec.label_column],
                                dtype=np.float32 if spec.is_regression else np.int64)
     return out
+
+
+TRUNCATION_WARN_FRACTION = 0.01
+
+
+def count_truncated(tokenizer, task_split: dict[str, list], spec: TaskSpec, max_length: int,
+                    lengths: np.ndarray | None = None) -> int:
+    """How many examples of a split have more than `max_length` tokens (and so lose some when tokenised).
+
+    Only the rows that fill `max_length` (from `lengths`, tokenize's output) can be truncated: those alone are
+    tokenised again without truncation, so the count costs little beyond tokenize itself.
+    """
+    texts = [task_split[c] for c in spec.text_columns]
+    rows = range(len(texts[0])) if lengths is None else np.flatnonzero(np.asarray(lengths) >= max_length)
+    candidates = [int(r) for r in rows]
+    if not candidates:
+        return 0
+    count = 0
+    for start in range(0, len(candidates), 2048):
+        chunk = candidates[start:start + 2048]
+        encoded = tokenizer(*[[t[r] for r in chunk] for t in texts], truncation=False, padding=False,
+                            return_attention_mask=False, return_token_type_ids=False, verbose=False)
+        count += sum(len(ids) > max_length for ids in encoded["input_ids"])
+    return int(count)
+
+
+def truncation_warning(truncated: dict[str, int], sizes: dict[str, int], max_length: int) -> str | None:
+    """One line when more than 1% of some split's examples are truncated, naming the count and --max-length."""
+    over = {s: n for s, n in truncated.items() if sizes.get(s) and n / sizes[s] > TRUNCATION_WARN_FRACTION}
+    if not over:
+        return None
+    parts = ", ".join(f"{n} of {sizes[s]} {s} examples ({n / sizes[s]:.1%})" for s, n in over.items())
+    return (f"warning: {parts} are longer than --max-length {max_length} tokens and are truncated; "
+            f"pass a larger --max-length to keep them whole")

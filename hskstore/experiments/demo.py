@@ -116,6 +116,12 @@ def build_student(kind: str, output, *, teacher: str | None = None, store: str |
     save_student(student.cpu(), output, tokenizer=tokenizer)
     # The store's task travels with the student: `evaluate` defaults to it, `export` names the classes.
     (Path(output) / "task.json").write_text(json.dumps(store_task_record(opened)))
+    from ..models.card import invocation, write_model_card
+
+    write_model_card(output, title=f"hskstore {kind} student (initial, not yet distilled)", role="student",
+                     task=opened.task, base_model=teacher or checkpoint, compression=opened.compression.to_dict(),
+                     amount_hsk=opened.resolved.amount(), command=invocation(),
+                     notes=["An initial student: train it from the store with `hskstore train`; it has no metrics yet."])
     return student_summary(student)
 
 

@@ -91,8 +91,9 @@ class SweepConfig:
     """
 
     output: str = option(help="Sweep directory: stores/, runs/, results.json/.csv, sweep.png.")
-    extract: ExtractConfig = nested(ExtractConfig, only=("teacher", "task", "limit", "max_length", "device"),
-                                    defaults={"task": "tweets", "output": ""})  # the teacher, task, limit...
+    extract: ExtractConfig = nested(ExtractConfig, only=("teacher", "task", "task_options", "limit", "max_length",
+                                                         "device", "allow_task_mismatch"),
+                                    defaults={"task": None, "output": ""})  # the teacher, task (None: the teacher's), limit...
     train: TrainConfig = nested(TrainConfig, only=("hsk_epochs", "pred_epochs", "hsk_lr", "pred_lr", "hsk_batch_size",
                                                    "pred_batch_size", "device"),
                                 defaults={"store": "", "student": "", "output": ""},  # set per run
@@ -318,9 +319,27 @@ def _row(point: SweepPoint, seed: int, result: dict, metric: str, lr: float | No
             "teacher_dev": result["teacher_dev"][key], "seconds": result.get("seconds")}
 
 
+def resolve_data(config: SweepConfig, data_seed: int) -> dict:
+    """The task the sweep's stores hold, loaded as extract will load it: {"task", "source", "examples"}.
+
+    Raises:
+        DataError: the teacher records no task and none is given, the given one is not the teacher's, or the
+            data cannot be loaded (a missing file, GLUE files not found in --data-dir).
+    """
+    from ..data.tasks import load_task, resolve_task
+    from ..models.teacher import teacher_task
+
+    extract = config.extract
+    task, options = resolve_task(teacher_task(extract.teacher), extract.task, extract.task_options,
+                                 allow_mismatch=extract.allow_task_mismatch, owner=f"teacher {extract.teacher}")
+    data = load_task(task, limit=extract.limit, seed=data_seed, **options)
+    return {"task": data.spec.name, "source": str(task),
+            "examples": {s: data.num_examples(s) for s in extract.splits}}
+
+
 def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     """Run (or resume) the sweep; returns {"points": [...], "rows": [...], "summary": [...], "files": {...}}."""
-    from ..stages.extract import teacher_data_seed, teacher_max_length
+    from ..models.teacher import teacher_data_seed, teacher_max_length
     from .demo import build_student
     from ..store.report import store_info
 
@@ -334,7 +353,8 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     per_point = len(config.point_lr_grid) + len(config.seeds) - 1 if config.point_lr_grid else len(config.seeds)
     total = len(hsk_points) * per_point + (len(grid) + len(config.seeds) - 1 if grid else 0)
     if dry_run:
-        return {"points": [{"key": p.key, "kind": p.kind} for p in points], "runs": total}
+        return {"points": [{"key": p.key, "kind": p.kind} for p in points], "runs": total,
+                **resolve_data(config, data_seed)}
     _check_recipe(out, config)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({"config": asdict(config), "max_length": max_length}, indent=2,
@@ -388,7 +408,7 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     summary = _summarise(rows)
     files = _write_results(out, rows, summary)
     try:
-        title = f"{config.extract.task or teacher}: dev {rows[0]['metric']}"
+        title = f"{config.extract.task or Path(teacher).name}: dev {rows[0]['metric']}"
         files["plot"] = str(plot_sweep(summary, out / "sweep.png", title=title))
     except ImportError:
         files["plot"] = None

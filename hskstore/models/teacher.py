@@ -32,6 +32,10 @@ __all__ = [
     "HiddenStateRecorder",
     "BERT_FAMILY",
     "TOKENIZER_FILES",
+    "DEFAULT_MAX_LENGTH",
+    "teacher_max_length",
+    "teacher_data_seed",
+    "teacher_task",
 ]
 
 # model_type values whose encoder is BertModel-compatible (embeddings + encoder.layer[i].attention.self).
@@ -56,6 +60,58 @@ class TeacherIdentity:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+DEFAULT_MAX_LENGTH = 128
+
+
+def _teacher_info(teacher: str) -> dict:
+    """hskstore_teacher.json (written by finetune), or {} for a teacher made elsewhere; one-line error if broken."""
+    meta = Path(teacher) / "hskstore_teacher.json"
+    if not meta.is_file():
+        return {}
+    try:
+        info = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{meta} is not valid JSON ({exc}); delete it (extract then needs --max-length and "
+                         "--data-seed) or fine-tune the teacher again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config", {}), dict):
+        raise ModelError(f"{meta} is not an object of fine-tuning settings; delete it or fine-tune the teacher again")
+    return info
+
+
+def _info_int(teacher: str, value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(f"{Path(teacher) / 'hskstore_teacher.json'} has {name}={value!r}, expected an integer; "
+                         f"pass --{name.replace('_', '-')} or fine-tune the teacher again")
+    return value
+
+
+def teacher_max_length(teacher: str) -> int:
+    """The max length the teacher was fine-tuned with (hskstore_teacher.json), else 128."""
+    return _info_int(teacher, _teacher_info(teacher).get("max_length", DEFAULT_MAX_LENGTH), "max_length")
+
+
+def teacher_data_seed(teacher: str) -> int:
+    """The data seed the teacher was fine-tuned with (hskstore_teacher.json), else 0: same split everywhere."""
+    info = _teacher_info(teacher)
+    return _info_int(teacher, info.get("config", {}).get("data_seed", info.get("data_seed", 0)), "data_seed")
+
+
+def teacher_task(teacher: str) -> dict | None:
+    """The teacher's task as finetune recorded it: {"task", "options", "name", "label_names"}, or None."""
+    meta = Path(teacher) / "hskstore_teacher.json"
+    if not meta.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    spec, ref = info.get("task") or {}, info.get("task_ref")
+    if ref is None and info.get("config", {}).get("task"):  # written before task_ref existed
+        config = info["config"]
+        ref = {"task": config["task"], "options": {k: config.get(k) for k in (
+            "text_columns", "label_column", "label_names", "validation_file", "validation_fraction")}}
+    if ref is None:
+        return None
+    return {**ref, "name": spec.get("name"), "label_names": spec.get("label_names")}
 
 
 def _read_config(path: str | os.PathLike) -> dict:

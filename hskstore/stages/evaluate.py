@@ -12,9 +12,23 @@ from ..errors import DataError
 from ..runtime.device import resolve_device
 from ..data.metrics import compute_metrics
 from ..models.student import load_student
-from ..models.teacher import load_tokenizer
+from ..models.teacher import load_teacher, load_tokenizer, teacher_data_seed, teacher_max_length, teacher_task
 
-__all__ = ["evaluate_student", "evaluate_on_store", "predict_texts", "predict_file", "student_task"]
+__all__ = ["evaluate_student", "evaluate_on_store", "predict_texts", "predict_file", "student_task", "is_teacher_dir"]
+
+
+def is_teacher_dir(path) -> bool:
+    """A fine-tuned teacher (hskstore_teacher.json, as finetune writes it) rather than a student directory."""
+    return (Path(path) / "hskstore_teacher.json").is_file() and not (Path(path) / "student.json").is_file()
+
+
+def _teacher_as_recorded(teacher_dir) -> dict:
+    """The teacher's record in task.json's shape, so a teacher is scored on the same footing as a student."""
+    known = teacher_task(str(teacher_dir)) or {}
+    spec = {"name": known.get("name")} | ({"label_names": known["label_names"]} if known.get("label_names") else {})
+    return {"task": spec, "task_ref": {"task": known.get("task"), "options": known.get("options") or {}},
+            "max_length": teacher_max_length(str(teacher_dir)), "data_seed": teacher_data_seed(str(teacher_dir))
+            } if known else {"max_length": teacher_max_length(str(teacher_dir))}
 
 
 def student_task(student_dir) -> dict:
@@ -39,7 +53,10 @@ def _logits(student, tokens: dict[str, np.ndarray], batch_size: int, device) -> 
 def evaluate_student(student_dir, task: str | None = None, split: str = "validation", *, limit: int | None = None,
                      seed: int | None = None, max_length: int | None = None, batch_size: int = 128, device: str = "auto",
                      task_options: dict | None = None, allow_task_mismatch: bool = False) -> dict:
-    """Metrics of a saved student on a task split (tokenised with the student's own tokenizer).
+    """Metrics of a saved student, or of a fine-tuned teacher directory, on a task split (own tokenizer).
+
+    A teacher directory (hskstore_teacher.json) is scored the same way: its recorded task, data seed and
+    max length stand in for task.json's, so the teacher's number and its students' share the split.
 
     Without `task`, the task and its split seed are those of the store the student was distilled from
     (task.json), so "validation" is the same held-out rows and never the teacher's training rows. The
@@ -52,22 +69,25 @@ def evaluate_student(student_dir, task: str | None = None, split: str = "validat
     """
     from ..data.tasks import check_same_labels, load_task, resolve_task, tokenize
 
-    recorded = student_task(student_dir)
+    teacher = is_teacher_dir(student_dir)
+    recorded = _teacher_as_recorded(student_dir) if teacher else student_task(student_dir)
+    owner = f"{'teacher' if teacher else 'student'} {student_dir}"
     reference = recorded.get("task_ref") or {}
     spec = recorded.get("task") or {}
     known = {"task": reference.get("task") or spec.get("name"), "options": reference.get("options") or {},
-             "name": spec.get("name")} if recorded else None
+             "name": spec.get("name")} if spec else None
     if task is None:
         # The store's own task, split seed and subset: the validation rows it was distilled against.
         seed = recorded.get("data_seed", seed) if seed is None else seed
     task, task_options = resolve_task(known, task, task_options, allow_mismatch=allow_task_mismatch,
-                                      owner=f"student {student_dir}")
+                                      owner=owner)
     data = load_task(task, limit=limit, seed=0 if seed is None else seed, **task_options)
     if "label_names" in spec:
-        check_same_labels(spec["label_names"], data.spec, f"student {student_dir}", allow_task_mismatch)
+        check_same_labels(spec["label_names"], data.spec, owner, allow_task_mismatch)
     columns = data.split(split)  # "validation" also names MNLI's validation_matched
     device = resolve_device(device)
-    student = load_student(student_dir, device=device)
+    student = (load_teacher(str(student_dir), device=device)[0] if teacher
+               else load_student(student_dir, device=device))
     tokens = tokenize(load_tokenizer(student_dir), columns, data.spec,
                       max_length or recorded.get("max_length", 128))
     logits = _logits(student, tokens, batch_size, device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -32,63 +33,13 @@ from ..errors import ConfigError, ModelError
 from ..method.select import Selector, pack_bits, round_mantissa
 from ..store import StoreWriter, array_specs, root_attributes
 from ..store.transaction import StoreTransaction
-from ..models.teacher import (check_bert_family, check_max_length, check_tokenizer_files, load_teacher,
-                      load_tokenizer, teacher_fingerprint)
+from ..models.hub import hub_provenance
+from ..models.teacher import (DEFAULT_MAX_LENGTH, check_bert_family, check_max_length,  # noqa: F401 (re-exported)
+                              check_tokenizer_files, load_teacher, load_tokenizer, teacher_data_seed,
+                              teacher_fingerprint, teacher_max_length, teacher_task)
 
 __all__ = ["ExtractConfig", "extract", "batch_bounds", "rank_chunks", "resolve_device", "teacher_max_length",
            "teacher_data_seed", "teacher_task"]
-
-DEFAULT_MAX_LENGTH = 128
-
-
-def _teacher_info(teacher: str) -> dict:
-    """hskstore_teacher.json (written by finetune), or {} for a teacher made elsewhere; one-line error if broken."""
-    meta = Path(teacher) / "hskstore_teacher.json"
-    if not meta.is_file():
-        return {}
-    try:
-        info = json.loads(meta.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{meta} is not valid JSON ({exc}); delete it (extract then needs --max-length and "
-                         "--data-seed) or fine-tune the teacher again") from None
-    if not isinstance(info, dict) or not isinstance(info.get("config", {}), dict):
-        raise ModelError(f"{meta} is not an object of fine-tuning settings; delete it or fine-tune the teacher again")
-    return info
-
-
-def _info_int(teacher: str, value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ModelError(f"{Path(teacher) / 'hskstore_teacher.json'} has {name}={value!r}, expected an integer; "
-                         f"pass --{name.replace('_', '-')} or fine-tune the teacher again")
-    return value
-
-
-def teacher_max_length(teacher: str) -> int:
-    """The max length the teacher was fine-tuned with (hskstore_teacher.json), else 128."""
-    return _info_int(teacher, _teacher_info(teacher).get("max_length", DEFAULT_MAX_LENGTH), "max_length")
-
-
-def teacher_data_seed(teacher: str) -> int:
-    """The data seed the teacher was fine-tuned with (hskstore_teacher.json), else 0: same split everywhere."""
-    info = _teacher_info(teacher)
-    return _info_int(teacher, info.get("config", {}).get("data_seed", info.get("data_seed", 0)), "data_seed")
-
-
-def teacher_task(teacher: str) -> dict | None:
-    """The teacher's task as finetune recorded it: {"task", "options", "name", "label_names"}, or None."""
-    meta = Path(teacher) / "hskstore_teacher.json"
-    if not meta.is_file():
-        return None
-    info = json.loads(meta.read_text())
-    spec, ref = info.get("task") or {}, info.get("task_ref")
-    if ref is None and info.get("config", {}).get("task"):  # written before task_ref existed
-        config = info["config"]
-        ref = {"task": config["task"], "options": {k: config.get(k) for k in (
-            "text_columns", "label_column", "label_names", "validation_file", "validation_fraction")}}
-    if ref is None:
-        return None
-    return {**ref, "name": spec.get("name"), "label_names": spec.get("label_names")}
-
 
 class _ChunkWriter:
     """Threads that compress and write finished chunks while the teacher keeps running.
@@ -256,6 +207,9 @@ def _teacher_provenance(teacher: str, identity) -> dict:
             base = None
     info.update(path=_absolute_if_file(teacher), name=path.resolve().name if path.exists() else teacher,
                 base_model=_absolute_if_file(base) if isinstance(base, str) else None)
+    hub = hub_provenance(teacher)
+    if hub:  # a teacher named by hub id: the snapshot's commit (revision) it was read from
+        info["hub"] = hub
     return info
 
 
@@ -313,7 +267,8 @@ class _Plan:
 def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -> _Plan:
     """Resolve the teacher, task, compression, sizes, array specs and attributes; fail on anything
     wrong before the teacher runs (cheap checks before data and weights are loaded)."""
-    from ..data.tasks import absolute_task_ref, check_same_labels, load_task, resolve_task, tokenize
+    from ..data.tasks import (absolute_task_ref, check_same_labels, count_truncated, load_task, resolve_task, tokenize,
+                              truncation_warning)
 
     if world.distributed and not transaction.backend.parallel_writers:
         raise ConfigError(f"{config.output} is {transaction.backend.description}, which takes one writer: extract "
@@ -352,6 +307,12 @@ def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -
     offset = {s: mine[s].start * chunk_rows for s in config.splits}
     encoded = {s: tokenize(tokenizer, {c: v[offset[s]:mine[s].stop * chunk_rows] for c, v in columns[s].items()},
                            spec, max_length) for s in config.splits}
+    # Examples longer than max_length lose their tail: counted (this rank's rows) and recorded, warned above 1%.
+    truncated = {s: count_truncated(tokenizer, {c: v[offset[s]:mine[s].stop * chunk_rows] for c, v in columns[s].items()},
+                                    spec, max_length, encoded[s]["lengths"]) for s in config.splits}
+    warning = truncation_warning(truncated, {s: len(encoded[s]["lengths"]) for s in config.splits}, max_length)
+    if warning and world.is_main:
+        print(warning, file=sys.stderr)
     meta = {
         "created_by": f"hskstore {__version__}",
         "compression": compression.to_dict(),
@@ -366,6 +327,7 @@ def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -
         "label_names": list(spec.label_names),
         "num_labels": spec.num_labels,
         "max_length": max_length,
+        "truncated": truncated,  # examples per split longer than max_length (optional: older stores lack it)
         "limit": config.limit,
         "data_seed": config.data_seed,
         # CUDA runs the teacher under float16 autocast, CPU and mps in float32: a resumed store must not mix them.

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 
 from ..configs.finetune import FinetuneConfig
-from ..data.tasks import TaskSpec, absolute_task_ref, load_task, tokenize
+from ..data.tasks import TaskSpec, absolute_task_ref, count_truncated, load_task, tokenize, truncation_warning
+from ..models.card import invocation, write_model_card
+from ..models.hub import hub_provenance
 from ..runtime.device import autocast, precision_for, resolve_device
 from ..errors import ConfigError
 from ..data.metrics import compute_metrics, primary_metric
@@ -61,6 +64,12 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
     tokenizer = load_tokenizer(config.model)
     train = tokenize(tokenizer, data.split("train"), spec, config.max_length)
     validation = tokenize(tokenizer, data.split("validation"), spec, config.max_length)
+    truncated = {name: count_truncated(tokenizer, data.split(name), spec, config.max_length, tokens["lengths"])
+                 for name, tokens in (("train", train), ("validation", validation))}
+    warning = truncation_warning(truncated, {"train": len(train["labels"]), "validation": len(validation["labels"])},
+                                 config.max_length)
+    if warning:
+        print(warning, file=sys.stderr)
 
     torch.manual_seed(config.seed)  # the fresh classifier head and dropout
     with quiet_transformers():
@@ -121,7 +130,8 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
     if best_state is not None:
         model.load_state_dict(best_state)
     result = {**best, "train_seconds": train_seconds}
-    _save(model, tokenizer, config, spec, result, history)
+    _save(model, tokenizer, config, spec, result, history,
+          {"counts": truncated, "examples": {"train": len(train["labels"]), "validation": len(validation["labels"])}})
     shutil.rmtree(checkpoint, ignore_errors=True)  # the teacher is complete: nothing left to resume
     return result
 
@@ -215,7 +225,8 @@ def _set_label_names(model, spec: TaskSpec) -> None:
         model.config.problem_type = "single_label_classification"
 
 
-def _save(model, tokenizer, config: FinetuneConfig, spec: TaskSpec, result: dict, history: list) -> None:
+def _save(model, tokenizer, config: FinetuneConfig, spec: TaskSpec, result: dict, history: list,
+          truncated: dict | None = None) -> None:
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
@@ -239,7 +250,16 @@ def _save(model, tokenizer, config: FinetuneConfig, spec: TaskSpec, result: dict
         "base_model": recorded["model"],
         "config": recorded,
     }
+    if truncated is not None:  # examples longer than max_length, per split
+        info["truncated"] = truncated
+    if hub_provenance(config.model):  # a hub id: the snapshot's commit, so the base model can be found again
+        info["base_model_hub"] = hub_provenance(config.model)
     (output / TEACHER_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_model_card(output, title=f"hskstore teacher ({spec.name})", role="teacher", task=spec.to_dict(),
+                     metrics={k: v for k, v in result.items() if k not in ("epoch", "train_loss", "train_seconds")},
+                     split="validation", base_model=recorded["model"], command=invocation(),
+                     notes=[f"Fine-tuned for {config.epochs} epochs at max length {config.max_length}; the kept "
+                            f"epoch ({config.keep}) is {result.get('epoch')}."])
 
 
 def _progress_bar(total: int, enabled: bool):

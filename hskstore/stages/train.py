@@ -225,7 +225,7 @@ class Trainer:
             if main:
                 self._save_checkpoint({"stages_done": done, "best": state["best"]}, None)
         if main and "pred" not in self.config.stages:
-            self._save_student(self.output / "student")
+            self._save_student(self.output / "student", self.history[-1].get("dev") if self.history else None)
         result = self._metrics(state.get("best"))
         if main:
             (self.output / "metrics.json").write_text(json.dumps(result, indent=2))
@@ -336,7 +336,7 @@ class Trainer:
             key = primary_metric(self.task["metric"])
             if stage == "pred" and (best is None or record["dev"][key] > best[key]):
                 best = record["dev"]
-                self._save_student(self.output / "student")
+                self._save_student(self.output / "student", best)
         self.history.append(record)
         if self.world.is_main:
             self._save_checkpoint({"stage": stage, "epoch": record["epoch"], "step": record["step"], "best": best,
@@ -365,12 +365,23 @@ class Trainer:
         }
 
     # ------------------------------------------------------------------ persistence (safetensors + JSON only)
-    def _save_student(self, directory: Path):
+    def _save_student(self, directory: Path, dev: dict | None = None):
+        from ..models.card import invocation, write_model_card
+
         if directory.exists():
             shutil.rmtree(directory)
         save_student(self.student, directory)
         self.store.save_tokenizer(directory)
         (directory / "task.json").write_text(json.dumps(store_task_record(self.store)))
+        teacher = self.store.teacher or {}
+        write_model_card(directory, title=f"hskstore student ({', '.join(self.config.stages)} from an HSK store)",
+                         role="student", task=self.task, metrics=dev, split="validation",
+                         base_model=teacher.get("path") or teacher.get("name"),
+                         compression=self.store.compression.to_dict(), amount_hsk=self.resolved.amount(),
+                         command=invocation(),
+                         notes=[f"Distilled from the store `{normalize_location(self.config.store)}` (teacher "
+                                f"`{teacher.get('path') or teacher.get('name')}`); the student started from "
+                                f"`{os.path.abspath(self.config.student)}`."])
 
     def _run_key(self) -> dict:
         c = self.config

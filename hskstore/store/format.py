@@ -132,6 +132,7 @@ ROOT_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "label_names": (_LIST, True),
     "num_labels": (_INT, True),
     "max_length": (_INT, True),
+    "truncated": (_DICT, False),                  # examples per split longer than max_length (absent in older stores)
     "limit": ((int, type(None)), True),
     "data_seed": (_INT, True),
     "numerics": (_STR, True),

@@ -70,6 +70,7 @@ def _describe(store) -> dict:
         "teacher_layers": resolved.teacher_layer_ids,
         "triple": [resolved.depth, resolved.length, resolved.width],
         "max_length": resolved.max_length,
+        "truncated": store.attrs.get("truncated"),   # None: a store from before it was recorded
         "examples": examples,
         "mean_tokens": tokens / max(counted, 1),
         "amount_hsk": amount,
@@ -101,6 +102,7 @@ def format_info(info: dict) -> str:
         f"teacher     {info['teacher']['path']}  ({info['teacher']['num_layers']} layers, d={info['teacher']['hidden_size']}, "
         f"{info['teacher']['num_heads']} heads, vocab {info['teacher']['vocab_size']})",
         f"task        {info['task']}  examples {info['examples']}  mean tokens {info['mean_tokens']:.1f} / max {info['max_length']}",
+        _truncation_line(info),
         f"compression (N^D, N^L, N^W) = {tuple(info['triple'])}  L'={c['student_layers']}  teacher layers {info['teacher_layers']}",
         f"            length {c['length_strategy']} (score {c['score_kind']}, {c['score_layer']} layer)  width {c['width_strategy']}  values {c['value_dtype']}",
         f"A^HSK       {info['amount_hsk']:.3f} token vectors per example = {100 * (info['fraction_of_full'] or 0):.3f}% of full HSK ({info['full_hsk_units']:.1f})",
@@ -118,6 +120,18 @@ def format_info(info: dict) -> str:
                      f"({summary['examples_per_second']:.0f} ex/s on {summary['device']}, "
                      f"{_batching(summary)})")
     return "\n".join(lines)
+
+
+def _truncation_line(info: dict) -> str:
+    """Examples longer than the max length, as a fraction of each split (a warning above 1%)."""
+    truncated = info.get("truncated")
+    if truncated is None:
+        return "truncated   not recorded (a store from before hskstore counted it)"
+    parts = [f"{s} {n} of {info['examples'].get(s, 0)} ({n / max(info['examples'].get(s, 0), 1):.1%})"
+             for s, n in truncated.items()]
+    over = any(n / max(info["examples"].get(s, 0), 1) > 0.01 for s, n in truncated.items())
+    return (f"truncated   {', '.join(parts)} longer than {info['max_length']} tokens"
+            + ("  (warning: over 1%; extract with a larger --max-length)" if over else ""))
 
 
 def _batching(summary: dict) -> str:

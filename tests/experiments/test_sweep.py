@@ -32,7 +32,8 @@ def test_a_sweep_needs_points_or_levels():
 
 @pytest.mark.slow
 def test_sweep_end_to_end_on_the_tiny_teacher_is_resumable(tiny_teacher, tiny_student, tmp_path):
-    args = ["sweep", "--teacher", tiny_teacher, "--output", str(tmp_path / "sweep"), "--student", tiny_student,
+    args = ["sweep", "--teacher", tiny_teacher, "--task", "tweets", "--output", str(tmp_path / "sweep"),
+            "--student", tiny_student,
             "--point", "1,3,0.25", "--point", "2,5,0.5", "--seeds", "0,1", "--student-layers", "2",
             "--limit", "40", "--hsk-epochs", "1", "--pred-epochs", "1", "--pred-lr-grid", "1e-4,1e-3",
             "--device", "cpu"]
@@ -72,13 +73,15 @@ def test_sweep_end_to_end_on_the_tiny_teacher_is_resumable(tiny_teacher, tiny_st
 
 
 def test_a_dry_run_prints_the_plan_and_writes_nothing(tiny_teacher, tmp_path):
-    result = CliRunner().invoke(cli, ["sweep", "--teacher", tiny_teacher, "--output", str(tmp_path / "s"),
+    result = CliRunner().invoke(cli, ["sweep", "--teacher", tiny_teacher, "--task", "tweets",
+                                      "--output", str(tmp_path / "s"), "--limit", "40",
                                       "--level", "1", "--level", "3", "--student-layers", "2", "--dry-run"],
                                 catch_exceptions=False)
     assert result.exit_code == 0
     plan_ = json.loads(result.output)
     assert [p["kind"] for p in plan_["points"]] == ["hsk", "hsk", "full", "pred"]
     assert plan_["runs"] == 3 * 3 + 4 + 2                 # 3 seeds per point; a 4-lr grid, then 2 more seeds
+    assert plan_["task"] == "tweets" and plan_["examples"] == {"train": 40, "validation": 10}  # the data, resolved
     assert not (tmp_path / "s").exists()
 
 
@@ -125,7 +128,7 @@ def test_a_point_may_change_strategies_and_the_hsk_loss_and_keep_every_token():
 @pytest.mark.slow
 def test_every_arm_can_get_the_baselines_tuning_and_stores_are_shared_or_sliced(tiny_teacher, tiny_student, tmp_path):
     out = tmp_path / "sweep"
-    args = ["sweep", "--teacher", tiny_teacher, "--output", str(out), "--student", tiny_student,
+    args = ["sweep", "--teacher", tiny_teacher, "--task", "tweets", "--output", str(out), "--student", tiny_student,
             "--point", "1,3,0.25", "--point", "1,3,0.25,hsk_loss=kept", "--point", "1,all,all", "--no-pred",
             "--seeds", "0,1", "--student-layers", "2", "--limit", "40", "--hsk-epochs", "1", "--pred-epochs", "1",
             "--point-lr-grid", "1e-4,1e-3", "--device", "cpu"]
@@ -145,3 +148,79 @@ def test_every_arm_can_get_the_baselines_tuning_and_stores_are_shared_or_sliced(
 
     with open_store(str(out / "stores" / "hsk-1-all-all.zarr")) as store:     # every token: sliced from full HSK
         assert store.attrs["derived_from"]["location"].endswith("full.zarr")
+
+
+def _pair_teacher_and_student(tmp_path, task_record=None):
+    from conftest import save_tiny_teacher
+
+    from hskstore.models.student import build_bert_student, save_student
+
+    teacher = save_tiny_teacher(tmp_path / "teacher", num_labels=2)
+    if task_record is not None:
+        (tmp_path / "teacher" / "hskstore_teacher.json").write_text(json.dumps({"max_length": 32, **task_record}))
+    student = tmp_path / "student"
+    save_student(build_bert_student(num_labels=2, vocab_size=30522, num_layers=2, hidden_size=16,
+                                    intermediate_size=32, num_heads=2, seed=0), student)
+    return teacher, str(student)
+
+
+SMALL = ["--point", "1,3,0.25", "--seeds", "0", "--student-layers", "2", "--no-full", "--pred-lr-grid", "1e-3",
+         "--hsk-epochs", "1", "--pred-epochs", "1", "--hsk-batch-size", "8", "--pred-batch-size", "8",
+         "--device", "cpu"]
+
+
+def _glue_files_fixture():
+    """tests/data/test_glue_files.py, which writes GLUE-format folders (imported by path: tests/data is no package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("glue_files_fixture",
+                                                  Path(__file__).parents[1] / "data" / "test_glue_files.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_runs_on_glue_files_from_data_dir(tmp_path):
+    write_glue_folder = _glue_files_fixture().write_glue_folder
+    write_glue_folder(tmp_path / "RTE", "rte", train_rows=16, dev_rows=8)
+    teacher, student = _pair_teacher_and_student(tmp_path)
+    args = ["sweep", "--teacher", teacher, "--task", "rte", "--data-dir", str(tmp_path / "RTE"),
+            "--output", str(tmp_path / "sweep"), "--student", student, *SMALL]
+    dry = CliRunner().invoke(cli, [*args, "--dry-run"], catch_exceptions=False)
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.output)["examples"] == {"train": 16, "validation": 8}
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "sweep" / "results.json").read_text())["summary"]
+    assert [row["point"] for row in summary] == ["hsk-1-3-0.25", "pred"]
+    from hskstore.store import open_store
+
+    stores = sorted((tmp_path / "sweep" / "stores").glob("*.zarr"))
+    with open_store(str(stores[0])) as store:
+        assert store.task["name"] == "rte" and store.attrs["splits"] == {"train": 16, "validation": 8}
+
+
+def test_sweep_defaults_to_the_file_task_the_teacher_recorded(tmp_path):
+    data = tmp_path / "pairs.csv"
+    data.write_text("first,second,label\n" + "".join(f"a {i},b {i},{'yes' if i % 2 else 'no'}\n" for i in range(24)))
+    options = {"text_columns": ["first", "second"], "label_column": "label", "validation_fraction": 0.25}
+    teacher, student = _pair_teacher_and_student(tmp_path, {
+        "task": {"name": "pairs", "label_names": ["no", "yes"]}, "task_ref": {"task": str(data), "options": options}})
+    args = ["sweep", "--teacher", teacher, "--output", str(tmp_path / "sweep"), "--student", student, *SMALL]
+    dry = CliRunner().invoke(cli, [*args, "--dry-run"], catch_exceptions=False)
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.output)["task"] == "pairs" and json.loads(dry.output)["examples"]["validation"] == 6
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((tmp_path / "sweep" / "results.json").read_text())["rows"]) == 2
+
+
+def test_a_dry_run_names_a_missing_task_with_flags_sweep_has(tiny_teacher, tmp_path):
+    result = CliRunner().invoke(cli, ["sweep", "--teacher", tiny_teacher, "--output", str(tmp_path / "s"),
+                                      "--point", "1,3,0.25", "--dry-run"])
+    assert result.exit_code == 2 and "--task" in result.output
+    missing = CliRunner().invoke(cli, ["sweep", "--teacher", tiny_teacher, "--output", str(tmp_path / "s"),
+                                       "--task", "rte", "--data-dir", str(tmp_path / "nowhere"),
+                                       "--point", "1,3,0.25", "--dry-run"])
+    assert missing.exit_code == 2 and "nowhere" in missing.output and not (tmp_path / "s").exists()

@@ -89,7 +89,23 @@ def test_extract_takes_a_hub_id_on_the_command_line(hub_home, tmp_path):
                            "--device", "cpu", "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
+    from hskstore.store import open_store
+
+    with open_store(str(tmp_path / "s.zarr")) as store:  # the teacher's hub id and the snapshot's revision
+        assert store.attrs["teacher"]["hub"] == {"hub_id": "hskstore-test/tiny-teacher", "revision": REVISION}
     missing = subprocess.run([sys.executable, "-m", "hskstore", "extract", "--teacher", "no-such-org/no-model",
                               "--task", "tweets", "--output", str(tmp_path / "t.zarr"), "--quiet"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "HF_HUB_OFFLINE" in missing.stderr
+
+
+def test_finetune_records_the_revision_of_a_base_model_given_by_hub_id(offline_cache, tmp_path):
+    import json
+
+    from hskstore.stages.finetune import FinetuneConfig, finetune
+
+    finetune(FinetuneConfig(model="hskstore-test/tiny-teacher", task="tweets", output=str(tmp_path / "t"), limit=16,
+                            epochs=1, max_length=16, batch_size=8, device="cpu"), progress=False)
+    info = json.loads((tmp_path / "t" / "hskstore_teacher.json").read_text())
+    assert info["base_model_hub"] == {"hub_id": "hskstore-test/tiny-teacher", "revision": REVISION}
+    assert "hskstore-test/tiny-teacher" in (tmp_path / "t" / "README.md").read_text()

@@ -85,3 +85,84 @@ def test_predict_file_reads_the_tasks_own_columns(pair_student, tmp_path):
     (tmp_path / "one.tsv").write_text("sentence1\nA man sleeps.\n")
     with pytest.raises(DataError, match=r"has no column \['sentence2'\]"):
         predict_file(pair_student, tmp_path / "one.tsv", device="cpu")
+
+
+def test_predict_on_the_command_line_takes_pairs_and_task_column_files(pair_student, tmp_path):
+    from click.testing import CliRunner
+
+    from hskstore.cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["predict", str(pair_student), "--pair", "A man sleeps.", "Nobody sleeps.",
+                                 "--pair", "It rains.", "It is wet.", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [(r["text"], r["pair"]) for r in rows] == [("A man sleeps.", "Nobody sleeps."), ("It rains.", "It is wet.")]
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text(json.dumps({"sentence1": "Ça pleut.", "sentence2": "Il fait humide."}) + "\n")
+    result = runner.invoke(cli, ["predict", str(pair_student), "--file", str(inputs), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["pair"] == "Il fait humide."
+    single = runner.invoke(cli, ["predict", str(pair_student), "A man sleeps.", "--device", "cpu"])
+    assert single.exit_code == 2 and "--pair" in single.output
+
+
+def test_predict_reads_a_latin_1_file_when_told_its_encoding(pair_student, tmp_path):
+    from click.testing import CliRunner
+
+    from hskstore.cli import cli
+
+    inputs = tmp_path / "inputs.tsv"
+    inputs.write_bytes("sentence1\tsentence2\nÇa pleut.\tIl fait humide.\n".encode("latin-1"))
+    result = CliRunner().invoke(cli, ["predict", str(pair_student), "--file", str(inputs), "--encoding", "latin-1",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["text"] == "Ça pleut."
+
+
+def test_evaluate_scores_a_teacher_directory_on_its_recorded_task_and_split(tiny_teacher, tmp_path):
+    """The teacher's number on the same footing as its students': its recorded task, seed and max length."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from hskstore.cli import cli
+
+    rows = [(f"{word} {i}", label) for i in range(20) for word, label in (("good day", "b"), ("bad day", "a"),
+                                                                          ("odd day", "c"))]
+    data = tmp_path / "days.csv"
+    data.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows))
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    (teacher / "hskstore_teacher.json").write_text(json.dumps({
+        "task": {"name": "days", "label_names": ["a", "b", "c"]}, "max_length": 16, "data_seed": 3,
+        "task_ref": {"task": str(data), "options": {"validation_fraction": 0.25}}}))
+    result = CliRunner().invoke(cli, ["evaluate", str(teacher), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output)
+    assert scored["task"] == "days" and scored["examples"] == 15 and 0 <= scored["accuracy"] <= 1
+    other = CliRunner().invoke(cli, ["evaluate", str(teacher), "--task", "tweets", "--device", "cpu"])
+    assert other.exit_code == 2 and "teacher" in other.output and "days" in other.output
+
+
+def test_a_latin_1_file_task_loads_with_encoding_on_the_command_line(tiny_teacher, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from hskstore.cli import cli
+
+    rows = [(f"{word} {i}", label) for i in range(20) for word, label in (("café crème", "b"), ("thé noir", "a"),
+                                                                          ("eau plate", "c"))]
+    data = tmp_path / "drinks.csv"
+    data.write_bytes(("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows)).encode("latin-1"))
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    (teacher / "hskstore_teacher.json").write_text(json.dumps({"max_length": 16}))
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["evaluate", str(teacher), "--task", str(data), "--device", "cpu"])
+    assert refused.exit_code == 2 and "--encoding" in refused.output
+    result = runner.invoke(cli, ["evaluate", str(teacher), "--task", str(data), "--encoding", "latin-1", "--json",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["task"] == "drinks"

@@ -156,3 +156,16 @@ def test_a_finetune_killed_between_the_checkpoint_renames_resumes_from_the_old_o
     finetune(_config(tiny_bert_dir, tmp_path, limit=64, epochs=2), progress=False)
     history = json.loads((tmp_path / TEACHER_INFO_FILE).read_text())["history"]
     assert [m["epoch"] for m in history] == [1, 2]  # epoch 1 was not redone
+
+
+def test_finetune_records_truncation_warns_and_writes_a_model_card(tiny_bert_dir, tmp_path, capsys):
+    output = tmp_path / "teacher"
+    metrics = finetune(_config(tiny_bert_dir, output, limit=64, max_length=8), progress=False)
+    info = json.loads((output / TEACHER_INFO_FILE).read_text())
+    counts, examples = info["truncated"]["counts"], info["truncated"]["examples"]
+    assert examples == {"train": 64, "validation": 16} and counts["train"] > 1  # tweets are longer than 6 words
+    assert "--max-length 8" in capsys.readouterr().err
+    card = (output / "README.md").read_text()
+    assert "tags: [hskstore, knowledge-distillation, teacher]" in card and "**Task:** tweets" in card
+    assert "## Metrics (validation split)" in card and f"{metrics['accuracy']:.4f}" in card
+    assert tiny_bert_dir in card  # the base model

@@ -30,7 +30,7 @@ GOLDEN_DIMS = {"values": ["example", "layer", "slot", "kept"], "masks": ["exampl
 GOLDEN_ROOT_ATTRIBUTES = [
     "amount_hsk", "batch_size", "batch_tokens", "chunk_rows", "codecs", "complete", "compression", "created_at", "created_by",
     "data_seed", "format", "format_version", "label_names", "layout_complete", "limit", "max_length", "num_labels",
-    "numerics", "resolved", "splits", "summary", "task", "task_ref", "teacher", "teacher_fingerprint", "tokenizer",
+    "numerics", "resolved", "splits", "summary", "task", "task_ref", "teacher", "teacher_fingerprint", "tokenizer", "truncated",
     "uuid"]
 
 
