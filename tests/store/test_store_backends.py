@@ -14,7 +14,8 @@ from hskstore.stages.extract import ExtractConfig, extract
 from hskstore.store import (array_specs, create_store, delete_store, open_store, reopen_store, root_attributes,
                             store_state)
 
-BACKENDS = ["zarr-dir", "zarr-s3", "zarr-memory", "hdf5"]
+BACKENDS = ["zarr-dir", pytest.param("zarr-s3", marks=[pytest.mark.integration, pytest.mark.slow]),  # moto: 3-8 s each
+            "zarr-memory", "hdf5"]
 ROWS, CHUNK = 70, 16          # 5 chunks, the last one partial
 
 

@@ -20,7 +20,6 @@ from hskstore.stages.extract import ExtractConfig, extract
 from hskstore.store import StoreWriter, open_store, store_state
 from hskstore.store.verify import verify_store
 
-pytestmark = pytest.mark.slow
 ARRAYS = ["input_ids", "token_type_ids", "lengths", "labels", "logits", "positions", "values", "masks"]
 
 
@@ -146,6 +145,7 @@ def test_a_kill_at_each_phase_leaves_a_store_a_rerun_finishes(tiny_teacher, tiny
             assert all(np.array_equal(a[n], b[n]) for n in b)
 
 
+@pytest.mark.integration
 def test_a_second_writer_is_refused_naming_the_holder(tiny_teacher, tmp_path, monkeypatch):
     import os
     import socket
@@ -167,6 +167,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tiny_teacher, tmp_path, mo
     assert store_state(str(path))[0] == "complete" and not Path(str(path) + ".lock").exists()
 
 
+@pytest.mark.integration
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tiny_teacher, tmp_path):
     import socket
     import subprocess
