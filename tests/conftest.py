@@ -2,8 +2,8 @@
 
 How the suite stays fast (issue 14):
 - One torch thread per process (OMP_NUM_THREADS=1 unless set): the models are tiny, so a second thread buys
-  nothing, and on a busy or shared machine OpenMP threads spinning for a core slowed the suite down 3-4x.
-  Subprocesses (the CLI, torchrun) inherit the setting.
+  little, and on a busy machine (or beside a second xdist worker) OpenMP threads waiting for a core made the
+  training tests several times slower. Subprocesses (the CLI, torchrun) inherit the setting.
 - Expensive inputs are built once per session (per xdist worker) here: `tiny_teacher`, `tiny_store`,
   `tiny_student`, `s3_server`, and from tests/_data_fixtures.py `minilm_tokenizer` and `tiny_bert_dir`.
   Tests only read them; a test that changes a store copies it first.
@@ -42,7 +42,8 @@ def pytest_collection_modifyitems(items):
 
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per core, at most 4 (each worker imports torch and builds its own fixtures)."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def minilm_path() -> str:
