@@ -1,4 +1,7 @@
-"""Fixtures for the data, metrics and finetune tests: the real MiniLM tokenizer and a tiny random BERT."""
+"""Fixtures for the data, metrics and finetune tests: the real MiniLM tokenizer and a tiny random BERT.
+
+tests/conftest.py loads this file as a plugin (`pytest_plugins`), so each fixture is built once per session.
+"""
 
 from __future__ import annotations
 

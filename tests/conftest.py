@@ -1,4 +1,18 @@
-"""Shared fixtures: tiny deterministic BERT teachers with the real MiniLM tokenizer, offline hub."""
+"""Shared fixtures: tiny deterministic BERT teachers with the real MiniLM tokenizer, offline hub.
+
+How the suite stays fast (issue 14):
+- One torch thread per process (OMP_NUM_THREADS=1 unless set): the models are tiny, so a second thread buys
+  little, and on a busy machine (or beside a second xdist worker) OpenMP threads waiting for a core made the
+  training tests several times slower. Subprocesses (the CLI, torchrun) inherit the setting.
+- Expensive inputs are built once per session (per xdist worker) here: `tiny_teacher`, `tiny_store`,
+  `tiny_student`, `s3_server`, and from tests/_data_fixtures.py `minilm_tokenizer` and `tiny_bert_dir`.
+  Tests only read them; a test that changes a store copies it first.
+- The README's command runs the whole suite on every core (`-n auto`, pytest-xdist, in pyproject.toml); each
+  worker builds its own session fixtures in its own temporary directory.
+- Markers: a test that uses a fixture in INTEGRATION_FIXTURES is marked `integration` here (they touch the
+  real tweets or S3); tests that touch the real MiniLM, tweets, S3 or torchrun directly say so in their file.
+  `slow` marks the tests over about 3 s. `python -m pytest -m "not slow"` is the quick loop.
+"""
 
 import os
 
@@ -6,9 +20,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+THREADS = os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; subprocesses inherit it
 
 import pytest
 import torch
+
+if THREADS == "1":
+    torch.set_num_threads(1)  # also when a plugin imported torch before this file
+
+pytest_plugins = ["_data_fixtures"]  # its session fixtures are shared by every module, not rebuilt per module
+
+# Fixtures that read the real tweet corpus (tiny_store extracts 150 tweets) or start the S3 server.
+INTEGRATION_FIXTURES = frozenset({"tiny_store", "s3_server", "s3_bucket_url"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 4 (each worker imports torch and builds its own fixtures)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def minilm_path() -> str:

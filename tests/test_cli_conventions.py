@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from _data_fixtures import minilm_path, minilm_tokenizer, tiny_bert_dir  # noqa: F401  (fixtures)
 from hskstore.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +37,7 @@ def test_help_imports_neither_torch_nor_transformers_and_is_fast():
     assert float(seconds) < 0.5  # import and three help screens, after the interpreter's own start-up
 
 
+@pytest.mark.integration
 def test_quiet_and_tqdm_disable_silence_progress_bars(tiny_teacher, tmp_path):
     args = ["extract", "--teacher", tiny_teacher, "--task", "tweets", "--limit", 16, "--student-layers", 2,
             "--depth", 1, "--length", 4, "--width", 4, "--device", "cpu"]
@@ -111,7 +111,7 @@ def test_device_is_checked_before_any_work(tmp_path):
     assert typo.exit_code == 2 and "unknown device 'gpu'" in typo.output
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_finetune_interrupted_after_an_epoch_resumes_to_the_same_teacher(tiny_bert_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -147,6 +147,7 @@ def test_finetune_interrupted_after_an_epoch_resumes_to_the_same_teacher(tiny_be
     assert refused.exit_code == 2 and "pass --overwrite" in refused.output
 
 
+@pytest.mark.integration
 def test_ctrl_c_during_extract_keeps_finished_chunks_and_the_rerun_completes(tiny_teacher, tmp_path, monkeypatch):
     import hskstore.stages.extract as extract_module
     from hskstore.store import open_store

@@ -119,6 +119,7 @@ def test_the_fingerprint_follows_contents_not_paths(tiny_teacher, tmp_path):
     assert teacher_fingerprint(copy)["tokenizer"] != original["tokenizer"]
 
 
+@pytest.mark.integration
 def test_the_store_records_its_teachers_fingerprint(store, tiny_teacher):
     assert open_store(store).attrs["teacher_fingerprint"] == teacher_fingerprint(tiny_teacher)
 
@@ -141,6 +142,7 @@ def _partial_store(teacher, path, monkeypatch):
         assert partial.chunks_done("train") == {0}
 
 
+@pytest.mark.integration
 def test_a_teacher_refinetuned_in_place_cannot_finish_a_partial_store(tmp_path, monkeypatch):
     teacher = save_tiny_teacher(tmp_path / "teacher", seed=0)
     path = tmp_path / "s.zarr"
@@ -152,7 +154,7 @@ def test_a_teacher_refinetuned_in_place_cannot_finish_a_partial_store(tmp_path, 
     assert sorted(p.relative_to(path) for p in path.rglob("*")) == before  # the partial store is left as it was
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_moved_teacher_with_the_same_contents_resumes(tmp_path, monkeypatch):
     teacher = save_tiny_teacher(tmp_path / "teacher")
     path = tmp_path / "s.zarr"
@@ -163,12 +165,14 @@ def test_a_moved_teacher_with_the_same_contents_resumes(tmp_path, monkeypatch):
     assert open_store(path).complete
 
 
+@pytest.mark.integration
 def test_an_online_teacher_with_the_same_shapes_but_other_weights_is_refused(store, student, tmp_path):
     other = save_tiny_teacher(tmp_path / "other", seed=1)  # same layers, width, vocabulary and labels
     result = hsk("train", store, "--student", student, "--output", tmp_path / "run", "--teacher", other, *TRAIN_OPTS)
     assert_only_an_error(result, "is not the store's teacher", "fingerprint")
 
 
+@pytest.mark.integration
 def test_a_rosita_student_is_not_cut_from_a_look_alike_teacher(store, tmp_path):
     other = save_tiny_teacher(tmp_path / "other", seed=1)
     result = hsk("student", "rosita", "--teacher", other, "--store", store, "--output", tmp_path / "r", "--layers", 2,
@@ -179,7 +183,7 @@ def test_a_rosita_student_is_not_cut_from_a_look_alike_teacher(store, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- store identity
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_checkpoint_is_not_resumed_on_a_re_extracted_store(tiny_teacher, tmp_path):
     path, run = tmp_path / "s.zarr", tmp_path / "run"
     assert hsk("extract", "--teacher", tiny_teacher, "--output", path, *STORE_OPTS).exit_code == 0
@@ -238,6 +242,7 @@ def _commands(store, student, tiny_teacher, output):
 
 
 @pytest.mark.parametrize("command", ["finetune", "extract", "student", "train"])
+@pytest.mark.integration
 def test_an_output_that_is_a_file_is_refused_up_front_and_kept(command, store, student, tiny_teacher, a_file):
     result = hsk(*_commands(store, student, tiny_teacher, a_file)[command])
     assert_only_an_error(result, str(a_file))
@@ -245,12 +250,14 @@ def test_an_output_that_is_a_file_is_refused_up_front_and_kept(command, store, s
 
 
 @pytest.mark.parametrize("command", ["finetune", "extract", "student", "train"])
+@pytest.mark.integration
 def test_an_output_below_a_file_is_refused_up_front(command, store, student, tiny_teacher, a_file):
     result = hsk(*_commands(store, student, tiny_teacher, a_file / "sub")[command])
     assert_only_an_error(result, "cannot be created", "is a file")
     assert a_file.read_text() == "keep me"
 
 
+@pytest.mark.integration
 def test_an_unwritable_output_is_refused_up_front(store, student, tmp_path):
     import os
 
@@ -276,6 +283,7 @@ def test_a_dry_run_checks_the_max_length_against_the_teacher(tiny_teacher, tmp_p
     assert_only_an_error(result, "128 positions")
 
 
+@pytest.mark.integration
 def test_overwrite_with_a_max_length_the_teacher_cannot_take_keeps_the_old_store(tiny_teacher, tmp_path):
     path = tmp_path / "s.zarr"
     assert hsk("extract", "--teacher", tiny_teacher, "--output", path, *STORE_OPTS).exit_code == 0
@@ -286,6 +294,7 @@ def test_overwrite_with_a_max_length_the_teacher_cannot_take_keeps_the_old_store
     assert kept.complete and kept.resolved.max_length == 32
 
 
+@pytest.mark.integration
 def test_train_refuses_a_student_with_fewer_positions_than_the_stores_length(store, tmp_path):
     from hskstore.models.student import build_bert_student, save_student
 
@@ -305,6 +314,7 @@ def test_train_refuses_a_student_with_fewer_positions_than_the_stores_length(sto
     ("train", ("--workers", -1), "--workers"),
     ("train", ("--weight-decay", -1), "--weight-decay"),
 ])
+@pytest.mark.integration
 def test_numbers_out_of_range_are_one_line_errors(command, args, message, store, student, tiny_teacher, tmp_path):
     output = tmp_path / "out"
     result = hsk(*_commands(store, student, tiny_teacher, output)[command], *args)
@@ -354,6 +364,7 @@ def test_a_broken_hskstore_teacher_json_is_a_one_line_model_error(text, message,
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.integration
 def test_a_bert_student_checkpoint_with_fewer_positions_than_the_store_is_refused(store, tmp_path):
     short = save_tiny_teacher(tmp_path / "short", max_positions=16)
     result = hsk("student", "bert", "--store", store, "--checkpoint", short, "--output", tmp_path / "student")
@@ -361,6 +372,7 @@ def test_a_bert_student_checkpoint_with_fewer_positions_than_the_store_is_refuse
     assert not (tmp_path / "student").exists()
 
 
+@pytest.mark.integration
 def test_an_invalid_checkpoint_config_json_for_a_bert_student_is_one_line(store, tiny_teacher, tmp_path):
     checkpoint = _copy(tiny_teacher, tmp_path / "checkpoint")
     (Path(checkpoint) / "config.json").write_text("{truncated")
@@ -368,6 +380,7 @@ def test_an_invalid_checkpoint_config_json_for_a_bert_student_is_one_line(store,
     assert_only_an_error(result, "is not valid JSON")
 
 
+@pytest.mark.integration
 def test_a_mistyped_student_json_config_is_one_line(store, student, tmp_path):
     broken = _copy(student, tmp_path / "student")
     meta_file = Path(broken) / "student.json"
@@ -391,7 +404,7 @@ def _safetensors_enospc():
     return safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_disk_full_during_training_keeps_the_last_checkpoint_and_a_rerun_resumes(store, student, tmp_path,
                                                                                  monkeypatch):
     import safetensors.torch
@@ -417,6 +430,7 @@ def test_a_disk_full_during_training_keeps_the_last_checkpoint_and_a_rerun_resum
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+@pytest.mark.integration
 def test_a_disk_full_during_extraction_is_one_line_and_the_store_resumes(tiny_teacher, tmp_path, monkeypatch):
     path = tmp_path / "s.zarr"
     original, calls = StoreWriter.write_chunk, {"n": 0}
@@ -435,6 +449,7 @@ def test_a_disk_full_during_extraction_is_one_line_and_the_store_resumes(tiny_te
     assert open_store(path).complete
 
 
+@pytest.mark.integration
 def test_a_disk_full_when_the_teacher_is_saved_is_one_line(tiny_teacher, tmp_path, monkeypatch):
     import importlib
 

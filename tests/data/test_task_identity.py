@@ -9,7 +9,6 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from _data_fixtures import minilm_path, minilm_tokenizer, tiny_bert_dir  # noqa: F401  (fixtures)
 from hskstore.cli import cli
 from test_glue_files import write_glue_folder
 
@@ -18,7 +17,6 @@ def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("task, metric", [("rte", "accuracy"), ("cola", "matthews")])
 def test_glue_files_through_finetune_extract_train_and_evaluate(tiny_bert_dir, tmp_path, monkeypatch, task, metric):
     work = tmp_path / "work"

@@ -31,6 +31,7 @@ def test_a_sweep_needs_points_or_levels():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_sweep_end_to_end_on_the_tiny_teacher_is_resumable(tiny_teacher, tiny_student, tmp_path):
     args = ["sweep", "--teacher", tiny_teacher, "--task", "tweets", "--output", str(tmp_path / "sweep"),
             "--student", tiny_student,
@@ -126,6 +127,7 @@ def test_a_point_may_change_strategies_and_the_hsk_loss_and_keep_every_token():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_every_arm_can_get_the_baselines_tuning_and_stores_are_shared_or_sliced(tiny_teacher, tiny_student, tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", "--teacher", tiny_teacher, "--task", "tweets", "--output", str(out), "--student", tiny_student,

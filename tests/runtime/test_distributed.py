@@ -18,7 +18,7 @@ import torch
 
 from hskstore.store import open_store, store_state
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = ROOT / "tests" / "_torchrun_probe.py"

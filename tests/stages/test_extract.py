@@ -1,6 +1,7 @@
 """Extraction: what a store holds, read back with plain zarr, resumption, and one-line errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +21,10 @@ def _config(teacher, output, **kwargs):
     return ExtractConfig(teacher=teacher, task="tweets", output=str(output), limit=LIMIT, chunk_rows=32, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def store(tiny_teacher, tmp_path_factory):
-    path = tmp_path_factory.mktemp("stores") / "tweets.zarr"
-    extract(_config(tiny_teacher, path), progress=False)
-    return path
+@pytest.fixture
+def store(tiny_store):
+    """The session's tiny store: what `_config(tiny_teacher, ...)` extracts (read only here)."""
+    return Path(tiny_store)
 
 
 def _teacher_forward(teacher_dir, ids, token_types, length):
@@ -144,6 +144,7 @@ def test_a_complete_store_is_not_overwritten_without_overwrite(tiny_teacher, sto
         extract(_config(tiny_teacher, store), progress=False)
 
 
+@pytest.mark.integration
 def test_a_different_config_cannot_resume_a_partial_store(tiny_teacher, tmp_path, monkeypatch):
     path = tmp_path / "partial.zarr"
     monkeypatch.setattr(StoreWriter, "write_chunk", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -154,6 +155,7 @@ def test_a_different_config_cannot_resume_a_partial_store(tiny_teacher, tmp_path
         extract(_config(tiny_teacher, path, compression=other), progress=False)
 
 
+@pytest.mark.integration
 def test_static_width_masks_are_stored_once(tiny_teacher, tmp_path):
     path = tmp_path / "uniform.zarr"
     compression = Compression(depth=1, length=3, width=8, student_layers=2, width_strategy="uniform")
@@ -163,6 +165,7 @@ def test_static_width_masks_are_stored_once(tiny_teacher, tmp_path):
     assert opened.static_mask().nonzero()[0].tolist() == [0, 4, 8, 12, 16, 20, 24, 28]
 
 
+@pytest.mark.integration
 def test_full_hsk_keeps_every_token_and_activation_without_masks(tiny_teacher, tmp_path):
     path = tmp_path / "full.zarr"
     extract(_config(tiny_teacher, path, compression=Compression.full(student_layers=2)), progress=False)
@@ -207,6 +210,7 @@ def test_unknown_tasks_and_columns_are_named(tiny_teacher, tmp_path):
         extract(ExtractConfig(teacher=tiny_teacher, task=str(table), output=str(tmp_path / "s.zarr")), progress=False)
 
 
+@pytest.mark.integration
 def test_a_teacher_with_another_label_count_is_refused(tmp_path):
     from conftest import save_tiny_teacher
 
@@ -215,6 +219,7 @@ def test_a_teacher_with_another_label_count_is_refused(tmp_path):
         extract(_config(two, tmp_path / "s.zarr"), progress=False)
 
 
+@pytest.mark.integration
 def test_info_describes_a_partial_store_from_its_written_chunks_only(tiny_teacher, tmp_path, monkeypatch):
     from hskstore.store.report import store_info
 
@@ -261,6 +266,7 @@ def test_mantissa_bits_need_float16_values():
         Compression(value_bits=7, value_dtype="float32")
 
 
+@pytest.mark.integration
 def test_a_store_interrupted_while_its_layout_was_created_is_made_anew(tiny_teacher, tmp_path, monkeypatch):
     path = tmp_path / "half.zarr"
     zarr.open_group(str(path), mode="w").attrs.update({"format": "hskstore", "format_version": 1,
@@ -270,6 +276,7 @@ def test_a_store_interrupted_while_its_layout_was_created_is_made_anew(tiny_teac
     assert opened.complete and "tokenizer.json" in opened.tokenizer_files()
 
 
+@pytest.mark.integration
 def test_a_teacher_without_a_fine_tuned_classifier_is_refused(tmp_path):
     from conftest import minilm_path
 
@@ -278,6 +285,7 @@ def test_a_teacher_without_a_fine_tuned_classifier_is_refused(tmp_path):
                 progress=False)
 
 
+@pytest.mark.integration
 def test_a_teacher_error_is_raised_even_when_the_writer_failed_too(tiny_teacher, tmp_path, monkeypatch):
     import importlib
 

@@ -11,7 +11,6 @@ import json
 import pytest
 import torch
 
-from _data_fixtures import minilm_path, minilm_tokenizer, tiny_bert_dir  # noqa: F401  (fixtures)
 from hskstore.data.tasks import TWEETS, TaskSpec, load_task, tokenize
 from hskstore.errors import ConfigError, ModelError
 from hskstore.stages.finetune import TEACHER_INFO_FILE, FinetuneConfig, evaluate, finetune
@@ -58,6 +57,7 @@ def test_a_directory_without_a_model_is_a_model_error(tmp_path):
 
 # --- training -----------------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_finetune_writes_a_loadable_teacher_with_labels_and_metrics(tiny_bert_dir, tmp_path):
     output = tmp_path / "teacher"
     metrics = finetune(_config(tiny_bert_dir, output, limit=64), progress=False)
@@ -73,6 +73,7 @@ def test_finetune_writes_a_loadable_teacher_with_labels_and_metrics(tiny_bert_di
     assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
 
 
+@pytest.mark.integration
 def test_finetune_learns_a_keyword_task_and_lowers_the_training_loss(tiny_bert_dir, tmp_path):
     # The label is whether "great" or "awful" appears among real tweet words: easy for any working loop.
     words = " ".join(load_task("tweets", limit=50).split("train")["text"]).split()
@@ -91,6 +92,7 @@ def test_finetune_learns_a_keyword_task_and_lowers_the_training_loss(tiny_bert_d
     assert history[-1]["train_loss"] < 0.5 < history[0]["train_loss"]
 
 
+@pytest.mark.integration
 def test_finetune_is_deterministic_on_cpu_given_the_seed(tiny_bert_dir, tmp_path):
     first = finetune(_config(tiny_bert_dir, tmp_path / "a", limit=64), progress=False)
     second = finetune(_config(tiny_bert_dir, tmp_path / "b", limit=64), progress=False)
@@ -98,6 +100,7 @@ def test_finetune_is_deterministic_on_cpu_given_the_seed(tiny_bert_dir, tmp_path
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.integration
 def test_keep_best_saves_the_epoch_with_the_best_validation_metric(tiny_bert_dir, tmp_path):
     output = tmp_path / "best"
     metrics = finetune(_config(tiny_bert_dir, output, limit=64, epochs=3), progress=False)

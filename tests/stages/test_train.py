@@ -106,6 +106,7 @@ def test_store_student_mismatches_are_one_line_errors(tiny_store, tmp_path):
         Trainer(_config(tiny_store, str(tmp_path / "labels"), tmp_path / "o2"), progress=False)
 
 
+@pytest.mark.integration
 def test_a_student_shallower_than_the_stores_depth_is_refused(tiny_teacher, tmp_path):
     from hskstore.method.compression import Compression
     from hskstore.stages.extract import ExtractConfig, extract
@@ -136,6 +137,7 @@ def test_bad_training_options_are_listed_together():
 
 
 @pytest.mark.parametrize("width_strategy", ["uniform", "rand"])
+@pytest.mark.integration
 def test_static_width_masks_distil_the_same_offline_and_online(tiny_teacher, tiny_student, tmp_path, width_strategy):
     from hskstore.method.compression import Compression
     from hskstore.stages.extract import ExtractConfig, extract

@@ -32,7 +32,7 @@ def minilm_teacher(tmp_path_factory):
 
 
 def _extract(teacher, path, depth, length, width):
-    extract(ExtractConfig(teacher=teacher, task="tweets", output=str(path), limit=96, chunk_rows=64,
+    extract(ExtractConfig(teacher=teacher, task="tweets", output=str(path), limit=48, chunk_rows=32,
                           compression=Compression(depth=depth, length=length, width=width, student_layers=3)),
             progress=False)
     return str(path)

@@ -31,7 +31,8 @@ PLACES = {
 }
 
 
-@pytest.fixture(params=list(PLACES))
+@pytest.fixture(params=[pytest.param(name, marks=[pytest.mark.integration, pytest.mark.slow]) if name == "zarr-s3" else name
+                        for name in PLACES])  # moto: 3-8 s each
 def location(request, tmp_path):
     """(location, storage_options) of an empty place for a store on one backend."""
     where, options = PLACES[request.param](request, tmp_path)

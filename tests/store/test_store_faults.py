@@ -23,7 +23,6 @@ from hskstore.store.convert import convert_store
 from hskstore.store.slicing import slice_store
 from hskstore.store.verify import verify_store
 
-pytestmark = pytest.mark.slow
 ARRAYS = ["input_ids", "token_type_ids", "lengths", "labels", "logits", "positions", "values", "masks"]
 
 
@@ -153,6 +152,7 @@ def test_a_kill_at_each_phase_leaves_a_store_a_rerun_finishes(tiny_teacher, tiny
             assert all(np.array_equal(a[n], b[n]) for n in b)
 
 
+@pytest.mark.integration
 def test_a_second_writer_is_refused_naming_the_holder(tiny_teacher, tmp_path, monkeypatch):
     import os
     import socket
@@ -174,6 +174,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tiny_teacher, tmp_path, mo
     assert store_state(str(path))[0] == "complete" and not Path(str(path) + ".lock").exists()
 
 
+@pytest.mark.integration
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tiny_teacher, tmp_path):
     import socket
     import subprocess

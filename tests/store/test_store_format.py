@@ -189,6 +189,7 @@ def test_slices_that_cannot_be_derived_are_one_line_errors(tiny_store, tmp_path,
     assert not (tmp_path / "small.zarr").exists()
 
 
+@pytest.mark.integration
 def test_a_static_mask_that_does_not_nest_is_refused(tiny_teacher, tmp_path):
     from hskstore.method.compression import Compression
     from hskstore.stages.extract import ExtractConfig, extract
