@@ -45,7 +45,7 @@ def test_quiet_and_tqdm_disable_silence_progress_bars(tiny_teacher, tmp_path):
     assert loud.exit_code == 0 and "extract:" in loud.output  # tqdm's bar on stderr
     quiet = _run(*args, "--output", tmp_path / "b.zarr", "--quiet", "--json")
     assert quiet.exit_code == 0 and "extract:" not in quiet.output
-    assert json.loads(quiet.output)["info"]["examples"] == {"train": 16, "validation": 4}
+    assert json.loads(quiet.stdout)["info"]["examples"] == {"train": 16, "validation": 4}
     env_quiet = _run(*args, "--output", tmp_path / "c.zarr", env={"TQDM_DISABLE": "1"})
     assert env_quiet.exit_code == 0 and "extract:" not in env_quiet.output
 
@@ -169,5 +169,5 @@ def test_ctrl_c_during_extract_keeps_finished_chunks_and_the_rerun_completes(tin
     monkeypatch.setattr(extract_module, "_teacher_chunk", real)
     resumed = _run(*args, "--json")
     assert resumed.exit_code == 0, resumed.output
-    assert json.loads(resumed.output)["examples_extracted"] == 64 + 16 - 2 * 16  # two chunks were kept
+    assert json.loads(resumed.stdout)["examples_extracted"] == 64 + 16 - 2 * 16  # two chunks were kept
     assert open_store(tmp_path / "s.zarr").attrs["complete"] is True

@@ -47,7 +47,8 @@ def assert_one_line_error(result, *fragments):
 def assert_only_an_error(result, *fragments):
     """An up-front error: the one line is all that was printed."""
     line = assert_one_line_error(result, *fragments)
-    assert result.output.strip() == line
+    printed = [text for text in result.output.strip().splitlines() if not text.startswith("warning: ")]
+    assert printed == [line]
 
 
 def _copy(directory, to: Path) -> str:
