@@ -140,3 +140,18 @@ def s3_bucket_url(s3_server, request):
     import re
 
     return f"s3://hsk-test/{re.sub(r'[^A-Za-z0-9-]', '-', request.node.name)}"
+
+
+def copy_store(source: str, tmp_path, backend: str) -> str:
+    """A fresh copy of a Zarr store on one local backend: `zarr` (a directory) or `hdf5` (converted)."""
+    import shutil
+
+    from hskstore.store.convert import convert_store
+
+    if backend in ("zarr", "zarr-dir"):
+        path = tmp_path / "s.zarr"
+        shutil.copytree(source, path)
+    else:
+        path = tmp_path / "s.h5"
+        convert_store(source, str(path))
+    return str(path)

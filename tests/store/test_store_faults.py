@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import copy_store
 from hskstore.cli import cli
 from hskstore.method.compression import Compression
 from hskstore.errors import StoreError
@@ -34,13 +35,7 @@ def _config(teacher, output, **kwargs):
 @pytest.fixture(params=["zarr-dir", "hdf5"])
 def backend_store(request, tiny_store, tmp_path):
     """A fresh copy of the tiny store on one local backend."""
-    if request.param == "zarr-dir":
-        path = tmp_path / "s.zarr"
-        shutil.copytree(tiny_store, path)
-    else:
-        path = tmp_path / "s.h5"
-        convert_store(tiny_store, str(path))
-    return str(path)
+    return copy_store(tiny_store, tmp_path, request.param)
 
 
 def _flip_chunk_bytes(location: str, split: str, name: str, chunk: int, count: int = 16) -> None:

@@ -3,16 +3,15 @@ parse and chunk listing is checked: damage is one line pointing to `hskstore ver
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from conftest import copy_store
 from hskstore.cli import cli
 from hskstore.method.compression import Compression
 from hskstore.stages.extract import ExtractConfig, extract
-from hskstore.store.convert import convert_store
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +31,6 @@ def uniform_store(tiny_teacher, tmp_path_factory) -> str:
     compression = Compression(depth=1, length=3, width=8, student_layers=2, width_strategy="uniform")
     extract(ExtractConfig(teacher=tiny_teacher, task="tweets", output=str(path), limit=60, chunk_rows=32,
                           compression=compression), progress=False)
-    return str(path)
-
-
-def _copy(source: str, tmp_path, backend: str) -> str:
-    if backend == "zarr":
-        path = tmp_path / "s.zarr"
-        shutil.copytree(source, path)
-    else:
-        path = tmp_path / "s.h5"
-        convert_store(source, str(path))
     return str(path)
 
 
@@ -68,7 +57,7 @@ def _train(store, student, output):
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
 def test_a_flipped_byte_of_the_static_mask_fails_verify_and_train(uniform_store, tiny_student, tmp_path, backend):
-    store = _copy(uniform_store, tmp_path, backend)
+    store = copy_store(uniform_store, tmp_path, backend)
     _flip_root_array(store, "static_mask")
     _one_error_line(CliRunner().invoke(cli, ["verify", store]), "static_mask is damaged")
     _one_error_line(_train(store, tiny_student, tmp_path / "run"), "static_mask is damaged", "hskstore verify")
@@ -77,7 +66,7 @@ def test_a_flipped_byte_of_the_static_mask_fails_verify_and_train(uniform_store,
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
 def test_a_flipped_byte_of_a_tokenizer_file_fails_verify_train_convert_and_student_bert(tiny_store, tiny_student,
                                                                                      tmp_path, backend):
-    store = _copy(tiny_store, tmp_path, backend)
+    store = copy_store(tiny_store, tmp_path, backend)
     _flip_root_array(store, "tokenizer/tokenizer.json")
     runner = CliRunner()
     _one_error_line(runner.invoke(cli, ["verify", store]), "tokenizer is damaged")
@@ -92,7 +81,7 @@ def test_a_static_mask_is_written_with_a_checksum_on_both_backends(uniform_store
 
     meta = json.loads((Path(uniform_store) / "static_mask" / "zarr.json").read_text())
     assert meta["codecs"] == [{"name": "bytes"}, {"name": "crc32c"}]
-    with h5py.File(_copy(uniform_store, tmp_path, "hdf5"), "r") as f:
+    with h5py.File(copy_store(uniform_store, tmp_path, "hdf5"), "r") as f:
         assert f["static_mask"].fletcher32
 
 
@@ -120,13 +109,13 @@ def _delete_chunk(location: str, split: str, name: str, chunk: int) -> None:
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
 def test_info_finds_a_deleted_chunk_without_decoding(tiny_store, tmp_path, backend):
-    store = _copy(tiny_store, tmp_path, backend)
+    store = copy_store(tiny_store, tmp_path, backend)
     _delete_chunk(store, "train", "values", 1)
     _one_error_line(CliRunner().invoke(cli, ["info", store]), "chunk 1 of train/values is missing", "hskstore verify")
 
 
 def test_info_finds_an_array_whose_metadata_does_not_parse(tiny_store, tmp_path):
-    store = _copy(tiny_store, tmp_path, "zarr")
+    store = copy_store(tiny_store, tmp_path, "zarr")
     meta = Path(store) / "train" / "positions" / "zarr.json"
     meta.write_text(meta.read_text()[:40])
     _one_error_line(CliRunner().invoke(cli, ["info", store]), "train/positions/zarr.json is damaged", "hskstore verify")
@@ -136,7 +125,7 @@ def test_info_finds_an_array_whose_metadata_does_not_parse(tiny_store, tmp_path)
 @pytest.mark.parametrize("command", ["info", "verify", "train", "slice", "convert", "extract"])
 def test_a_truncated_root_metadata_is_one_line_in_every_command(tiny_store, tiny_student, tiny_teacher, tmp_path,
                                                                command):
-    store = _copy(tiny_store, tmp_path, "zarr")
+    store = copy_store(tiny_store, tmp_path, "zarr")
     root = Path(store) / "zarr.json"
     root.write_text(root.read_text()[:200])
     args = {"info": ["info", store], "verify": ["verify", store],
@@ -152,7 +141,7 @@ def test_a_truncated_root_metadata_is_one_line_in_every_command(tiny_store, tiny
 def test_a_damaged_hdf5_root_attribute_is_one_line(tiny_store, tmp_path):
     import h5py
 
-    store = _copy(tiny_store, tmp_path, "hdf5")
+    store = copy_store(tiny_store, tmp_path, "hdf5")
     with h5py.File(store, "r+") as f:
         f.attrs["hskstore"] = f.attrs["hskstore"][:100]
     _one_error_line(CliRunner().invoke(cli, ["info", store]), "root attribute 'hskstore' is damaged")
@@ -168,7 +157,7 @@ def test_a_crafted_tokenizer_entry_is_refused_before_anything_trains(tiny_store,
 
     from hskstore.stages import train as train_stage
 
-    store = _copy(tiny_store, tmp_path, backend)
+    store = copy_store(tiny_store, tmp_path, backend)
     if backend == "zarr":
         group = zarr.open_group(str(Path(store) / "tokenizer"), mode="r+")
         group.create_array(entry, data=np.frombuffer(b"{}", dtype=np.uint8))
