@@ -4,9 +4,10 @@ The three step modes run interleaved in rounds, so machine noise hits all of the
 are reported (this project's CPU box is noisy: +-25% between runs). Every mode reads its batches from
 the same store through the trainer's own `Trainer.step`:
 - student-only: the student trains on gold labels, no distillation target (the floor);
-- offline: HSK read from the store (masks unpacked, values scattered to full width);
+- offline: HSK read from the store (masks turned into kept dimensions, the loss on the kept entries);
 - online: the teacher runs in the loop with the same selection (needs `teacher`).
-The reader is timed alone too: store chunks to device-ready `DeviceBatch`es, in this process.
+The reader is timed alone too: store chunks to device-ready `DeviceBatch`es (kept values and dimensions,
+no full-width targets), in this process, in rows per second and per CPU-second.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def time_steps(store: str, student: str, teacher: str | None, *, steps: int = 20
 
 def time_reader(store: str, *, batch_size: int | None = None, batches: int = 200, repeats: int = 3,
                 device: str = "auto", split: str = "train") -> dict:
-    """Rows per second from the store into device-ready HSK batches (read, shuffle, unpack, scatter).
+    """Rows per second from the store into device-ready HSK batches (read, shuffle, kept dimensions, values).
 
     Returns:
         {"rows_per_second": [per repeat], "median_rows_per_second": float, "rows_per_cpu_second": [per repeat],
@@ -128,7 +129,7 @@ def time_reader(store: str, *, batch_size: int | None = None, batches: int = 200
     resolved_device = resolve_device(device)
     batch_size = batch_size or default_schedules(opened.task["name"])["hsk"].batch_size
     static = opened.static_mask()
-    static = None if static is None else torch.from_numpy(static).to(resolved_device)
+    static_kept = None if static is None else torch.from_numpy(static.nonzero()[0]).to(resolved_device)
     hidden = opened.resolved.hidden_size
     stream = StoreStream(store, split, batch_size, arrays=list(TOKEN_ARRAYS + HSK_ARRAYS))
     rates, cpu_rates = [], []
@@ -140,7 +141,7 @@ def time_reader(store: str, *, batch_size: int | None = None, batches: int = 200
             stream.set_epoch(epoch)
             before = done
             for batch in stream:
-                to_device(batch, resolved_device, hidden, static)
+                to_device(batch, resolved_device, hidden, static_kept)
                 rows += len(batch["labels"])
                 done += 1
                 if done >= batches:

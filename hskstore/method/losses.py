@@ -1,5 +1,8 @@
 """Distillation losses (docs/method.md). Pure functions with shapes in the docstrings.
 
+`hsk_loss` is the HSK loss written on full-width targets, the reference; training computes it from the
+kept entries (`method.sparse_loss`).
+
 B batch, T tokens, d_S student width, d teacher width, D stored layers, n token slots.
 """
 
@@ -17,7 +20,10 @@ HSK_LOSSES = ("masked-zero", "kept")
 
 def hsk_loss(student_hidden: list[torch.Tensor], positions: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor | None, projection: torch.nn.Module, variant: str = "masked-zero") -> torch.Tensor:
-    """HSK loss summed over distilled layer pairs.
+    """HSK loss summed over distilled layer pairs, from dense full-width targets: the reference definition.
+
+    `hskstore train` and `HskDataset.hsk_loss` compute the same loss from the kept entries alone
+    (`method.sparse_loss.sparse_hsk_loss`); this dense form is what the tests hold that one to.
 
     Args:
         student_hidden: D tensors (B, T, d_S), the student's layers paired in order with the stored ones.

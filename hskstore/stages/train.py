@@ -5,7 +5,8 @@ projection, where the teacher's targets come from), `train()` runs the stages, `
 (epochs of steps, each epoch ending in a checkpoint), `_loss_step` returns the named loss of one batch.
 The pieces live below: the teacher's side of a batch in `store.targets` (read from the store offline,
 computed by the teacher in the loop online: one interface), batches in `store.stream`, the losses in
-`method.losses`, checkpoints (shared with finetune) in `runtime.checkpoint`.
+`method.sparse_loss` (HSK, from the kept entries) and `method.losses` (prediction), checkpoints (shared
+with finetune) in `runtime.checkpoint`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from tqdm.auto import tqdm
 from ..data.metrics import compute_metrics, primary_metric
 from ..errors import ConfigError, StoreError
 from ..configs.train import STAGES, TrainConfig
-from ..method.losses import hsk_loss, prediction_loss
+from ..method.losses import prediction_loss
+from ..method.sparse_loss import sparse_hsk_loss
 from ..models.student import load_student, read_student_meta, save_student
 from ..runtime import distributed
 from ..runtime.checkpoint import fingerprint_files, load_weights, read_state, recover, restore_optimizer, resumable, save_checkpoint
@@ -125,8 +127,9 @@ class Trainer:
         if stage == "hsk":
             hidden = [out.hidden_states[i] for i in self.student_layers]
             with self.precision.autocast(self.device):
-                loss = hsk_loss(hidden, batch.positions, batch.targets, batch.mask, self.projection,
-                                self.config.hsk_loss)
+                # From the kept values and their dimensions: no full-width teacher target is ever made.
+                loss = sparse_hsk_loss(hidden, batch.positions, batch.values, batch.kept, self.projection,
+                                       self.resolved.hidden_size, self.config.hsk_loss)
         else:
             loss = prediction_loss(out.logits, batch.logits, batch.labels, self.config.temperature)
         return {"loss": loss}

@@ -4,7 +4,8 @@ Reading whole chunks and shuffling in memory is the only fast way through a chun
 read at ~150/s, docs/storage-notes.md). Each epoch shuffles the chunk order and then rows within a buffer of a
 few chunks, seeded by (seed, epoch), so a resumed run sees the same batches. Chunks are dealt
 round-robin to (rank, worker) shards, so every example is visited exactly once per epoch. Masks stay
-bitpacked until `to_device`, so host memory and transfers stay at the compressed size.
+bitpacked until `to_device`, so host memory and transfers stay at the compressed size; there they become
+the kept dimensions of each vector, and the values stay k wide: nothing is scattered to full width.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError
-from ..method.select import densify_packed, full_width, unpack_bits
+from ..method.select import unpack_bits
+from ..method.sparse_loss import kept_indices, kept_indices_packed
 from . import is_remote, open_store
 from .location import StoreLocation
 
@@ -263,41 +265,59 @@ class DeviceBatch:
     labels: torch.Tensor              # (B,)
     logits: torch.Tensor | None       # (B, C) teacher logits
     positions: torch.Tensor | None    # (B, D, n) int64, -1 empty
-    targets: torch.Tensor | None      # (B, D, n, d) teacher vectors, zero outside the kept entries
-    mask: torch.Tensor | None         # (B, D, n, d) or (d,) bool kept entries; None when k = d
+    values: torch.Tensor | None       # (B, D, n, k) float32 kept teacher values, ascending dimension order
+    kept: torch.Tensor | None         # (B, D, n, k) int64 kept dimensions, (k,) a static mask's, None when k = d
+
+
+def _put(array: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A numpy array on `device`: pinned and copied asynchronously to CUDA, shared (no copy) on the CPU."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    elif device.type != "cpu":
+        tensor = tensor.to(device)
+    return tensor if dtype is None else tensor.to(dtype)
+
+
+def _device_values(batch: dict[str, np.ndarray], device: torch.device) -> torch.Tensor:
+    """The stored values as float32 on the training device: copied at their stored width, widened there."""
+    return _put(batch["values"], device, torch.float32)
+
+
+def _device_kept(batch: dict[str, np.ndarray], device: torch.device, k: int, hidden_size: int | None,
+                 static_kept: torch.Tensor | None) -> torch.Tensor | None:
+    """The kept dimensions of a batch: from its packed masks, a static mask's indices, or None (k = d)."""
+    if "masks" not in batch:
+        return static_kept
+    if device.type == "cpu":
+        # Straight from the packed bytes, per byte and per kept entry (sparse_loss.kept_indices_packed).
+        hidden_size = hidden_size or batch["masks"].shape[-1] * 8
+        return torch.from_numpy(kept_indices_packed(batch["masks"], k, hidden_size))
+    # An accelerator unpacks and sorts there; the host only copies the packed bytes.
+    return kept_indices(unpack_bits(_put(batch["masks"], device), hidden_size), k)
 
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: int | None = None,
-              static_mask: torch.Tensor | None = None) -> DeviceBatch:
-    """Move a numpy batch to the training device; unpack masks and scatter values to full width there."""
+              static_kept: torch.Tensor | None = None) -> DeviceBatch:
+    """Move a numpy batch to the training device: tokens, and the HSK as kept values and their dimensions.
+
+    No full-width (B, D, n, d) target is made: the loss (`method.sparse_loss`) reads the kept entries.
+
+    Args:
+        hidden_size: d, the teacher's width (needed to unpack masks whose d is not a multiple of 8).
+        static_kept: (k,) int64 kept dimensions of a static width mask, on `device`.
+    """
     lengths = batch["lengths"].astype(np.int64)
     width = int(lengths.max())
-    non_blocking = device.type == "cuda"
-
-    def put(array, dtype=None):
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if non_blocking:
-            tensor = tensor.pin_memory()
-        tensor = tensor.to(device, non_blocking=non_blocking)
-        return tensor if dtype is None else tensor.to(dtype)
-
-    input_ids = put(batch["input_ids"][:, :width].astype(np.int64))
+    input_ids = _put(batch["input_ids"][:, :width].astype(np.int64), device)
     positions_ = torch.arange(width, device=device)
-    attention_mask = (positions_[None, :] < put(lengths)[:, None]).long()
-    token_types = put(batch["token_type_ids"][:, :width], torch.int64)
-    labels = put(batch["labels"])
-    logits = put(batch["logits"]) if "logits" in batch else None
-    positions = targets = mask = None
+    attention_mask = (positions_[None, :] < _put(lengths, device)[:, None]).long()
+    token_types = _put(batch["token_type_ids"][:, :width], device, torch.int64)
+    labels = _put(batch["labels"], device)
+    logits = _put(batch["logits"], device) if "logits" in batch else None
+    positions = values = kept = None
     if "values" in batch:
-        positions = put(batch["positions"], torch.int64)
-        if "masks" in batch and device.type == "cpu":
-            # Straight from the packed bytes, no sort: the set bits' flat indices, then one scatter of the k kept
-            # values (select.densify_packed). On CUDA the device unpacks and scatters; the host only copies.
-            dense, packed_mask = densify_packed(batch["values"], batch["masks"], hidden_size)
-            targets, mask = torch.from_numpy(dense), torch.from_numpy(packed_mask)
-        else:
-            values = put(batch["values"], torch.float32)
-            mask = unpack_bits(put(batch["masks"]), hidden_size) if "masks" in batch else None
-            fixed = None if static_mask is None else static_mask.to(device)
-            targets, mask = full_width(values, mask, fixed)
-    return DeviceBatch(input_ids, attention_mask, token_types, labels, logits, positions, targets, mask)
+        positions = _put(batch["positions"], device, torch.int64)
+        values = _device_values(batch, device)
+        kept = _device_kept(batch, device, values.shape[-1], hidden_size, static_kept)
+    return DeviceBatch(input_ids, attention_mask, token_types, labels, logits, positions, values, kept)

@@ -1,10 +1,11 @@
 """Where a training batch's teacher side comes from: read from the store (offline) or computed in the loop (online).
 
 Both are `Targets`: they name the store arrays a stage reads, move a numpy batch to the device (in the
-prefetch thread), and complete it on the device with the teacher's logits and full-width HSK targets (in
-the training loop). Offline, the store's values are decoded while the batch moves and nothing is left to
-do; online, the teacher runs on the tokens and `method.select.Selector` recomputes the same selection
-extraction made: the speed baseline and the check that offline is the same distillation.
+prefetch thread), and complete it on the device with the teacher's logits and HSK: kept values and their
+dimensions, never a full-width target (in the training loop). Offline, the store's values and masks are
+decoded while the batch moves and nothing is left to do; online, the teacher runs on the tokens and
+`method.select.Selector` recomputes the same selection extraction made: the speed baseline and the check
+that offline is the same distillation.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import StoreError
-from ..method.select import Selector, full_width
+from ..method.select import Selector, mask_index
+from ..method.sparse_loss import kept_indices
 from ..runtime.device import inference_precision
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, to_device
 
@@ -37,7 +39,7 @@ class Targets(Protocol):
 
 
 class OfflineTargets:
-    """The store's own targets: read with the tokens and scattered to full width as the batch moves."""
+    """The store's own targets: read with the tokens, masks turned into kept dimensions as the batch moves."""
 
     mode = "offline"
 
@@ -45,13 +47,14 @@ class OfflineTargets:
         self.device = device
         self.hidden_size = store.resolved.hidden_size
         mask = store.static_mask()
-        self.static_mask = None if mask is None else torch.from_numpy(mask).to(device)
+        # A static mask's kept dimensions, made once on the device for every batch.
+        self.static_kept = None if mask is None else torch.from_numpy(np.flatnonzero(mask)).to(device)
 
     def arrays(self, stage: str | None) -> tuple[str, ...]:
         return TOKEN_ARRAYS + {"hsk": HSK_ARRAYS, "pred": ("logits",)}.get(stage, ())
 
     def to_device(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
-        return to_device(batch, self.device, self.hidden_size, self.static_mask)
+        return to_device(batch, self.device, self.hidden_size, self.static_kept)
 
     def __call__(self, batch: DeviceBatch) -> DeviceBatch:
         return batch
@@ -64,6 +67,9 @@ class OnlineTargets:
 
     def __init__(self, teacher, selector: Selector, device: torch.device):
         self.teacher, self.selector, self.device = teacher, selector, device
+        fixed = selector.fixed_mask
+        # A static mask's kept dimensions, copied to the device once (the selector's own cache).
+        self.static_kept = None if fixed is None else mask_index(fixed, device)
 
     @classmethod
     def load(cls, path: str, store, device: torch.device) -> "OnlineTargets":
@@ -105,8 +111,12 @@ class OnlineTargets:
         with inference_precision(self.device.type).autocast(self.device):
             out, selection = self.selector.run(self.teacher, batch.input_ids, batch.attention_mask,
                                                batch.token_type_ids)
-        targets, mask = full_width(selection.values.float(), selection.mask, self.selector.fixed_mask_on(self.device))
-        return replace(batch, logits=out.logits.float(), positions=selection.positions, targets=targets, mask=mask)
+        values = selection.values.float()
+        if selection.mask is not None:
+            kept = kept_indices(selection.mask, values.shape[-1])
+        else:
+            kept = self.static_kept
+        return replace(batch, logits=out.logits.float(), positions=selection.positions, values=values, kept=kept)
 
 
 def targets_for(store, teacher: str | None, device: torch.device) -> Targets:

@@ -1,11 +1,12 @@
-"""The HSK loss from kept entries equals the dense loss on densified targets, value and gradients."""
+"""The HSK loss from kept entries equals the dense loss on densified targets (value and gradients), and the kept
+dimensions read from packed mask bytes equal those of the sorted mask."""
 
 import pytest
 import torch
 
 from hskstore.method.losses import hsk_loss
 from hskstore.method.select import densify
-from hskstore.method.sparse_loss import kept_indices, sparse_hsk_loss
+from hskstore.method.sparse_loss import kept_indices, kept_indices_packed, sparse_hsk_loss
 
 B, T, D, N, D_S, D_T, K = 3, 12, 2, 4, 8, 16, 5
 
@@ -57,3 +58,34 @@ def test_sparse_and_dense_losses_agree_with_their_gradients(mask_kind, variant):
 def test_kept_indices_are_ascending_and_an_empty_vector_gets_harmless_ones():
     mask = torch.tensor([[0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
     assert kept_indices(mask, 3).tolist() == [[1, 3, 4], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("hidden_size, k, empty_fraction", [(768, 77, 0.0), (768, 77, 0.3), (21, 5, 0.5), (16, 1, 0.3),
+                                                            (8, 8, 0.3), (32, 8, 1.0)])
+def test_indices_from_the_packed_bytes_equal_the_sorted_mask(hidden_size, k, empty_fraction):
+    import numpy as np
+
+    from hskstore.method.select import pack_bits
+
+    generator = torch.Generator().manual_seed(hidden_size + k)
+    scores = torch.rand(6, 2, 9, hidden_size, generator=generator)
+    mask = torch.zeros(scores.shape, dtype=torch.bool).scatter_(-1, scores.topk(k, dim=-1).indices, True)
+    mask &= ~(torch.rand(6, 2, 9, 1, generator=generator) < empty_fraction)   # empty slots: no bits at all
+    ours = kept_indices_packed(pack_bits(mask).numpy(), k, hidden_size)
+    assert ours.dtype == np.int64 and ours.shape == (6, 2, 9, k)
+    assert np.array_equal(ours, kept_indices(mask, k).numpy())
+
+
+def test_packed_masks_that_disagree_with_the_values_are_a_store_error():
+    import numpy as np
+
+    from hskstore.errors import StoreError
+
+    packed = np.zeros((3, 1), dtype=np.uint8)
+    packed[0, 0] = 0b11                                              # 2 bits set, as stored
+    packed[1, 0] = 0b111                                             # 3 bits set, 2 values stored
+    with pytest.raises(StoreError, match="3 set bits .* stores 2 values: the store is corrupt"):
+        kept_indices_packed(packed, 2, 8)
+    packed[1, 0] = 0b1
+    with pytest.raises(StoreError, match="corrupt"):
+        kept_indices_packed(packed, 2, 8)

@@ -1,4 +1,4 @@
-"""Online training with a static width mask copies the mask to the device once, not every step."""
+"""Online training with a static width mask copies its kept dimensions to the device once, not every step."""
 
 from contextlib import nullcontext
 from types import SimpleNamespace
@@ -7,7 +7,6 @@ import torch
 
 from hskstore.method.compression import Compression
 from hskstore.method.select import Selector
-from hskstore.store import targets as targets_module
 from hskstore.store.stream import DeviceBatch
 from hskstore.store.targets import OnlineTargets
 
@@ -30,26 +29,21 @@ def test_a_width_strategy_without_a_static_mask_has_none_on_any_device():
     assert _selector("mag").fixed_mask_on("meta") is None
 
 
-def test_online_targets_hand_the_same_device_mask_to_every_step(monkeypatch):
+def test_online_targets_hand_the_same_device_indices_to_every_step(monkeypatch):
     selector = _selector()
-    seen = []
+    calls = []
 
     def fake_run(model, input_ids, attention_mask, token_type_ids):
+        calls.append(1)
         values = torch.zeros(2, 1, 3, 4, device="meta")
         return SimpleNamespace(logits=torch.zeros(2, 3, device="meta")), SimpleNamespace(
             values=values, mask=None, positions=torch.zeros(2, 1, 3, dtype=torch.int64, device="meta"))
 
-    def fake_full_width(values, mask, fixed):
-        seen.append(fixed)
-        return values, fixed
-
     monkeypatch.setattr(selector, "run", fake_run)
-    monkeypatch.setattr(targets_module, "full_width", fake_full_width)
     monkeypatch.setattr(torch, "autocast", lambda **kwargs: nullcontext())   # no autocast on "meta"
     online = OnlineTargets(teacher=None, selector=selector, device=torch.device("meta"))
     tokens = torch.zeros(2, 5, dtype=torch.int64, device="meta")
     batch = DeviceBatch(tokens, tokens, tokens, torch.zeros(2, device="meta"), None, None, None, None)
-    for _ in range(3):
-        online(batch)
-    assert len(seen) == 3 and seen[0].device.type == "meta"
+    seen = [online(batch).kept for _ in range(3)]
+    assert len(calls) == 3 and seen[0].device.type == "meta" and seen[0].shape == (4,)
     assert seen[0] is seen[1] is seen[2]

@@ -261,4 +261,77 @@ def test_offline_and_online_targets_are_one_interface(tiny_store, tiny_student, 
     a, b = offline(offline.to_device(batch)), online(online.to_device(batch))
     torch.testing.assert_close(a.positions, b.positions)
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(a.targets, b.targets, rtol=2e-3, atol=2e-3)  # float16 storage of the kept values
+    assert torch.equal(a.kept, b.kept)                      # the same dimensions chosen, from the same bytes
+    torch.testing.assert_close(a.values, b.values, rtol=2e-3, atol=2e-3)  # float16 storage of the kept values
+
+
+def _dense_reference(hidden, positions, values, kept, projection, hidden_size, variant):
+    """The dense loss on full-width targets rebuilt from (values, kept): what training computed before."""
+    from hskstore.method.losses import hsk_loss
+
+    if kept is None:
+        targets, mask = values, None
+    elif kept.dim() == 1:
+        targets = values.new_zeros(*values.shape[:-1], hidden_size).index_copy_(-1, kept, values)
+        mask = torch.zeros(hidden_size, dtype=torch.bool).index_fill_(0, kept, True)
+    else:
+        targets = values.new_zeros(*values.shape[:-1], hidden_size).scatter_(-1, kept, values)
+        mask = torch.zeros(targets.shape, dtype=torch.bool).scatter_(-1, kept, True)
+    return hsk_loss(hidden, positions, targets, mask, projection, variant)
+
+
+def _watch_the_loss(monkeypatch, compare: bool):
+    """Record what reaches `sparse_hsk_loss` in `hskstore train`; with `compare`, check it against the dense loss."""
+    from hskstore.method import sparse_loss
+    from hskstore.stages import train as train_module
+
+    seen = []
+
+    def watched(hidden, positions, values, kept, projection, hidden_size, variant="masked-zero"):
+        loss = sparse_loss.sparse_hsk_loss(hidden, positions, values, kept, projection, hidden_size, variant)
+        seen.append({"tensors": [t for t in (*hidden, positions, values, kept) if t is not None],
+                     "hidden_size": hidden_size, "loss": float(loss)})
+        if compare:
+            with torch.no_grad():
+                dense = _dense_reference(hidden, positions, values, kept, projection, hidden_size, variant)
+            seen[-1]["dense"] = float(dense)
+        return loss
+
+    monkeypatch.setattr(train_module, "sparse_hsk_loss", watched)
+    return seen
+
+
+def test_offline_training_never_builds_a_dense_target(tiny_store, tiny_student, tmp_path, monkeypatch):
+    from hskstore.method import losses, select
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a dense HSK target or loss was built during training")
+
+    for module, name in ((losses, "hsk_loss"), (select, "densify"), (select, "densify_packed"),
+                         (select, "full_width")):
+        monkeypatch.setattr(module, name, refused)
+    seen = _watch_the_loss(monkeypatch, compare=False)
+    Trainer(_config(tiny_store, tiny_student, tmp_path, stages=("hsk",), max_steps=4), progress=False).train()
+    assert len(seen) == 4
+    d = seen[0]["hidden_size"]
+    assert d == 32
+    for call in seen:
+        # Nothing 4-dimensional and d wide: the values and indices are k = 8 wide, the student's layers 3-d.
+        assert not [tuple(t.shape) for t in call["tensors"] if t.dim() == 4 and t.shape[-1] == d]
+        assert any(t.dim() == 4 and t.shape[-1] == 8 for t in call["tensors"])
+
+
+@pytest.mark.parametrize("variant", ["masked-zero", "kept"])
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+def test_training_losses_equal_the_dense_loss_on_the_same_batches(tiny_store, tiny_student, tiny_teacher, tmp_path,
+                                                                   monkeypatch, variant, online):
+    seen = _watch_the_loss(monkeypatch, compare=True)
+    teacher = {"teacher": tiny_teacher} if online else {}
+    trainer = Trainer(_config(tiny_store, tiny_student, tmp_path, stages=("hsk",), max_steps=4, hsk_loss=variant,
+                              **teacher), progress=False)
+    trainer.train()
+    assert len(seen) == 4
+    for call in seen:
+        assert call["loss"] > 0
+        assert call["loss"] == pytest.approx(call["dense"], rel=1e-5)
+    np.testing.assert_allclose(trainer.history[0]["step_losses"], [call["loss"] for call in seen], rtol=1e-6)

@@ -166,6 +166,6 @@ def test_a_crafted_tokenizer_entry_is_refused_before_anything_trains(tiny_store,
         with h5py.File(store, "r+") as f:
             f["tokenizer"].create_dataset(entry, data=np.frombuffer(b"{}", dtype=np.uint8))
     trained = []
-    monkeypatch.setattr(train_stage, "hsk_loss", lambda *a, **k: trained.append(1))   # nothing may train
+    monkeypatch.setattr(train_stage, "sparse_hsk_loss", lambda *a, **k: trained.append(1))   # nothing may train
     _one_error_line(_train(store, tiny_student, tmp_path / "run"), f"tokenizer entry {entry!r}", "refusing")
     assert not trained and not (tmp_path / "run" / "student").exists()

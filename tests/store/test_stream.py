@@ -1,4 +1,4 @@
-"""Streaming a store split: exactly-once epochs, seeded shuffles, masks unpacked on the device."""
+"""Streaming a store split: exactly-once epochs, seeded shuffles, kept values and dimensions on the device."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hskstore.method.select import densify, unpack_bits
+from hskstore.method.sparse_loss import kept_indices
 from hskstore.store import open_store
 from hskstore.store.stream import StoreStream, keep_numpy, to_device
 
@@ -47,15 +48,29 @@ def test_shuffles_are_seeded_per_epoch(tiny_store):
     assert next(iter(unshuffled))["input_ids"].tolist() == open_store(tiny_store).split("train").read_rows(0, 120)["input_ids"].tolist()
 
 
-def test_to_device_scatters_kept_values_to_full_width(tiny_store):
+def test_to_device_hands_over_kept_values_and_their_dimensions_not_full_width_targets(tiny_store):
     batch = next(iter(StoreStream(tiny_store, "train", 8, shuffle=False)))
     moved = to_device(batch, torch.device("cpu"), hidden_size=32)
     mask = unpack_bits(torch.from_numpy(batch["masks"]), 32)
-    assert moved.targets.shape == (8, 2, 5, 32)
-    assert torch.equal(moved.mask, mask)
-    assert torch.equal(moved.targets, densify(torch.from_numpy(batch["values"]).float(), mask))
+    k = batch["values"].shape[-1]
+    assert moved.values.shape == moved.kept.shape == (8, 2, 5, k) and k < 32
+    assert moved.values.dtype == torch.float32 and moved.kept.dtype == torch.int64
+    assert torch.equal(moved.values, torch.from_numpy(batch["values"]).float())
+    assert torch.equal(moved.kept, kept_indices(mask, k))
+    # The kept dimensions put the values back where the sorting densify puts them.
+    rebuilt = torch.zeros(8, 2, 5, 32).scatter_(-1, moved.kept, moved.values)
+    assert torch.equal(rebuilt, densify(moved.values, mask))
+    assert not hasattr(moved, "targets") and not hasattr(moved, "mask")
     assert moved.input_ids.shape[1] == batch["lengths"].max()  # trimmed to the longest sequence
     assert moved.attention_mask.sum(1).tolist() == batch["lengths"].tolist()
+
+
+def test_a_static_mask_hands_over_its_one_index_set_and_no_mask_none(tiny_store):
+    batch = next(iter(StoreStream(tiny_store, "train", 4, shuffle=False)))
+    static = torch.tensor([1, 5, 6], dtype=torch.int64)
+    without_masks = {name: array for name, array in batch.items() if name != "masks"}
+    assert to_device(without_masks, torch.device("cpu"), 32, static).kept is static
+    assert to_device(without_masks, torch.device("cpu"), 32).kept is None
 
 
 def test_prefetching_yields_the_same_batches_and_surfaces_errors(tiny_store):
@@ -160,15 +175,28 @@ def test_batches_are_the_reference_readers_bit_for_bit(tiny_store, batch_size, b
 
 
 def test_cpu_device_batches_are_the_sorting_reference_bit_for_bit(tiny_store):
-    from hskstore.method.select import full_width
-
     for batch in StoreStream(tiny_store, "train", 16, seed=1):
         moved = to_device(batch, torch.device("cpu"), hidden_size=32)
         mask = unpack_bits(torch.from_numpy(np.ascontiguousarray(batch["masks"])), 32)
-        targets, _ = full_width(torch.from_numpy(batch["values"]).float(), mask)
-        assert torch.equal(moved.mask, mask)
-        assert moved.targets.dtype == torch.float32
-        assert torch.equal(moved.targets.view(torch.int32), targets.view(torch.int32))
+        assert torch.equal(moved.kept, kept_indices(mask, moved.values.shape[-1]))
+        assert moved.values.dtype == torch.float32
+        assert torch.equal(moved.values.view(torch.int32),
+                           torch.from_numpy(batch["values"]).float().view(torch.int32))
+
+
+def test_the_accelerator_path_unpacks_on_the_device_to_the_same_indices(tiny_store, monkeypatch):
+    from hskstore.store import stream as stream_module
+
+    batch = next(iter(StoreStream(tiny_store, "train", 16, seed=1)))
+    host = to_device(batch, torch.device("cpu"), hidden_size=32)
+    # "meta" is a device that is not the CPU: the masks must be copied packed and unpacked there.
+    copied = []
+    real_put = stream_module._put
+    monkeypatch.setattr(stream_module, "_put", lambda array, device, dtype=None: copied.append(array.dtype) or
+                        real_put(array, torch.device("cpu"), dtype))
+    on_device = stream_module._device_kept(batch, torch.device("meta"), host.values.shape[-1], 32, None)
+    assert copied == [np.uint8]                                      # the packed bytes, nothing unpacked
+    assert torch.equal(on_device, host.kept)
 
 
 @pytest.mark.parametrize("hidden_size, k, empty_fraction", [(21, 5, 0.3), (768, 77, 0.3), (768, 77, 0.0)])
