@@ -5,19 +5,23 @@
 Without --store, a store is extracted first from a random 2-layer BERT of width --hidden (the reader's
 work depends only on the stored shapes: 1 layer x 9 tokens x k of d activations, not on the teacher's
 depth). Timed over one epoch of the train split each, interleaved in rounds, medians reported:
-- reader before / now: chunk reads, shuffle, batching and CPU `to_device` (masks unpacked, values
-  scattered to full width, float32). "Before" is the previous implementation, kept here as the
-  reference: zarr's own chunk reads, a fancy-indexed copy of every array per batch, and a boolean
-  scatter (`targets[mask] = kept`). "Now" is `hskstore.experiments.bench.time_reader`, what `hskstore bench` prints;
+- reader before / now: chunk reads, shuffle, batching and CPU `to_device`. "Before" is an earlier
+  implementation, kept here as the reference: zarr's own chunk reads, a fancy-indexed copy of every
+  array per batch, and dense float32 targets by a boolean scatter (`targets[mask] = kept`). "Now" is
+  `hskstore.experiments.bench.time_reader`, what `hskstore bench` prints: the kept dimensions straight
+  from the packed mask bytes and the k kept values as float32, no full-width targets;
 - host side before / now: the same without `to_device`, i.e. the host's work for a GPU student, whose
-  `to_device` only pins and copies the packed arrays and densifies on the device;
+  `to_device` only pins and copies the packed arrays and unpacks the masks on the device;
 - chunk reads alone: zarr's read against the direct whole-chunk read;
-- the parts of CPU `to_device`, on batches read beforehand: the token arrays alone, `densify_packed`,
-  and within it the search for the set mask entries: plain `np.flatnonzero`, and `select._set_entries`
-  (the same, past numpy's 10%-density switch) as `densify_packed` runs it.
+- the parts of CPU `to_device`, on batches read beforehand: the token arrays alone; the kept dimensions
+  from the packed bytes as `to_device` finds them (`sparse_loss.kept_indices_packed`: unpacked, then
+  numpy's branch-free search past its 10%-density switch), against plain `np.flatnonzero` on the
+  unpacked bytes and unpacking and sorting in torch (`sparse_loss.kept_indices`); and the dense targets
+  the reader made before (`select.densify_packed`). Each form's indices are checked equal before timing.
 Both wall-clock rows/s and rows per CPU-second of this process are reported: on a shared machine the
 second is the one other users' load distorts less. After timing, both readers' batches are checked
-equal, byte for byte. Goal: >= 100k rows/s from one process. Writes benchmarks/results/reader-*.json.
+equal, byte for byte, and the kept values put back at the kept dimensions equal the dense targets. Goal:
+>= 150k rows per CPU-second at d = 768 from one process (issue 18). Writes benchmarks/results/reader-*.json.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ import torch  # noqa: E402
 from hskstore.experiments.bench import time_reader  # noqa: E402
 from hskstore.method.compression import Compression  # noqa: E402
 from hskstore.stages.extract import ExtractConfig, extract  # noqa: E402
-from hskstore.method.select import _set_entries, densify_packed  # noqa: E402
+from hskstore.method.select import densify_packed, unpack_bits_numpy  # noqa: E402
+from hskstore.method.sparse_loss import kept_indices, kept_indices_packed  # noqa: E402
 from hskstore.store import open_store  # noqa: E402
 from hskstore.store.stream import HSK_ARRAYS, TOKEN_ARRAYS, StoreStream, to_device  # noqa: E402
 
@@ -89,7 +94,7 @@ def _batches_before(stream: StoreStream, store):
 
 
 def to_device_before(batch, hidden: int):
-    """The previous CPU `to_device`: the token arrays as now, then a boolean scatter of the kept values."""
+    """An earlier CPU `to_device`: the token arrays as now, then dense targets by a boolean scatter of the kept values."""
     moved = to_device({name: batch[name] for name in TOKEN_ARRAYS}, torch.device("cpu"))
     mask = np.unpackbits(batch["masks"], axis=-1, count=hidden, bitorder="little").view(bool)
     targets = np.zeros(mask.shape, dtype=np.float32)
@@ -141,7 +146,21 @@ def main():
 
     held = list(stream)
     token_batches = [{name: b[name] for name in TOKEN_ARRAYS} for b in held]
-    unpacked = [np.unpackbits(b["masks"], axis=-1, count=hidden, bitorder="little").view(bool) for b in held]
+    k = held[0]["values"].shape[-1]
+
+    def searched(batch):
+        """Kept dimensions by searching the unpacked bits (empty slots filled with 0..k-1 as to_device does)."""
+        bits = np.unpackbits(batch["masks"], axis=-1, count=hidden, bitorder="little").reshape(-1, hidden)
+        empty = ~bits.any(-1)
+        bits[empty, :k] = 1
+        return (np.flatnonzero(bits).reshape(-1, k) % hidden).reshape(*batch["masks"].shape[:-1], k)
+
+    def sorted_in_torch(batch):
+        return kept_indices(torch.from_numpy(unpack_bits_numpy(batch["masks"], hidden)), k)
+
+    for batch in held:   # every form gives the same indices
+        ours = kept_indices_packed(batch["masks"], k, hidden)
+        assert np.array_equal(ours, searched(batch)) and np.array_equal(ours, sorted_in_torch(batch).numpy())
     cpu_device = torch.device("cpu")
     for round_ in range(args.rounds):
         stream.set_epoch(round_)
@@ -155,17 +174,18 @@ def main():
         timed("chunk_reads_direct", lambda: [reader.read_chunk(k, ARRAYS) for k in range(reader.num_chunks)])
         # Each result is dropped before the next, as in training: held, 256 batches of fresh targets cost page faults.
         timed("to_device_tokens_only", lambda: each(token_batches, lambda b: to_device(b, cpu_device)))
-        timed("densify_packed", lambda: each(held, lambda b: densify_packed(b["values"], b["masks"], hidden)))
-        timed("flatnonzero_alone", lambda: each(unpacked, np.flatnonzero))
-        timed("set_entries_padded", lambda: each(unpacked, lambda m: _set_entries(m.reshape(-1))))
+        timed("kept_indices_packed", lambda: each(held, lambda b: kept_indices_packed(b["masks"], k, hidden)))
+        timed("unpackbits_flatnonzero", lambda: each(held, searched))
+        timed("unpack_argsort_torch", lambda: each(held, sorted_in_torch))
+        timed("dense_targets_before", lambda: each(held, lambda b: densify_packed(b["values"], b["masks"], hidden)))
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} ({cpu_timings[k][-1]:,.0f}/CPU-s)"
                                                   for k, v in timings.items()), flush=True)
     stream.set_epoch(0)
     for ours, theirs in zip(stream, batches_before(stream), strict=True):  # correctness after timing
         assert all(ours[n].tobytes() == theirs[n].tobytes() for n in ARRAYS), "batches differ"
         now, before = to_device(ours, torch.device("cpu"), hidden), to_device_before(theirs, hidden)
-        assert torch.equal(now.targets.view(torch.int32), before[2].view(torch.int32))
-        assert torch.equal(now.mask, before[3]), "targets or masks differ"
+        rebuilt = torch.zeros(before[2].shape).scatter_(-1, now.kept, now.values)   # back to full width, here only
+        assert torch.equal(rebuilt.view(torch.int32), before[2].view(torch.int32)), "values or kept dimensions differ"
     medians = {k: statistics.median(v) for k, v in timings.items()}
     cpu_medians = {k: statistics.median(v) for k, v in cpu_timings.items()}
     result = {"store": store_path, "hidden_size": hidden, "rows": rows, "batch_size": args.batch_size,

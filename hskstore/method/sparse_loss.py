@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .select import gather_tokens
+from .select import _set_entries, gather_tokens
 
 __all__ = ["kept_indices", "kept_indices_packed", "sparse_hsk_loss"]
 
@@ -41,55 +41,15 @@ def kept_indices(mask: torch.Tensor, k: int) -> torch.Tensor:
     return mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :k]
 
 
-def _bit_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(256,) uint8 set bits of each byte value, and (256 * 8,) int64: entry 8b + r is the position of byte
-    b's r-th set bit (little bit order, the store's)."""
-    popcount = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
-    select = np.zeros((256, 8), dtype=np.int64)
-    for b in range(256):
-        bits = [j for j in range(8) if b >> j & 1]
-        select[b, :len(bits)] = bits
-    return popcount, select.reshape(-1)
-
-
-_POPCOUNT, _SELECT = _bit_tables()
-
-
-def _popcount(packed: np.ndarray) -> np.ndarray:
-    count = getattr(np, "bitwise_count", None)            # numpy >= 2.0; a table lookup before
-    return count(packed) if count is not None else _POPCOUNT.take(packed)
-
-
-_OFFSET = 1 << 39                     # keeps a key's low part (value * 8 - start + _OFFSET) non-negative
-_LOW = (1 << 40) - 1
-_COUNTER = [np.zeros(0, dtype=np.int64)]   # 0, 1, 2, ... minus _OFFSET, grown as batches need (one list slot:
-_PLACES: dict[int, np.ndarray] = {}        # replaced whole, so the prefetch and main threads may share it)
-
-
-def _counter(n: int) -> np.ndarray:
-    counter = _COUNTER[0]
-    if len(counter) < n:
-        counter = _COUNTER[0] = np.arange(max(n, 2 * len(counter)), dtype=np.int64) - _OFFSET
-    return counter[:n]
-
-
-def _places(width: int) -> np.ndarray:
-    places = _PLACES.get(width)
-    if places is None:
-        places = _PLACES[width] = (np.arange(width, dtype=np.int64) * 8) << 40
-    return places
-
-
 def kept_indices_packed(packed: np.ndarray, k: int, hidden_size: int) -> np.ndarray:
-    """`kept_indices` straight from the stored bitpacked masks, on the host, without unpacking them.
+    """`kept_indices` straight from the stored bitpacked masks, on the host: no sort.
 
-    The work is per mask byte and per kept entry, not per mask bit. Each byte's set bits are counted and
-    their running sum says where its entries go; one `np.repeat` hands every entry its byte's key
-    (first dimension 8 * byte, value * 8 - output start); the entry's rank r within its byte is then its
-    output index minus the start, and a 2,048-entry table gives the dimension of byte b's r-th set bit.
-    Single-threaded timeit at d = 768, k = 77, batches of 32 x 9 vectors, this was the fastest of the
-    forms tried: ~3.5x `np.unpackbits` + `np.flatnonzero`, ~5x a padded 8-per-byte table with a boolean
-    compaction, ~12x unpacking in torch and a stable argsort (`kept_indices`).
+    The bits are unpacked and their flat indices found in one pass (`select._set_entries`, numpy's
+    branch-free `nonzero`); they come in row-major order, so each run of k is one vector's kept dimensions,
+    ascending. Single-threaded, per CPU-second, at d = 768, k = 77 and batches of 32 x 9 vectors, this tied
+    the fastest of the forms tried in this session's timeit (a per-byte table with one `np.repeat` of a
+    per-byte key), ran ~2x plain `np.flatnonzero` on the unpacked bytes and ~15x unpacking in torch and a
+    stable argsort (`kept_indices`), and is the simplest; `benchmarks/reader.py` times them.
 
     Args:
         packed: (..., ceil(d/8)) uint8 masks, little bit order; k bits set per non-empty vector, none in an
@@ -101,42 +61,26 @@ def kept_indices_packed(packed: np.ndarray, k: int, hidden_size: int) -> np.ndar
         StoreError: a vector has neither k nor 0 bits set (the masks disagree with the stored values).
     """
     width = packed.shape[-1]
-    if width * 8 >= 1 << 16 or k == 0:
-        raise ValueError(f"kept_indices_packed: k={k} of {width * 8} dimensions is outside 1..65535")
     rows = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1, width)
-    counts = _popcount(rows)                                               # (V, bytes) uint8
-    starts = np.empty(rows.shape, dtype=np.int64)                          # each byte's first output entry
-    flat_starts = starts.reshape(-1)
-    flat_starts[0] = 0
-    np.cumsum(counts.reshape(-1)[:-1], out=flat_starts[1:])
-    ends = np.append(starts[:, 0], flat_starts[-1] + int(counts[-1, -1]))
-    per_vector = np.diff(ends)
-    empty = per_vector == 0
-    if not np.all((per_vector == k) | empty):
+    bits = np.unpackbits(rows, axis=-1, count=hidden_size, bitorder="little").view(bool)    # (V, d), a new array
+    empty = ~rows.any(-1)
+    if empty.any():
+        bits[empty, :k] = True                     # an empty slot takes dimensions 0..k-1
+    flat = _set_entries(bits.reshape(-1))          # row-major: vector by vector, ascending within each
+    vectors = len(rows)
+    # Sorted entries, k a row, the row's first and last in vector r: then every vector holds exactly k.
+    if flat.size != vectors * k or (vectors and not (
+            np.array_equal(flat[::k] // hidden_size, np.arange(vectors))
+            and np.array_equal(flat[k - 1::k] // hidden_size, np.arange(vectors)))):
         from ..errors import StoreError
 
-        bad = int(np.flatnonzero((per_vector != k) & ~empty)[0])
-        raise StoreError(f"store masks hold {int(per_vector[bad])} set bits in a vector that stores {k} values: "
+        counts = bits.sum(-1)
+        bad = int(np.flatnonzero(counts != k)[0])
+        raise StoreError(f"store masks hold {int(counts[bad])} set bits in a vector that stores {k} values: "
                          "the store is corrupt; re-extract it.")
-    if empty.any():   # an empty slot takes dimensions 0..k-1: k more entries, every later start moves by k
-        filler = np.packbits(np.arange(width * 8) < k, bitorder="little")
-        rows = rows.copy()
-        rows[empty] = filler
-        counts = _popcount(rows)
-        starts += (k * (np.cumsum(empty) - empty))[:, None]
-        starts[empty] += np.cumsum(_popcount(filler), dtype=np.int64) - _popcount(filler)
-    key = rows.astype(np.int64)        # place << 40 | (value * 8 - start + _OFFSET), built in place
-    key <<= 3
-    key -= starts
-    key += _OFFSET
-    key |= _places(width)
-    expanded = np.repeat(key.reshape(-1), counts.reshape(-1))
-    index = expanded & _LOW
-    index += _counter(expanded.size)                                       # value * 8 + rank
-    positions = _SELECT.take(index)
-    expanded >>= 40
-    positions += expanded
-    return positions.reshape(*packed.shape[:-1], k)
+    kept = flat.reshape(vectors, k)
+    kept -= (np.arange(vectors, dtype=kept.dtype) * hidden_size)[:, None]
+    return kept.reshape(*packed.shape[:-1], k)
 
 
 def sparse_hsk_loss(student_hidden: list[torch.Tensor], positions: torch.Tensor, values: torch.Tensor,
