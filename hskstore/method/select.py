@@ -31,7 +31,6 @@ __all__ = [
     "unpack_bits_numpy",
     "densify",
     "densify_packed",
-    "full_width",
     "round_mantissa",
     "select_hsk",
 ]
@@ -112,14 +111,13 @@ def densify(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`densify` for the CPU reader, straight from the stored bytes: no sort, one pass to find the kept entries.
+    """`densify` in numpy, straight from the stored bytes: dense targets for checks and benchmarks.
 
-    The stable argsort in `densify` made the CPU reader 4x slower per CPU-second at d=768, and a boolean
-    scatter (`targets[mask] = kept`) over all d mask entries was slower again than `np.flatnonzero` plus a
-    scatter of only the k kept values (benchmarks/reader.py). `np.flatnonzero` is what bounds the CPU reader
-    now (docs/benchmarks.md). The flat indices of the set bits come in row-major order, which is ascending
-    dimension order within each vector, the order the kept values are stored in: the same result as
-    `densify`, bit for bit.
+    Training never builds these: the HSK loss reads the kept entries (`sparse_loss`). The reader made
+    them this way before (`benchmarks/reader.py` still times it as the reference): the flat indices of
+    the set bits (`_set_entries`), then one scatter of only the k kept values. The flat indices come in
+    row-major order, which is ascending dimension order within each vector, the order the kept values
+    are stored in: the same result as `densify`, bit for bit.
 
     Args:
         values: (..., k) kept values of the store (float16); empty slots hold zeros.
@@ -138,59 +136,10 @@ def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> 
 
         raise StoreError(f"store masks hold {index.size} set bits for {kept.size} stored values: the store "
                          "is corrupt; re-extract it.")
-    targets = _TARGETS.zeros(mask.shape)
+    targets = np.zeros(mask.shape, dtype=np.float32)
     # float16 -> float32 once, by torch: numpy's cast is slower.
     targets.reshape(-1)[index] = torch.from_numpy(np.ascontiguousarray(kept)).reshape(-1).float().numpy()
     return targets, mask
-
-
-class _ZeroedBuffers:
-    """Zeroed float32 arrays for `densify_packed`, each reused once nothing refers to it any more.
-
-    A fresh 0.9 MB array per batch (d=768, batch 32) is mapped anew and page-faulted in as it is
-    written; reusing a few made CPU `to_device` ~1.4x faster per CPU-second at d=768 in this session.
-    A buffer is a bytearray, free when nothing holds an export of it: every array over it, every view
-    of those and every tensor `torch.from_numpy` made of them keeps one, and CPython refuses to resize
-    a bytearray with exports. At most `per_shape` buffers of each of `shapes` shapes are kept; past
-    that, arrays are plain `np.zeros`.
-    """
-
-    def __init__(self, per_shape: int = 6, shapes: int = 2):
-        import threading
-
-        self.per_shape, self.shapes = per_shape, shapes
-        self._pools: dict[tuple[int, ...], list[bytearray]] = {}
-        self._lock = threading.Lock()   # the prefetch thread and the main thread may both densify
-
-    @staticmethod
-    def _in_use(buffer: bytearray) -> bool:
-        try:
-            buffer.append(0)
-        except BufferError:             # "Existing exports of data: object cannot be re-sized"
-            return True
-        del buffer[-1]
-        return False
-
-    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
-        shape = tuple(shape)
-        with self._lock:   # picking a buffer and exporting it is one step, or two threads could share one
-            pool = self._pools.get(shape)
-            if pool is None:
-                if len(self._pools) >= self.shapes:
-                    self._pools.pop(next(iter(self._pools)))
-                pool = self._pools[shape] = []
-            buffer = next((b for b in pool if not self._in_use(b)), None)
-            if buffer is None:
-                if len(pool) >= self.per_shape:
-                    return np.zeros(shape, dtype=np.float32)
-                pool.append(bytearray(4 * int(np.prod(shape))))   # zeroed on creation
-                return np.frombuffer(pool[-1], dtype=np.float32).reshape(shape)
-            array = np.frombuffer(buffer, dtype=np.float32).reshape(shape)
-        array.fill(0)
-        return array
-
-
-_TARGETS = _ZeroedBuffers()
 
 
 def _set_entries(flat: np.ndarray) -> np.ndarray:
@@ -206,26 +155,6 @@ def _set_entries(flat: np.ndarray) -> np.ndarray:
     padded = np.ones(n + (n - 10 * count) // 9 + 1, dtype=bool)          # count + tail > 10% of the whole
     padded[:n] = flat
     return np.flatnonzero(padded)[:count]
-
-
-def full_width(values: torch.Tensor, mask: torch.Tensor | None = None,
-               fixed_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Teacher targets at full width d (zeros outside the kept entries) and the mask that made them.
-
-    Args:
-        values: (..., k) kept values; (..., d) when nothing was masked.
-        mask: (..., d) per-vector mask, or None.
-        fixed_mask: (d,) static mask, or None.
-    Returns:
-        (targets (..., d), mask (..., d) | (d,) | None)
-    """
-    if mask is not None:
-        return densify(values, mask), mask
-    if fixed_mask is not None:
-        targets = values.new_zeros(*values.shape[:-1], fixed_mask.shape[0])
-        targets.index_copy_(values.dim() - 1, mask_index(fixed_mask, values.device), values)
-        return targets, fixed_mask
-    return values, None
 
 
 def select_hsk(
@@ -289,17 +218,6 @@ class Selector:
         self.width = compression.width_rule
         self._layers, self._num_heads = encoder_layers, num_heads
         self.fixed_mask = compression.static_mask(resolved)      # (d,) bool, static width strategies only
-        self._fixed_on: dict[str, torch.Tensor] = {}
-
-    def fixed_mask_on(self, device: torch.device | str) -> torch.Tensor | None:
-        """The static width mask on `device`, copied once per device: a new copy each step would miss
-        `mask_index`'s cache (keyed by the mask object) and make the device count its bits every step."""
-        if self.fixed_mask is None:
-            return None
-        key = str(device)
-        if key not in self._fixed_on:
-            self._fixed_on[key] = self.fixed_mask.to(device)
-        return self._fixed_on[key]
 
     def recording(self):
         """A context manager yielding the [CLS]-row recorder, or None when the strategy needs no scores."""

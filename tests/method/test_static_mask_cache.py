@@ -17,18 +17,6 @@ def _selector(width_strategy="uniform"):
     return Selector(compression, resolved, sep_id=3, encoder_layers=None, num_heads=4)
 
 
-def test_the_static_mask_on_a_device_is_one_tensor_reused_across_calls():
-    selector = _selector()
-    first = selector.fixed_mask_on(torch.device("meta"))     # "meta": a copy there is always a new tensor
-    assert first is selector.fixed_mask_on("meta")
-    assert first.device.type == "meta" and first is not selector.fixed_mask
-    assert selector.fixed_mask_on("cpu").equal(selector.fixed_mask)
-
-
-def test_a_width_strategy_without_a_static_mask_has_none_on_any_device():
-    assert _selector("mag").fixed_mask_on("meta") is None
-
-
 def test_online_targets_hand_the_same_device_indices_to_every_step(monkeypatch):
     selector = _selector()
     calls = []

@@ -307,8 +307,7 @@ def test_offline_training_never_builds_a_dense_target(tiny_store, tiny_student, 
     def refused(*args, **kwargs):
         raise AssertionError("a dense HSK target or loss was built during training")
 
-    for module, name in ((losses, "hsk_loss"), (select, "densify"), (select, "densify_packed"),
-                         (select, "full_width")):
+    for module, name in ((losses, "hsk_loss"), (select, "densify"), (select, "densify_packed")):
         monkeypatch.setattr(module, name, refused)
     seen = _watch_the_loss(monkeypatch, compare=False)
     Trainer(_config(tiny_store, tiny_student, tmp_path, stages=("hsk",), max_steps=4), progress=False).train()

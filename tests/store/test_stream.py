@@ -213,35 +213,6 @@ def test_the_numpy_reader_path_equals_the_sorting_densify_bit_for_bit(hidden_siz
     assert torch.equal(torch.from_numpy(targets), densify(values.float(), mask))
 
 
-def test_densified_targets_reuse_memory_only_once_nothing_refers_to_it():
-    import gc
-
-    from hskstore.method.select import _ZeroedBuffers, densify_packed, pack_bits, top_magnitude
-
-    buffers = _ZeroedBuffers(per_shape=2)
-    first = buffers.zeros((2, 3))
-    first[:] = 7
-    held = torch.from_numpy(first[1:])[0]                            # a tensor of a view: all that is left
-    del first
-    gc.collect()
-    second = buffers.zeros((2, 3))
-    assert not np.shares_memory(second, held.numpy()) and held.tolist() == [7, 7, 7]
-    second[:] = 5
-    overflow = buffers.zeros((2, 3))                                 # both pooled buffers in use: a plain array
-    assert overflow.tolist() == [[0, 0, 0]] * 2
-    del held, overflow
-    gc.collect()
-    third = buffers.zeros((2, 3))                                    # the first buffer again, zeroed
-    assert third.tolist() == [[0, 0, 0]] * 2 and not np.shares_memory(third, second)
-
-    # Batch after batch, each dropped in turn, the reused buffers give the same targets as fresh ones.
-    torch.manual_seed(1)
-    for _ in range(4):
-        values, mask = top_magnitude(torch.randn(3, 1, 9, 64).half(), 6)
-        targets, _ = densify_packed(values.numpy(), pack_bits(mask).numpy(), 64)
-        assert torch.equal(torch.from_numpy(targets), densify(values.float(), mask))
-
-
 def test_a_mask_that_disagrees_with_its_values_is_a_store_error():
     from hskstore.errors import StoreError
     from hskstore.method.select import densify_packed
