@@ -44,12 +44,13 @@ def kept_indices(mask: torch.Tensor, k: int) -> torch.Tensor:
 def kept_indices_packed(packed: np.ndarray, k: int, hidden_size: int) -> np.ndarray:
     """`kept_indices` straight from the stored bitpacked masks, on the host: no sort.
 
-    The bits are unpacked and their flat indices found in one pass (`select._set_entries`, numpy's
-    branch-free `nonzero`); they come in row-major order, so each run of k is one vector's kept dimensions,
-    ascending. Single-threaded, per CPU-second, at d = 768, k = 77 and batches of 32 x 9 vectors, this tied
-    the fastest of the forms tried in this session's timeit (a per-byte table with one `np.repeat` of a
-    per-byte key), ran ~2x plain `np.flatnonzero` on the unpacked bytes and ~15x unpacking in torch and a
-    stable argsort (`kept_indices`), and is the simplest; `benchmarks/reader.py` times them.
+    The bits are unpacked and their flat indices found in one pass of numpy's branch-free `nonzero`; they
+    come in row-major order, so each run of k is one vector's kept dimensions, ascending. Timed
+    single-threaded per CPU-second (timeit) at d = 768, k = 77, batches of 32 x 9 vectors, this was the
+    fastest of the forms tried in this session: ~1.15x a per-byte table with one `np.repeat` of a per-byte
+    key (the work per byte and per kept entry instead of per bit), ~2.5x plain `np.flatnonzero` on the
+    unpacked bytes, ~15x unpacking in torch and a stable argsort (`kept_indices`). `benchmarks/reader.py`
+    times the last three.
 
     Args:
         packed: (..., ceil(d/8)) uint8 masks, little bit order; k bits set per non-empty vector, none in an
@@ -62,19 +63,30 @@ def kept_indices_packed(packed: np.ndarray, k: int, hidden_size: int) -> np.ndar
     """
     width = packed.shape[-1]
     rows = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1, width)
-    bits = np.unpackbits(rows, axis=-1, count=hidden_size, bitorder="little").view(bool)    # (V, d), a new array
-    empty = ~rows.any(-1)
-    if empty.any():
-        bits[empty, :k] = True                     # an empty slot takes dimensions 0..k-1
-    flat = _set_entries(bits.reshape(-1))          # row-major: vector by vector, ascending within each
     vectors = len(rows)
+    empty = ~rows.any(-1)
+    if empty.any():                                # an empty slot takes dimensions 0..k-1
+        rows = rows.copy()
+        rows[empty] = np.packbits(np.arange(width * 8) < k, bitorder="little")
+    if width * 8 == hidden_size:
+        # The bytes unpack as one run of bits; numpy's nonzero takes its branch-free loop only above 10%
+        # density, so set bits are appended past the end when the masks are sparser (`select._set_entries`
+        # does the same by copying the unpacked bits; appending bytes here is 8x less to copy).
+        n, count = vectors * hidden_size, vectors * k
+        tail = 0 if count * 10 > n else ((n - 10 * count) // 9 + 8) // 8
+        source = rows.reshape(-1) if not tail else np.concatenate((rows.reshape(-1), np.full(tail, 255, np.uint8)))
+        found = np.flatnonzero(np.unpackbits(source, bitorder="little").view(bool))
+        flat = found[:found.size - 8 * tail]       # row-major: vector by vector, ascending within each
+    else:
+        bits = np.unpackbits(rows, axis=-1, count=hidden_size, bitorder="little").view(bool)
+        flat = _set_entries(bits.reshape(-1))
     # Sorted entries, k a row, the row's first and last in vector r: then every vector holds exactly k.
     if flat.size != vectors * k or (vectors and not (
             np.array_equal(flat[::k] // hidden_size, np.arange(vectors))
             and np.array_equal(flat[k - 1::k] // hidden_size, np.arange(vectors)))):
         from ..errors import StoreError
 
-        counts = bits.sum(-1)
+        counts = np.unpackbits(rows, axis=-1, count=hidden_size, bitorder="little").sum(-1)
         bad = int(np.flatnonzero(counts != k)[0])
         raise StoreError(f"store masks hold {int(counts[bad])} set bits in a vector that stores {k} values: "
                          "the store is corrupt; re-extract it.")
