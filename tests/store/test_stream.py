@@ -199,6 +199,16 @@ def test_the_accelerator_path_unpacks_on_the_device_to_the_same_indices(tiny_sto
     assert torch.equal(on_device, host.kept)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_hold_the_same_kept_dimensions_and_values_as_cpu_ones(tiny_store):
+    for batch in StoreStream(tiny_store, "train", 16, seed=1):
+        host = to_device(batch, torch.device("cpu"), hidden_size=32)
+        cuda = to_device(batch, torch.device("cuda"), hidden_size=32)
+        assert cuda.kept.is_cuda and cuda.values.dtype == torch.float32
+        assert torch.equal(cuda.kept.cpu(), host.kept) and torch.equal(cuda.values.cpu(), host.values)
+
+
 @pytest.mark.parametrize("hidden_size, k, empty_fraction", [(21, 5, 0.3), (768, 77, 0.3), (768, 77, 0.0)])
 def test_the_numpy_reader_path_equals_the_sorting_densify_bit_for_bit(hidden_size, k, empty_fraction):
     from hskstore.method.select import densify_packed, pack_bits, top_magnitude
