@@ -197,6 +197,24 @@ def test_a_flipped_byte_of_a_chunk_record_fails_info_and_verify_in_one_line(tiny
                     "checksum mismatch")
 
 
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_resumed_extraction_reads_the_chunk_record_through_its_checksum(tiny_store, tmp_path, backend):
+    """What a rerun of `extract` does first with a partial store: ask the reopened writer which chunks are done."""
+    from hskstore.errors import StoreError
+    from hskstore.store._hdf5 import Hdf5Writer
+    from hskstore.store._zarr import ZarrWriter
+
+    store = copy_store(tiny_store, tmp_path, backend)
+    _flip_record(store, "validation")
+    writer = (ZarrWriter if backend == "zarr" else Hdf5Writer).reopen(store)
+    try:
+        assert writer.chunks_done("train") == {0, 1, 2, 3}
+        with pytest.raises(StoreError, match="chunk record validation/chunks_written is damaged"):
+            writer.chunks_done("validation")
+    finally:
+        writer.close()
+
 def test_every_array_of_a_new_store_carries_a_checksum_on_both_backends(tiny_store, tmp_path):
     import h5py
 
