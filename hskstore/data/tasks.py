@@ -190,6 +190,8 @@ def task_name_of(task: str, options: dict | None = None) -> str:
     source = task_source(task, options)
     if source is not None and source.names:
         return task
+    if source is not None and source.name == "hub":   # owner/name[@revision]: the name, as _load_hub_dataset
+        return options.get("task_name") or task.partition("@")[0].split("/")[-1]
     return options.get("task_name") or Path(task).stem or str(task)
 
 

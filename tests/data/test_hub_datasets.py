@@ -9,7 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from hskstore.data.tasks import load_task, task_source
+from hskstore.data.tasks import load_task, task_name_of, task_source
 from hskstore.errors import DataError
 
 from _hub_dataset_cache import NEWER, OLDER, REPO, hub_dataset_cache  # noqa: F401 (a fixture)
@@ -27,6 +27,8 @@ def _pairs():
 def test_an_owner_slash_name_that_is_no_path_is_a_hub_dataset(tmp_path):
     assert task_source("someone/pairs").name == "hub"
     assert task_source("rte").name == "glue" and task_source("data/train.csv").name == "table"
+    assert task_source("someone/pairs@v1.0").name == "hub" and task_source("someone/pairs@0a1b2c3").name == "hub"
+    assert task_name_of("someone/pairs@v1.0") == task_name_of("someone/pairs") == "pairs"   # as the teacher records it
 
 
 def test_a_hub_dataset_missing_from_the_offline_cache_fails_in_one_line_and_quickly(monkeypatch, tmp_path):
@@ -46,6 +48,7 @@ def test_a_save_to_disk_directory_takes_two_text_columns(tmp_path):
     assert data.spec.text_columns == ("premise", "hypothesis") and data.num_examples("train") == 12
 
 
+@pytest.mark.integration
 def test_a_cached_hub_dataset_loads_offline_through_datasets_own_cache_lookup(hub_dataset_cache):
     import datasets
 
@@ -56,6 +59,7 @@ def test_a_cached_hub_dataset_loads_offline_through_datasets_own_cache_lookup(hu
     assert data.num_examples("train") == newest["train"] and data.num_examples("validation") == newest["validation"]
 
 
+@pytest.mark.integration
 def test_a_revision_after_the_id_reads_that_commit_from_the_cache_not_the_newest(hub_dataset_cache):
     older = load_task(f"{REPO}@{OLDER}")
     assert older.num_examples("train") == hub_dataset_cache[OLDER]["train"] != hub_dataset_cache[NEWER]["train"]
@@ -64,6 +68,7 @@ def test_a_revision_after_the_id_reads_that_commit_from_the_cache_not_the_newest
     assert main.num_examples("train") == hub_dataset_cache[NEWER]["train"]
 
 
+@pytest.mark.integration
 def test_a_revision_missing_from_the_cache_fails_in_one_line_naming_the_offline_variables(hub_dataset_cache):
     with pytest.raises(DataError) as caught:
         load_task(f"{REPO}@{'c' * 40}")
@@ -72,6 +77,8 @@ def test_a_revision_missing_from_the_cache_fails_in_one_line_naming_the_offline_
     assert OLDER[:12] in message and NEWER[:12] in message  # what the cache does hold
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_extract_takes_a_cached_hub_dataset_id_end_to_end(hub_dataset_cache, tiny_teacher, tmp_path):
     from hskstore.cli import cli
 
