@@ -66,7 +66,8 @@ def _label(entry) -> str:
 
 
 def table(study: str, summary: dict) -> str:
-    lines = [f"**{study}**", "", "| arm | (N^D, N^L, N^W) | A^HSK | lr | dev accuracy, mean ± sd | seeds |",
+    metric = summary["pred"].get("metric", "accuracy")
+    lines = [f"**{study}**", "", f"| arm | (N^D, N^L, N^W) | A^HSK | lr | dev {metric}, mean ± sd | seeds |",
              "|---|---|---|---|---|---|"]
     arms = [(e, summary[_key(e)]) for e in STUDIES[study]]
     if study in CURVES or study in ("fair", "amount"):
@@ -83,7 +84,19 @@ def table(study: str, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(study: str, summary: dict, path: Path) -> Path:
+def subject(teacher: str, task: str | None, task_options: dict) -> str:
+    """"<task>, <base model> teacher" for the plot titles: the task given, else the one the teacher recorded."""
+    from hskstore.data.tasks import task_name_of
+    from hskstore.models.teacher import teacher_task
+
+    recorded = teacher_task(teacher) or {}
+    name = task_name_of(task, task_options) if task else recorded.get("name") or recorded.get("task") or "task"
+    meta = Path(teacher) / "hskstore_teacher.json"
+    base = json.loads(meta.read_text()).get("base_model") if meta.is_file() else None
+    return f"{name}, {Path(str(base or teacher).rstrip('/')).name} teacher"
+
+
+def plot(study: str, summary: dict, path: Path, title: str = "tweets, MiniLM teacher") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +106,7 @@ def plot(study: str, summary: dict, path: Path) -> Path:
         from hskstore.experiments.sweep import plot_sweep
 
         rows = [summary[_key(e)] for e in STUDIES[study]] + [summary["full"], summary["pred"]]
-        return plot_sweep(rows, path, title="tweets, MiniLM teacher: dev accuracy against A^HSK")
+        return plot_sweep(rows, path, title=f"{title}: dev {summary['pred'].get('metric', 'accuracy')} against A^HSK")
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
     pred, full = summary["pred"], summary["full"]
     if study in CURVES:
@@ -116,8 +129,8 @@ def plot(study: str, summary: dict, path: Path) -> Path:
     ax.axhline(pred["dev_mean"], linestyle=":", color="C2", label="prediction-only KD")
     ax.axhspan(pred["dev_mean"] - pred["dev_std"], pred["dev_mean"] + pred["dev_std"], color="C2", alpha=0.12)
     ax.axhline(pred["teacher_dev"], color="grey", linewidth=0.8, label="teacher")
-    ax.set_ylabel("dev accuracy (mean ± sd)")
-    ax.set_title(f"tweets, MiniLM teacher: {study}", fontsize=9)
+    ax.set_ylabel(f"dev {pred.get('metric', 'accuracy')} (mean ± sd)")
+    ax.set_title(f"{title}: {study}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
@@ -183,7 +196,8 @@ def main() -> None:
         if study == "fair":
             continue
         try:
-            print(f"\nplot: {plot(study, summary, plots / ('findings-' + study.replace(' ', '-').lower() + '.png'))}")
+            png = plots / ('findings-' + study.replace(' ', '-').lower() + '.png')
+            print(f"\nplot: {plot(study, summary, png, subject(args.teacher, args.task, task_options))}")
         except ImportError:
             print("plot skipped: matplotlib is not installed")
     (out / "findings.json").write_text(json.dumps(

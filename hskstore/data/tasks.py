@@ -190,6 +190,8 @@ def task_name_of(task: str, options: dict | None = None) -> str:
     source = task_source(task, options)
     if source is not None and source.names:
         return task
+    if source is not None and source.name == "hub":   # owner/name[@revision]: the name, as _load_hub_dataset
+        return options.get("task_name") or task.partition("@")[0].split("/")[-1]
     return options.get("task_name") or Path(task).stem or str(task)
 
 
@@ -358,7 +360,7 @@ def _dataset_task(dataset, origin: str, name: str, limit, seed, text_columns, la
     return _from_dataset_dict(spec, dataset, limit, seed, origin)
 
 
-_HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$")  # owner/name[@revision]
 
 
 def _claims_hub_dataset(task: str, options: dict) -> bool:
@@ -373,10 +375,14 @@ def _load_hub_dataset(task: str, o: dict) -> TaskData:
 
     if o.get("validation_file") is not None:
         raise DataError("validation_file applies to .csv/.tsv/.jsonl tasks; a hub dataset has its own validation split")
+    repo_id, _, revision = task.partition("@")
     offline = datasets.config.HF_HUB_OFFLINE or not _hub_reachable()
     try:
         with _offline_hub() if offline else contextlib.nullcontext():
-            dataset = datasets.load_dataset(task)
+            if offline and revision:  # datasets' offline path ignores `revision` (it takes the newest build)
+                dataset = _cached_revision(repo_id, revision)
+            else:
+                dataset = datasets.load_dataset(repo_id, revision=revision or None)
     except Exception as exc:  # not in the cache, no such dataset, hub down: one line either way
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         where = ("offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set, or the hub unreachable), so only the local cache "
@@ -384,8 +390,35 @@ def _load_hub_dataset(task: str, o: dict) -> TaskData:
         raise DataError(f"cannot load dataset {task!r} {where}: {reason}. Download it once with network "
                         "(unset HF_DATASETS_OFFLINE and HF_HUB_OFFLINE), or pass a save_to_disk directory or a "
                         ".csv/.tsv/.jsonl file") from None
-    return _dataset_task(dataset, task, task.split("/")[-1], o["limit"], o["seed"], o["text_columns"],
+    return _dataset_task(dataset, task, repo_id.split("/")[-1], o["limit"], o["seed"], o["text_columns"],
                          o["label_column"], o["label_names"], o["task_name"], o["metric"])
+
+
+def _cached_revision(repo_id: str, revision: str):
+    """One revision of a hub dataset from the `datasets` cache, offline: the build an online load of that
+    commit wrote (`<cache>/<owner>___<name>/<config>/<version>/<commit>/`), read with the same `Cache` builder
+    `load_dataset` uses offline, but pinned to that commit. A branch or tag name is resolved through the hub
+    cache's `refs/` file; a commit may be abbreviated (7 or more characters)."""
+    import datasets
+    import huggingface_hub.constants as hub
+    from datasets.naming import camelcase_to_snakecase
+    from datasets.packaged_modules.cache.cache import Cache
+
+    owner, name = repo_id.split("/")
+    ref = Path(hub.HF_HUB_CACHE) / f"datasets--{owner}--{name}" / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    root = Path(datasets.config.HF_DATASETS_CACHE) / f"{owner}___{camelcase_to_snakecase(name)}"
+    builds = sorted(p for p in root.glob("*/*/*") if p.is_dir())
+    found = [p for p in builds if p.name == commit or (len(commit) >= 7 and p.name.startswith(commit))]
+    if len({p.name for p in found}) != 1 or len(found) != 1:
+        held = sorted({p.name[:12] for p in builds}) or "none"
+        raise DataError(f"revision {revision!r} is not (or not unambiguously) in the local datasets cache "
+                        f"{root} (cached revisions: {held})")
+    config, version, commit = found[0].parts[-3:]
+    builder = Cache(dataset_name=camelcase_to_snakecase(name), repo_id=repo_id, config_name=config,
+                    version=version, hash=commit)
+    builder.download_and_prepare()
+    return builder.as_dataset()
 
 
 def _as_columns(text_columns) -> tuple[str, ...]:

@@ -45,7 +45,8 @@ def model_card(*, title: str, role: str, task: dict | None = None, metrics: dict
         metrics: {metric name: value} measured on `split`.
         base_model: the model it was fine-tuned or distilled from (a hub id or a path).
         compression: the store's compression triple and options (students).
-        amount_hsk: A^HSK of that store, in percent of the full HSK.
+        amount_hsk: A^HSK of that store (`ResolvedCompression.amount()`): token vectors per example, the unit
+            of docs/method.md and `hskstore info`, not a percentage.
     """
     task = task or {}
     front = ["---", "library_name: transformers", "pipeline_tag: text-classification",
@@ -66,7 +67,8 @@ def model_card(*, title: str, role: str, task: dict | None = None, metrics: dict
                             if k not in ("depth", "length", "width") and v is not None)
         about.append(f"- **HSK store:** (N^D, N^L, N^W) = ({triple}); {options}")
     if amount_hsk is not None:
-        about.append(f"- **A^HSK:** {amount_hsk:.3g}% of the teacher's hidden-state knowledge")
+        about.append(f"- **A^HSK:** {amount_hsk:.3g} token vectors per example (N^D · N^L · N^W / d, in full "
+                     "token vectors of one layer, as `hskstore info` counts it)")
     lines += about + [""]
     rows = _metric_rows(metrics)
     if rows:

@@ -310,7 +310,12 @@ def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -
     # Examples longer than max_length lose their tail: counted (this rank's rows) and recorded, warned above 1%.
     truncated = {s: count_truncated(tokenizer, {c: v[offset[s]:mine[s].stop * chunk_rows] for c, v in columns[s].items()},
                                     spec, max_length, encoded[s]["lengths"]) for s in config.splits}
-    warning = truncation_warning(truncated, {s: len(encoded[s]["lengths"]) for s in config.splits}, max_length)
+    # Summed over ranks (each tokenised its own rows): the store records, and rank 0 warns about, whole splits.
+    counts = torch.tensor([[truncated[s], len(encoded[s]["lengths"])] for s in config.splits], dtype=torch.int64,
+                          device=device if device.type == "cuda" else "cpu")
+    distributed.all_reduce_sum(counts, world)
+    truncated = {s: int(counts[i, 0]) for i, s in enumerate(config.splits)}
+    warning = truncation_warning(truncated, {s: int(counts[i, 1]) for i, s in enumerate(config.splits)}, max_length)
     if warning and world.is_main:
         print(warning, file=sys.stderr)
     meta = {

@@ -144,7 +144,7 @@ class Hdf5Store(Store):
                              f"run `hskstore verify {self.location}` to list every bad chunk, then re-extract") from None
 
     def _records(self, split):
-        return self.file[split][RECORD_ARRAY][:]
+        return _read_records(self.location, split, lambda: self.file[split][RECORD_ARRAY][:])
 
     def _root_array(self, name):
         return self.file[name][...] if name in self.file else None
@@ -167,6 +167,16 @@ class Hdf5Store(Store):
         return out
 
 
+def _read_records(location: str, split: str, read):
+    """A split's chunk record read through its Fletcher-32 (a store written before it had one reads as
+    before): damage is one line naming it (and `verify`)."""
+    try:
+        return read()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise StoreError(f"{location}: the chunk record {split}/{RECORD_ARRAY} is damaged ({damage_reason(exc)}); "
+                         f"run `hskstore verify {location}`, then re-extract the store") from None
+
+
 def creating_path(path: str) -> str:
     """Where an HDF5 store's layout is built before it is renamed into place."""
     stem, _, suffix = path.rpartition(".")
@@ -187,7 +197,9 @@ def _write_layout(file, attrs, specs, static_mask, tokenizer_files) -> None:
                                            fillvalue=spec.fill_value, fletcher32=bool(rows),
                                            **(_FILTERS[spec.codec] if rows else {}))
             dataset.attrs["dimension_names"] = json.dumps(list(spec.dims))
-        group.create_dataset(RECORD_ARRAY, shape=(-(-rows // rows_per_chunk),), dtype="uint8", fillvalue=0)
+        records = -(-rows // rows_per_chunk)   # one chunk, Fletcher-32 like every array (none when empty)
+        group.create_dataset(RECORD_ARRAY, shape=(records,), dtype="uint8", fillvalue=0,
+                             **({"chunks": (records,), "fletcher32": True} if records else {}))
     if static_mask is not None:
         file.create_dataset("static_mask", data=static_mask, chunks=True, fletcher32=True)
     tokenizer = file.create_group("tokenizer")
@@ -369,7 +381,8 @@ class Hdf5Writer(StoreWriter):
         self._guarded(record)
 
     def chunks_done(self, split):
-        return {int(i) for i in np.flatnonzero(self.file[split][RECORD_ARRAY][:])}
+        records = _read_records(self.location, split, lambda: self.file[split][RECORD_ARRAY][:])
+        return {int(i) for i in np.flatnonzero(records)}
 
     def _update_attrs(self, changes, drop=()):
         attrs = _parse_attrs(self.file.attrs[ATTRS_KEY], self.location) | changes

@@ -131,10 +131,20 @@ def _codecs(codec: str, itemsize: int) -> list:
 
 
 def _checksum_only() -> list:
-    """No compression, a CRC-32C: a flipped byte of the static mask is found like one of any chunk."""
+    """No compression, a CRC-32C: a flipped byte of the static mask or of a chunk record is found like one of
+    any chunk. (Stores written before the record had it still read: zarr takes the codecs from the metadata.)"""
     from zarr.codecs import Crc32cCodec
 
     return [Crc32cCodec()]
+
+
+def _read_records(location: str, split: str, read):
+    """A split's chunk record read through its CRC-32C: damage is one line naming it (and `verify`)."""
+    try:
+        return read()
+    except (ValueError, RuntimeError, OSError, TypeError) as exc:
+        raise StoreError(f"{location}: the chunk record {split}/{RECORD_ARRAY} is damaged ({damage_reason(exc)}); "
+                         f"run `hskstore verify {location}`, then re-extract the store") from None
 
 
 class _ChunkFileDecoder:
@@ -293,7 +303,7 @@ class ZarrStore(Store):
     def _records(self, split: str):
         if self.format_version == 1:
             return None
-        return self._array(split, RECORD_ARRAY)[:]
+        return _read_records(self.location, split, lambda: self._array(split, RECORD_ARRAY)[:])
 
     def _v1_chunks_done(self, split: str) -> list[int]:
         return list(self.group[split].attrs["chunks_done"])
@@ -347,7 +357,7 @@ class ZarrWriter(StoreWriter):
                                  compressors=_codecs(spec.codec, np.dtype(spec.dtype).itemsize),
                                  fill_value=spec.fill_value, dimension_names=spec.dims)
             sub.create_array(RECORD_ARRAY, shape=(-(-rows // attrs["chunk_rows"]),), chunks=(1,), dtype="uint8",
-                             fill_value=0, compressors=None, dimension_names=("chunk",))
+                             fill_value=0, compressors=_checksum_only(), dimension_names=("chunk",))
         if static_mask is not None:
             group.create_array("static_mask", data=static_mask, compressors=_checksum_only(),
                                dimension_names=("mask_byte",))
@@ -384,7 +394,8 @@ class ZarrWriter(StoreWriter):
         self._array(split, RECORD_ARRAY)[index] = 1
 
     def chunks_done(self, split):
-        return {int(i) for i in np.flatnonzero(self._array(split, RECORD_ARRAY)[:])}
+        records = _read_records(self.location, split, lambda: self._array(split, RECORD_ARRAY)[:])
+        return {int(i) for i in np.flatnonzero(records)}
 
     def _update_attrs(self, changes, drop=()):
         if drop:   # every attribute rewritten in the one metadata write, less the dropped ones

@@ -1,7 +1,8 @@
 """`hskstore verify`: read every recorded chunk of every array and name the bad ones.
 
-Chunks carry checksums (CRC-32C in Zarr, Fletcher-32 in HDF5) and every written chunk is recorded, so
-a flipped byte, a truncated or a deleted chunk object is found here, by split, array and chunk index.
+Chunks carry checksums (CRC-32C in Zarr, Fletcher-32 in HDF5), the per-split chunk records included, and
+every written chunk is recorded, so a flipped byte, a truncated or a deleted chunk object is found here, by
+split, array and chunk index.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ def verify_store(location, storage_options: dict | None = None, max_problems: in
     with open_store(location, allow_incomplete=True, storage_options=storage_options) as store:
         for split in store.splits:
             reader = store.split(split)
-            done = store.chunks_done(split)
+            try:
+                done = store.chunks_done(split)   # the chunk record, read through its checksum
+            except StoreError as exc:
+                problems.append(f"{split}/chunks_written (the chunk record) {_reason(str(exc))}")
+                continue
             for k in range(reader.num_chunks):
                 if k not in done:
                     problems.append(f"{split} chunk {k} was never written")

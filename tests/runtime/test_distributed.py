@@ -54,6 +54,9 @@ def test_two_processes_extract_the_same_store_as_one(tiny_teacher, tiny_store, t
     assert_same_store(out, tiny_store)
     summary = open_store(out).attrs["summary"]
     assert summary["processes"] == 2 and summary["examples_extracted"] == 150
+    # each rank counts the truncated examples of its own rows; the store records their sum, as one process does
+    assert open_store(out).attrs["truncated"] == open_store(tiny_store).attrs["truncated"]
+    assert sum(open_store(out).attrs["truncated"].values()) > 0
     assert json.loads(result.stdout)["processes"] == 2  # one JSON document: the summary is printed by rank 0 only
 
 

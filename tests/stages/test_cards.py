@@ -21,4 +21,12 @@ def test_the_student_command_and_train_write_model_cards(tiny_store, tiny_teache
     assert trained.exit_code == 0, trained.output
     card = (tmp_path / "run" / "student" / "README.md").read_text()
     assert "## Metrics (validation split)" in card and "| accuracy |" in card
-    assert "**A^HSK:**" in card and tiny_teacher in card and tiny_store in card
+    assert "**A^HSK:** 2.5 token vectors per example" in card and tiny_teacher in card and tiny_store in card
+
+
+def test_a_card_states_a_hsk_in_token_vectors_per_example_as_info_does_not_as_a_percentage():
+    from hskstore.models.card import model_card
+
+    card = model_card(title="s", role="student", amount_hsk=0.891)   # the demo store's (1, 9, 38) at d = 384
+    line = next(line for line in card.splitlines() if "A^HSK" in line)
+    assert "0.891 token vectors per example" in line and "%" not in line

@@ -23,7 +23,7 @@ GOLDEN_CODECS = {
                   {"name": "zstd", "configuration": {"level": 3, "checksum": False}}, {"name": "crc32c"}],
     "input_ids": [{"name": "bytes", "configuration": {"endian": "little"}},
                   {"name": "zstd", "configuration": {"level": 3, "checksum": False}}, {"name": "crc32c"}],
-    "chunks_written": [{"name": "bytes"}],
+    "chunks_written": [{"name": "bytes"}, {"name": "crc32c"}],   # checksummed since issue 17 (older: bytes only)
 }
 GOLDEN_DIMS = {"values": ["example", "layer", "slot", "kept"], "masks": ["example", "layer", "slot", "mask_byte"],
                "positions": ["example", "layer", "slot"], "input_ids": ["example", "token"], "chunks_written": ["chunk"]}

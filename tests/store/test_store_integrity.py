@@ -169,3 +169,90 @@ def test_a_crafted_tokenizer_entry_is_refused_before_anything_trains(tiny_store,
     monkeypatch.setattr(train_stage, "sparse_hsk_loss", lambda *a, **k: trained.append(1))   # nothing may train
     _one_error_line(_train(store, tiny_student, tmp_path / "run"), f"tokenizer entry {entry!r}", "refusing")
     assert not trained and not (tmp_path / "run" / "student").exists()
+
+
+def _flip_record(location: str, split: str) -> None:
+    """Flip a bit of the first chunk record's stored byte (1 becomes 3: still 'written', but not what was summed)."""
+    if location.endswith(".h5"):
+        import h5py
+
+        with h5py.File(location, "r") as f:
+            path, offset = Path(location), f[split]["chunks_written"].id.get_chunk_info(0).byte_offset
+    else:
+        path, offset = Path(location) / split / "chunks_written" / "c" / "0", 0
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x02
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_flipped_byte_of_a_chunk_record_fails_info_and_verify_in_one_line(tiny_store, tmp_path, backend):
+    """(A complete store's training never reads the record; a resumed extraction reads it through the check.)"""
+    store = copy_store(tiny_store, tmp_path, backend)
+    _flip_record(store, "train")
+    runner = CliRunner()
+    _one_error_line(runner.invoke(cli, ["info", store]), "chunk record train/chunks_written is damaged",
+                    "checksum mismatch", "hskstore verify")
+    _one_error_line(runner.invoke(cli, ["verify", store]), "failed verification", "train/chunks_written",
+                    "checksum mismatch")
+
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_resumed_extraction_reads_the_chunk_record_through_its_checksum(tiny_store, tmp_path, backend):
+    """What a rerun of `extract` does first with a partial store: ask the reopened writer which chunks are done."""
+    from hskstore.errors import StoreError
+    from hskstore.store._hdf5 import Hdf5Writer
+    from hskstore.store._zarr import ZarrWriter
+
+    store = copy_store(tiny_store, tmp_path, backend)
+    _flip_record(store, "validation")
+    writer = (ZarrWriter if backend == "zarr" else Hdf5Writer).reopen(store)
+    try:
+        assert writer.chunks_done("train") == {0, 1, 2, 3}
+        with pytest.raises(StoreError, match="chunk record validation/chunks_written is damaged"):
+            writer.chunks_done("validation")
+    finally:
+        writer.close()
+
+def test_every_array_of_a_new_store_carries_a_checksum_on_both_backends(tiny_store, tmp_path):
+    import h5py
+
+    for meta in Path(tiny_store).rglob("zarr.json"):
+        node = json.loads(meta.read_text())
+        if node["node_type"] == "array":
+            assert node["codecs"][-1] == {"name": "crc32c"}, meta
+    with h5py.File(copy_store(tiny_store, tmp_path, "hdf5"), "r") as f:
+        arrays = []
+        f.visititems(lambda name, obj: arrays.append(obj) if isinstance(obj, h5py.Dataset) else None)
+        assert {a.name.rsplit("/", 1)[-1] for a in arrays} >= {"chunks_written", "values", "input_ids"}
+        assert all(a.fletcher32 for a in arrays if a.size), [a.name for a in arrays if not a.fletcher32]
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_store_written_before_the_record_had_a_checksum_still_opens_and_verifies(tiny_store, tmp_path, backend):
+    """Stores from before this change keep their unchecksummed records: read as they are, no error."""
+    import h5py
+    import numpy as np
+    import zarr
+
+    store = copy_store(tiny_store, tmp_path, backend)
+    for split in ("train", "validation"):
+        if backend == "zarr":
+            meta = Path(store) / split / "chunks_written" / "zarr.json"
+            node = json.loads(meta.read_text())
+            node["codecs"] = [{"name": "bytes"}]   # the record as earlier versions wrote it: raw bytes
+            meta.write_text(json.dumps(node))
+            for chunk in (Path(store) / split / "chunks_written" / "c").iterdir():
+                chunk.write_bytes(chunk.read_bytes()[:-4])
+        else:
+            with h5py.File(store, "r+") as f:
+                records = f[split]["chunks_written"][...]
+                del f[split]["chunks_written"]
+                f[split].create_dataset("chunks_written", data=records.astype(np.uint8))
+    if backend == "zarr":
+        zarr.consolidate_metadata(store)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["verify", store]).exit_code == 0
+    info = json.loads(runner.invoke(cli, ["info", store, "--json"]).output)
+    assert info["examples"] == {"train": 120, "validation": 30}
