@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError
+from ..method.quantize import dequantize
 from ..method.select import densify_packed, full_width, unpack_bits
 from . import is_remote, open_store
 from .location import StoreLocation
@@ -23,7 +24,7 @@ from .location import StoreLocation
 __all__ = ["StoreStream", "DeviceBatch", "Prefetcher", "to_device", "keep_numpy", "TOKEN_ARRAYS", "HSK_ARRAYS"]
 
 TOKEN_ARRAYS = ("input_ids", "token_type_ids", "lengths", "labels")
-HSK_ARRAYS = ("positions", "values", "masks")
+HSK_ARRAYS = ("positions", "values", "masks", "value_scales")   # value_scales: quantized stores only
 
 
 class StoreStream(IterableDataset):
@@ -268,8 +269,10 @@ class DeviceBatch:
 
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: int | None = None,
-              static_mask: torch.Tensor | None = None) -> DeviceBatch:
-    """Move a numpy batch to the training device; unpack masks and scatter values to full width there."""
+              static_mask: torch.Tensor | None = None, value_format=None) -> DeviceBatch:
+    """Move a numpy batch to the training device; unpack masks and scatter values to full width there.
+
+    `value_format` (method.quantize.ValueFormat) decodes a quantized store's values, on the device."""
     lengths = batch["lengths"].astype(np.int64)
     width = int(lengths.max())
     non_blocking = device.type == "cuda"
@@ -290,13 +293,16 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: i
     positions = targets = mask = None
     if "values" in batch:
         positions = put(batch["positions"], torch.int64)
+        if "value_scales" in batch:   # int8/int4 codes and their scales: dequantized here, on the training device
+            decoded = dequantize(put(batch["values"]), put(batch["value_scales"]), value_format)
+            batch = {**batch, "values": decoded.numpy() if device.type == "cpu" else decoded}
         if "masks" in batch and device.type == "cpu":
             # Straight from the packed bytes, no sort: the set bits' flat indices, then one scatter of the k kept
             # values (select.densify_packed). On CUDA the device unpacks and scatters; the host only copies.
             dense, packed_mask = densify_packed(batch["values"], batch["masks"], hidden_size)
             targets, mask = torch.from_numpy(dense), torch.from_numpy(packed_mask)
         else:
-            values = put(batch["values"], torch.float32)
+            values = batch["values"] if torch.is_tensor(batch["values"]) else put(batch["values"], torch.float32)
             mask = unpack_bits(put(batch["masks"]), hidden_size) if "masks" in batch else None
             fixed = None if static_mask is None else static_mask.to(device)
             targets, mask = full_width(values, mask, fixed)

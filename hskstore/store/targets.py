@@ -18,6 +18,7 @@ import torch
 from ..errors import StoreError
 from ..method.select import Selector, full_width
 from ..runtime.device import inference_precision
+from .format import value_format_of
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, to_device
 
 __all__ = ["Targets", "OfflineTargets", "OnlineTargets", "targets_for"]
@@ -46,12 +47,13 @@ class OfflineTargets:
         self.hidden_size = store.resolved.hidden_size
         mask = store.static_mask()
         self.static_mask = None if mask is None else torch.from_numpy(mask).to(device)
+        self.value_format = value_format_of(store.compression, store.resolved)   # quantized values decode on device
 
     def arrays(self, stage: str | None) -> tuple[str, ...]:
         return TOKEN_ARRAYS + {"hsk": HSK_ARRAYS, "pred": ("logits",)}.get(stage, ())
 
     def to_device(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
-        return to_device(batch, self.device, self.hidden_size, self.static_mask)
+        return to_device(batch, self.device, self.hidden_size, self.static_mask, self.value_format)
 
     def __call__(self, batch: DeviceBatch) -> DeviceBatch:
         return batch
