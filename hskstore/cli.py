@@ -17,7 +17,7 @@ from .configs.finetune import TASK_OPTIONS, FinetuneConfig
 from .configs.train import TrainConfig
 from .errors import HskError
 from .experiments.sweep import SweepConfig
-from .method.compression import Compression, parse_width
+from .method.compression import VALUE_FORMATS, Compression, parse_width
 from .options import Option, build, click_options, key_values
 from .models.architectures import student_kinds
 
@@ -143,6 +143,8 @@ overwrite_option = OVERWRITE.click("overwrite", False)
 overwrite_dst_option = click.option("--overwrite", is_flag=True, help="Replace a complete store at DST.")
 storage_option = STORAGE_OPTIONS.click("storage_options", {})
 src_option, dst_option = _fsspec_option("SRC"), _fsspec_option("DST")
+value_format_option = Option("Requantize the values: int8 or int4 from float16, int4 from int8 (never finer).",
+                             choices=VALUE_FORMATS, default_text="the store's").click("value_format", None)
 task_options = click_options(FinetuneConfig, only=TASK_OPTIONS)
 allow_task_mismatch_option = click_options(ExtractConfig, only=("allow_task_mismatch",))
 slice_options = _together(*(Option(help, parse=parse, default_text="the store's").click(name, None)
@@ -198,7 +200,7 @@ def extract(full, dry_run, as_json, quiet, **values):
 
     if full:
         compression = Compression.full(student_layers=values["student_layers"], l_top=values["l_top"],
-                                       value_dtype=values["value_dtype"])
+                                       value_dtype=values["value_dtype"], value_format=values["value_format"])
     else:  # N^L = all keeps every token: the strategy `all`
         compression = build(Compression, values, **({"length_strategy": "all"} if values["length"] is None else {}))
     teacher, max_length = values["teacher"], values["max_length"]
@@ -388,11 +390,13 @@ def predict(student_dir, texts, pairs, text_file, encoding, device):
 @overwrite_dst_option
 @src_option
 @dst_option
-def convert(src, dst, overwrite, src_options, dst_options):
+@value_format_option
+def convert(src, dst, overwrite, src_options, dst_options, value_format):
     """Copy a store losslessly between backends: Zarr directory or URL <-> one HDF5 file (.h5)."""
     from .store.convert import convert_store
 
-    summary = convert_store(src, dst, overwrite=overwrite, src_options=src_options, dst_options=dst_options)
+    summary = convert_store(src, dst, overwrite=overwrite, src_options=src_options, dst_options=dst_options,
+                            value_format=value_format)
     click.echo(f"converted {summary['examples']} examples: {src} -> {dst}")
 
 
@@ -415,15 +419,17 @@ def verify(store, storage_options, as_json):
 @click.argument("dst")
 @slice_options
 @click.option("--limit", type=int, default=None, help="Keep the first LIMIT examples of every split.")
+@value_format_option
 @overwrite_dst_option
 @src_option
 @dst_option
 @json_option
-def slice_(src, dst, depth, length, width, limit, overwrite, src_options, dst_options, as_json):
+def slice_(src, dst, depth, length, width, limit, value_format, overwrite, src_options, dst_options, as_json):
     """Derive a smaller store from SRC with no teacher: fewer layers, tokens or activations."""
     from .store.slicing import slice_store
 
-    summary = slice_store(src, dst, depth=depth, length=length, width=width, limit=limit, overwrite=overwrite,
+    summary = slice_store(src, dst, depth=depth, length=length, width=width, limit=limit, value_format=value_format,
+                          overwrite=overwrite,
                           src_options=src_options, dst_options=dst_options)
     click.echo(json.dumps(summary, indent=2) if as_json else
                f"sliced {src} -> {dst}: (N^D, N^L, N^W) = {tuple(summary['triple'])}, A^HSK {summary['amount_hsk']:.3f}, "

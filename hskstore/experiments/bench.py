@@ -123,6 +123,7 @@ def time_reader(store: str, *, batch_size: int | None = None, batches: int = 200
     from ..runtime.device import resolve_device
     from ..runtime.schedules import default_schedules
     from ..store import open_store
+    from ..store.format import value_format_of
     from ..store.stream import HSK_ARRAYS, TOKEN_ARRAYS, StoreStream, to_device
 
     opened = open_store(store)
@@ -131,6 +132,7 @@ def time_reader(store: str, *, batch_size: int | None = None, batches: int = 200
     static = opened.static_mask()
     static_kept = None if static is None else torch.from_numpy(static.nonzero()[0]).to(resolved_device)
     hidden = opened.resolved.hidden_size
+    value_format = value_format_of(opened.compression, opened.resolved)   # int8/int4 stores decode on the device
     stream = StoreStream(store, split, batch_size, arrays=list(TOKEN_ARRAYS + HSK_ARRAYS))
     rates, cpu_rates = [], []
     for repeat in range(repeats):
@@ -141,7 +143,7 @@ def time_reader(store: str, *, batch_size: int | None = None, batches: int = 200
             stream.set_epoch(epoch)
             before = done
             for batch in stream:
-                to_device(batch, resolved_device, hidden, static_kept)
+                to_device(batch, resolved_device, hidden, static_kept, value_format)
                 rows += len(batch["labels"])
                 done += 1
                 if done >= batches:

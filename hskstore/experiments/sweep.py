@@ -36,7 +36,7 @@ WIDTH_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # N^W fractions
 
 # What a point may change besides its triple: the store's strategies, and the HSK loss.
 POINT_COMPRESSION_OPTIONS = ("length_strategy", "score_layer", "score_kind", "width_strategy", "width_seed", "l_top",
-                             "value_bits")
+                             "value_bits", "value_format")
 POINT_TRAIN_OPTIONS = ("hsk_loss",)
 
 
@@ -213,17 +213,21 @@ def plan(config: SweepConfig, max_length: int) -> list[SweepPoint]:
 
 
 def _strategies(c: Compression) -> dict:
-    return {**c.to_dict(), "depth": 0, "length": 0, "width": 0}
+    """What a cover store shares with the points sliced from it: all but the triple and the value format (a cover
+    is float16; `slice_store` quantizes a point's values as extraction would)."""
+    return {**c.to_dict(), "depth": 0, "length": 0, "width": 0, "value_format": "float16"}
 
 
 def cover_compressions(points, teacher: str, max_length: int) -> list[Compression]:
     """The smallest stores the sliceable points derive from, one per group of points that share their
-    strategies: the largest N^D, N^L and N^W of the group. Groups of one, static width masks, and
-    per-vector width strategies that do not nest (the strategy says) are extracted on their own."""
+    strategies: the largest N^D, N^L and N^W of the group, with float16 values (quantized points are
+    requantized from it). Groups of one, and width strategies that do not nest (the strategy says) unless
+    every member keeps the same width (static masks: points that differ in their value format only), are
+    extracted on their own."""
     from ..models.teacher import check_bert_family
 
     sliceable = [p.compression for p in points if p.kind == "hsk" and p.compression.length is not None
-                 and p.compression.width_rule.per_vector and p.compression.width_rule.nests]
+                 and (p.compression.width_rule.nests or not p.compression.width_rule.per_vector)]
     groups: dict[str, list[Compression]] = {}
     for c in sliceable:
         groups.setdefault(json.dumps(_strategies(c), sort_keys=True), []).append(c)
@@ -234,10 +238,12 @@ def cover_compressions(points, teacher: str, max_length: int) -> list[Compressio
     covers = []
     for group in (g for g in groups.values() if len(g) > 1):
         resolved = [c.resolve(config["num_hidden_layers"], config["hidden_size"], max_length) for c in group]
+        if not group[0].width_rule.nests and len({r.width for r in resolved}) > 1:
+            continue   # static masks of different widths need not nest (`uniform`): each is extracted
         # Each dimension as the largest member spells it, so "every activation" stays None and nests.
         largest = {name: getattr(max(zip(group, resolved), key=lambda cr: getattr(cr[1], name))[0], name)
                    for name in ("depth", "length", "width")}
-        covers.append(Compression.from_dict(group[0].to_dict() | largest))
+        covers.append(Compression.from_dict(group[0].to_dict() | largest | {"value_format": "float16"}))
     return covers
 
 
@@ -258,12 +264,13 @@ def obtain_store(config: SweepConfig, compression: Compression, path: Path, max_
 
         with open_store(source_path) as source:
             try:
-                new_c, _ = plan_slice(source, compression.depth, compression.length, compression.width)
+                new_c, _ = plan_slice(source, compression.depth, compression.length, compression.width,
+                                      compression.value_format)
             except StoreError:
                 new_c = None
         if new_c is not None and new_c == compression:
             slice_store(source_path, str(path), depth=compression.depth, length=compression.length,
-                        width=compression.width, overwrite=True)
+                        width=compression.width, value_format=compression.value_format, overwrite=True)
             return str(path)
     extract(replace(config.extract, output=str(path), compression=compression, max_length=max_length,
                     data_seed=data_seed), progress=False)
@@ -386,11 +393,14 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
             build_student("rosita", student, teacher=teacher, store=first_store,
                           importance_examples=config.importance_examples, device="cpu", progress=False)
     rows = []
+    hsk_bytes: dict[str, float] = {}
     point_grid = list(config.point_lr_grid)
     for point in hsk_points:
         store = store_of(point)
         # As `hskstore info` counts it: full HSK keeps real tokens only, not the padded slots.
-        amount = store_info(store)["amount_hsk"]
+        info = store_info(store)
+        amount = info["amount_hsk"]
+        hsk_bytes[point.key] = info["bytes_per_example"]["hsk"]   # values (+ scales), masks, positions
         options = dict(point.train_options)
         if not point_grid:
             for seed in config.seeds:
@@ -405,6 +415,8 @@ def sweep(config: SweepConfig, echo=None, dry_run: bool = False) -> dict:
     if grid:
         rows += _prediction_only(config, [p for p in points if p.kind == "pred"][0], first_store,
                                  student, out, grid, progress)
+    for row in rows:   # accuracy per byte: the stored HSK of the point's store (0 for prediction-only KD)
+        row["hsk_bytes_per_example"] = round(hsk_bytes.get(row["point"], 0.0), 1)
     summary = _summarise(rows)
     files = _write_results(out, rows, summary)
     try:
@@ -485,6 +497,7 @@ def _summarise(rows: list[dict]) -> list[dict]:
         summary.append({"point": key, "kind": group[0]["kind"], "amount_hsk": group[0]["amount_hsk"],
                         "depth": group[0]["depth"], "length": group[0]["length"], "width": group[0]["width"],
                         "variant": group[0].get("variant", ""), "pred_lr": group[0]["pred_lr"],
+                        "hsk_bytes_per_example": group[0].get("hsk_bytes_per_example"),
                         "lr": group[0].get("lr"), "grid": group[0].get("grid"), "seeds": len(devs), "dev_mean": statistics.mean(devs),
                         "dev_std": statistics.stdev(devs) if len(devs) > 1 else 0.0,
                         "teacher_dev": group[0]["teacher_dev"], "metric": group[0]["metric"]})
@@ -493,7 +506,7 @@ def _summarise(rows: list[dict]) -> list[dict]:
 
 def _write_results(out: Path, rows: list[dict], summary: list[dict]) -> dict:
     (out / "results.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
-    columns = ["point", "kind", "variant", "depth", "length", "width", "amount_hsk", "lr", "seeds", "dev_mean", "dev_std",
+    columns = ["point", "kind", "variant", "depth", "length", "width", "amount_hsk", "hsk_bytes_per_example", "lr", "seeds", "dev_mean", "dev_std",
                "teacher_dev", "metric"]
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

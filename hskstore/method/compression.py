@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 from ..errors import ConfigError
 from ..options import option
+from .quantize import QUANTIZED_FORMATS, VALUE_FORMATS
 from .strategies import LENGTH, WIDTH, WidthStrategy, length_choices, width_choices
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "SCORE_LAYERS",
     "parse_count",
     "parse_width",
+    "VALUE_FORMATS",
 ]
 
 SCORE_KINDS = ("logits", "softmax")      # pre-softmax q.k/sqrt(h) (code, the default) or post-softmax (paper text)
@@ -86,6 +88,8 @@ class Compression:
     value_dtype: str = option("float16", "dtype of the stored activations.", choices=VALUE_DTYPES)
     value_bits: int | None = option(None, "Lossy: keep this many of float16's 10 mantissa bits (7: ~0.4% error, "
                                     "smaller store).", default_text="exact")
+    value_format: str = option("float16", "How stored activations are encoded: float16, or int8/int4 with one float16 "
+                               "scale per vector (symmetric absmax, docs/store-format.md).", choices=VALUE_FORMATS)
 
     def __post_init__(self):
         problems = []
@@ -108,12 +112,16 @@ class Compression:
             ("score_kind", self.score_kind, SCORE_KINDS),
             ("width_strategy", self.width_strategy, tuple(WIDTH)),
             ("value_dtype", self.value_dtype, VALUE_DTYPES),
+            ("value_format", self.value_format, VALUE_FORMATS),
         ):
             if value not in allowed:
                 problems.append(f"{name} must be one of {list(allowed)}, got {value!r}")
         if self.value_bits is not None and not (self.value_dtype == "float16" and 1 <= self.value_bits <= 9):
             problems.append(f"value_bits rounds float16 mantissas: expected 1..9 with value_dtype float16, "
                             f"got {self.value_bits} with {self.value_dtype}")
+        if self.value_format in QUANTIZED_FORMATS and (self.value_dtype != "float16" or self.value_bits is not None):
+            problems.append(f"value_format {self.value_format} quantizes the float16 values: it goes with value_dtype "
+                            f"float16 and no value_bits, got value_dtype {self.value_dtype}, value_bits {self.value_bits}")
         every = [name for name, s in LENGTH.items() if s.every_token]
         if self.length_strategy in LENGTH and (self.length is None) != LENGTH[self.length_strategy].every_token:
             problems.append(f"length N^L = all goes with length_strategy {' or '.join(map(repr, every))} (and only then)")
@@ -121,13 +129,42 @@ class Compression:
             raise ConfigError(problems)
 
     @classmethod
-    def full(cls, student_layers: int, l_top: int | None = None, value_dtype: str = "float16") -> "Compression":
+    def full(cls, student_layers: int, l_top: int | None = None, value_dtype: str = "float16",
+             value_format: str = "float16") -> "Compression":
         """Full HSK: every mapped layer, every token, every activation (the uncompressed baseline)."""
         return cls(depth=None, length=None, width=None, student_layers=student_layers, l_top=l_top,
-                   length_strategy="all", value_dtype=value_dtype)
+                   length_strategy="all", value_dtype=value_dtype, value_format=value_format)
+
+    def as_stored(self, values):
+        """Teacher values as a store of this compression hands them to the trainer, float32.
+
+        Cast to the value dtype, mantissa-rounded (`value_bits`), and quantized and decoded (int8/int4), as
+        extraction writes them and the reader decodes them: online training distils from exactly these.
+        """
+        import torch
+
+        from .bits import round_mantissa
+        from .quantize import ValueFormat, dequantize, quantize
+
+        stored = values.to(getattr(torch, self.value_dtype))
+        if self.value_bits is not None:
+            stored = round_mantissa(stored, self.value_bits)
+        if self.quantized:
+            codes, scales = quantize(stored, self.value_format)
+            stored = dequantize(codes, scales, ValueFormat(self.value_format, values.shape[-1], None))
+        return stored.float()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a store records them; `value_format` only when quantized, so a float16 store's
+        attributes are what they were before the option existed (and older readers still open it)."""
+        data = asdict(self)
+        if data["value_format"] == "float16":
+            del data["value_format"]
+        return data
+
+    @property
+    def quantized(self) -> bool:
+        return self.value_format in QUANTIZED_FORMATS
 
     @classmethod
     def from_dict(cls, data: dict) -> "Compression":

@@ -59,7 +59,9 @@ def top_k_by(order: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tenso
     """Per-vector top-k under a ranking: (..., d) -> values (..., k) in ascending dimension order, mask (..., d) bool.
 
     `order` ranks the values as the store keeps them (`value_dtype`, `value_bits` rounding), so ranking
-    the stored values again (`WidthStrategy.rerank`) sees exactly what extraction saw.
+    the stored values again (`WidthStrategy.rerank`) sees exactly what extraction saw. A quantized store
+    (int8, int4) is ranked by the float16 values its codes are made from: ranking the codes themselves would
+    tie most of a vector at int4 (15 levels), and a float16 store then requantizes to the same bytes.
     """
     import torch
 

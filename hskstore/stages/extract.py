@@ -30,6 +30,7 @@ from ..runtime import distributed
 from ..runtime.device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
 from ..runtime.device import non_blocking_for
 from ..errors import ConfigError, ModelError
+from ..method.quantize import quantize
 from ..method.select import Selector, pack_bits, round_mantissa
 from ..store import StoreWriter, array_specs, root_attributes
 from ..store.transaction import StoreTransaction
@@ -163,6 +164,8 @@ def _teacher_chunk(model, selector, encoded, rows, batching, device, compression
         if compression.value_bits is not None:
             values = round_mantissa(values, compression.value_bits)
         produced = {"logits": out.logits.float(), "positions": selection.positions.to(torch.int16), "values": values}
+        if compression.quantized:   # after the top-k: codes and one float16 scale per vector (method/quantize.py)
+            produced["values"], produced["value_scales"] = quantize(values, compression.value_format)
         if selection.mask is not None:
             produced["masks"] = pack_bits(selection.mask)
         # Each batch leaves the accelerator as it is produced (into pinned memory, without waiting), so

@@ -295,7 +295,7 @@ class ZarrStore(Store):
         key = (split, name)
         if key not in self._decoders:
             self._decoders[key] = None
-            if not is_remote(self.location) and self.format_version == 2:
+            if not is_remote(self.location) and self.format_version >= 2:
                 self._decoders[key] = _ChunkFileDecoder.for_array(self._array(split, name),
                                                                   os.path.join(_local_path(self.location), split, name))
         return self._decoders[key]
@@ -375,7 +375,7 @@ class ZarrWriter(StoreWriter):
 
         store = _store(location, storage_options, read_only=False)
         group = _open_group(store, location, mode="r+", use_consolidated=False)
-        if check_format(group.attrs.asdict(), location) != 2:
+        if check_format(group.attrs.asdict(), location) == 1:
             raise StoreError(f"{location} is a partial version-1 store, which this hskstore cannot finish: "
                              "pass --overwrite to extract it anew")
         return cls(location, group, storage_options)

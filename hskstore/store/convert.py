@@ -1,5 +1,8 @@
 """`hskstore convert`: copy a store to another backend or location, chunk by chunk, losslessly.
 
+With `value_format` it requantizes instead (float16 -> int8/int4, int8 -> int4): a new store derived from
+the source, written by `slice_store` with every dimension kept (no teacher needed).
+
 Arrays are decoded and re-encoded with the destination backend's filters for the same codec name, so
 the values, masks, tokens and every root attribute (uuid included: it is the same store) come out
 identical; only the bytes on disk differ. The copy is written through the store's writer transaction
@@ -23,20 +26,32 @@ def specs_of(store) -> list[ArraySpec]:
     sample = {name: store._read(split.name, name, 0, 0) for name in split.array_names}
     codecs = store.attrs.get("codecs", {})
     fill = {"positions": -1}
+    packed = {("values", "uint8"): ("example", "layer", "slot", "kept_byte")}   # int4 codes, two a byte
     return [ArraySpec(name, tuple(array.shape[1:]), str(array.dtype), codecs.get(name, "zstd3"),
-                      fill_value=fill.get(name, 0), dims=default_dims(name, array.ndim))
+                      fill_value=fill.get(name, 0),
+                      dims=packed.get((name, str(array.dtype)), default_dims(name, array.ndim)))
             for name, array in sample.items()]
 
 
 def convert_store(src, dst, *, overwrite: bool = False, src_options: dict | None = None,
-                  dst_options: dict | None = None) -> dict:
+                  dst_options: dict | None = None, value_format: str | None = None) -> dict:
     """Copy a complete store from `src` to `dst` (Zarr directory/URL <-> HDF5 file). Returns a summary.
 
-    `src` and `dst` are paths or URLs (with `src_options`, `dst_options`) or StoreLocations.
+    `src` and `dst` are paths or URLs (with `src_options`, `dst_options`) or StoreLocations. `value_format`
+    (int8, int4) other than the store's requantizes its values (see `slicing.plan_slice` for what may be).
     """
     src, dst = StoreLocation.of(src, src_options), StoreLocation.of(dst, dst_options)
     if src.url == dst.url:
         raise StoreError("convert needs two different locations")
+    if value_format is not None:
+        with open_store(src) as store:
+            same = store.compression.value_format == value_format
+        if not same:
+            from .slicing import slice_store
+
+            summary = slice_store(src, dst, overwrite=overwrite, value_format=value_format, command="convert")
+            return {"source": str(src), "destination": str(dst), "examples": sum(summary["examples"].values()),
+                    "value_format": value_format}
     transaction = StoreTransaction(dst, command="convert", overwrite=overwrite, option="DST")
     with open_store(src) as store:
         transaction.check()
@@ -61,4 +76,5 @@ def convert_store(src, dst, *, overwrite: bool = False, src_options: dict | None
             finally:
                 writer.close()
             transaction.commit()
-    return {"source": str(src), "destination": str(dst), "examples": rows}
+    return {"source": str(src), "destination": str(dst), "examples": rows,
+            "value_format": store.compression.value_format}

@@ -19,7 +19,9 @@ from torch.utils.data import Dataset
 
 from ..method.losses import prediction_loss
 from ..method.sparse_loss import kept_indices, sparse_hsk_loss
+from ..method.quantize import dequantize
 from . import open_store
+from .format import value_format_of
 
 __all__ = ["HskDataset", "collate_hsk", "prediction_loss"]
 
@@ -40,6 +42,7 @@ class HskDataset(Dataset):
             reader = opened.split(split)
             self.arrays = reader.read_rows(0, reader.num_examples)
             resolved = opened.resolved
+            self.value_format = value_format_of(opened.compression, resolved)
             static = opened.static_mask()
             self.task = opened.task
         self.hidden_size = resolved.hidden_size
@@ -65,8 +68,14 @@ class HskDataset(Dataset):
         kept = batch.get("kept", self.static_indices)
         if kept is not None:
             kept = kept.to(batch["values"].device)
-        return sparse_hsk_loss(hidden, batch["positions"], batch["values"], kept, projection, self.hidden_size,
+        return sparse_hsk_loss(hidden, batch["positions"], self.values(batch), kept, projection, self.hidden_size,
                                variant)
+
+    def values(self, batch: dict) -> torch.Tensor:
+        """The batch's kept values as float32 (B, D, n, k), dequantized where the batch is (int8/int4 stores)."""
+        if "value_scales" not in batch:
+            return batch["values"]
+        return dequantize(batch["values"], batch["value_scales"], self.value_format)
 
 
 def collate_hsk(rows: list[dict[str, np.ndarray]], hidden_size: int | None = None) -> dict[str, torch.Tensor]:
@@ -75,7 +84,9 @@ def collate_hsk(rows: list[dict[str, np.ndarray]], hidden_size: int | None = Non
     Returns:
         input_ids, attention_mask, token_type_ids (B, T') int64; labels (B,); teacher_logits (B, C) float32;
         and when the store holds HSK: positions (B, D, n) int64, values (B, D, n, k) float32 and, for
-        per-vector masks, kept (B, D, n, k) int64.
+        per-vector masks, kept (B, D, n, k) int64. A quantized store's values stay its int8 (or packed int4)
+        codes, with value_scales (B, D, n, 1) float16: `HskDataset.values(batch)` (and `hsk_loss`) dequantize
+        them on the batch's device.
     """
     lengths = np.array([row["lengths"] for row in rows], dtype=np.int64)
     width = int(lengths.max())
@@ -90,11 +101,16 @@ def collate_hsk(rows: list[dict[str, np.ndarray]], hidden_size: int | None = Non
         batch["teacher_logits"] = torch.from_numpy(np.stack([row["logits"] for row in rows]).astype(np.float32))
     if "values" in rows[0]:
         batch["positions"] = torch.from_numpy(np.stack([row["positions"] for row in rows]).astype(np.int64))
-        values = np.stack([row["values"] for row in rows]).astype(np.float32)
-        batch["values"] = torch.from_numpy(values)
+        quantized = "value_scales" in rows[0]   # int8/int4 codes stay codes: `HskDataset.values` decodes them
+        values = np.stack([row["values"] for row in rows])
+        batch["values"] = torch.from_numpy(values if quantized else values.astype(np.float32))
+        if quantized:
+            batch["value_scales"] = torch.from_numpy(np.stack([row["value_scales"] for row in rows]))
         if "masks" in rows[0]:
             packed = np.stack([row["masks"] for row in rows])
             d = hidden_size or packed.shape[-1] * 8
             mask = np.unpackbits(packed, axis=-1, count=d, bitorder="little").astype(bool)
-            batch["kept"] = kept_indices(torch.from_numpy(mask), values.shape[-1])
+            # k: the set bits of a kept vector (int4 stores pack two values a byte, so not values.shape[-1])
+            k = int(mask.sum(-1).max()) if quantized else values.shape[-1]
+            batch["kept"] = kept_indices(torch.from_numpy(mask), k)
     return batch

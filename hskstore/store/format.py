@@ -14,11 +14,16 @@ import numpy as np
 
 from ..errors import StoreError
 from ..method.bits import BIT_ORDER, pack_bits, round_mantissa, unpack_bits, unpack_bits_numpy  # noqa: F401 (the format's bit layout)
+from ..method.quantize import ValueFormat
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "QUANTIZED_VERSION",
     "READABLE_VERSIONS",
+    "SCALES_ARRAY",
+    "value_format_of",
+    "version_for",
     "BIT_ORDER",
     "RECORD_ARRAY",
     "CODECS",
@@ -38,8 +43,10 @@ __all__ = [
 ]
 
 FORMAT_NAME = "hskstore"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)      # version 1 (no chunk records, no checksums) opens read-only
+FORMAT_VERSION = 2               # float16 values: the bytes every store had before quantized values
+QUANTIZED_VERSION = 3            # int8/int4 values plus `value_scales`: a reader that predates them refuses the store
+READABLE_VERSIONS = (1, 2, 3)    # version 1 (no chunk records, no checksums) opens read-only
+SCALES_ARRAY = "value_scales"    # (D, n, 1) float16 per split in a version-3 store: one scale per kept vector
 RECORD_ARRAY = "chunks_written"  # per split, one uint8 per chunk, 1 once every array of that chunk is written
 
 # Codecs by name. Every chunk also carries a CRC-32C (Zarr) or Fletcher-32 (HDF5) checksum, so a flipped
@@ -89,20 +96,38 @@ def array_specs(resolved, compression, vocab_size: int, num_labels: int,
         ArraySpec("labels", (), "float32" if num_labels == 1 else "int64", "zstd3", dims=("example",)),
         ArraySpec("logits", (num_labels,), "float32", "zstd3", dims=("example", "class")),
         ArraySpec("positions", (D, n), "int16", "zstd3", fill_value=-1, dims=("example", "layer", "slot")),
-        ArraySpec("values", (D, n, k), compression.value_dtype, "blosc-zstd1-byteshuffle",
-                  dims=("example", "layer", "slot", "kept")),
     ]
+    fmt = value_format_of(compression, resolved)
+    if fmt.quantized:   # codes (int8, or int4 two to a byte), then one float16 scale per vector
+        specs += [ArraySpec("values", (D, n, fmt.stored_width), fmt.dtype, "blosc-zstd1-byteshuffle",
+                            dims=("example", "layer", "slot", "kept_byte" if fmt.name == "int4" else "kept")),
+                  ArraySpec(SCALES_ARRAY, (D, n, fmt.groups), "float16", "blosc-zstd1-byteshuffle",
+                            dims=("example", "layer", "slot", "scale"))]
+    else:
+        specs.append(ArraySpec("values", (D, n, k), compression.value_dtype, "blosc-zstd1-byteshuffle",
+                               dims=("example", "layer", "slot", "kept")))
     if compression.per_vector_masks(resolved):
         specs.append(ArraySpec("masks", (D, n, resolved.mask_bytes), "uint8", mask_codec,
                                dims=("example", "layer", "slot", "mask_byte")))
     return specs
 
 
+def value_format_of(compression, resolved) -> ValueFormat:
+    """How a store with this compression encodes its values (method/quantize.py): one scale per vector."""
+    return ValueFormat(getattr(compression, "value_format", "float16"), resolved.width, None)
+
+
+def version_for(specs: list[ArraySpec]) -> int:
+    """The format version a store of these arrays is written as: 3 with quantized values, else 2 (unchanged)."""
+    return QUANTIZED_VERSION if any(s.name == SCALES_ARRAY for s in specs) else FORMAT_VERSION
+
+
 def default_dims(name: str, ndim: int) -> tuple[str, ...]:
     """Dimension names of a stored array (for backends and stores that do not record them)."""
     known = {"input_ids": ("example", "token"), "token_type_ids": ("example", "token"), "lengths": ("example",),
              "labels": ("example",), "logits": ("example", "class"), "positions": ("example", "layer", "slot"),
-             "values": ("example", "layer", "slot", "kept"), "masks": ("example", "layer", "slot", "mask_byte")}
+             "values": ("example", "layer", "slot", "kept"), "masks": ("example", "layer", "slot", "mask_byte"),
+             SCALES_ARRAY: ("example", "layer", "slot", "scale")}
     dims = known.get(name, ("example",) + tuple(f"dim_{i}" for i in range(1, ndim)))
     return dims[:ndim]
 
@@ -154,7 +179,7 @@ def root_attributes(meta: dict, split_sizes: dict[str, int], chunk_rows: int, sp
     attrs = dict(meta)
     attrs.update(
         format=FORMAT_NAME,
-        format_version=FORMAT_VERSION,
+        format_version=version_for(specs),
         uuid=str(_uuid.uuid4()),
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         layout_complete=False,   # set once every array exists: a store without it is half-created, and remade
@@ -193,6 +218,20 @@ def check_format(attrs: dict, location) -> int:
     return version
 
 
+def check_value_format(attrs: dict, version: int, location) -> None:
+    """A version-3 store names a value format this reader decodes, and a version-2 store none (one line)."""
+    from ..method.quantize import QUANTIZED_FORMATS
+
+    named = attrs["compression"].get("value_format", "float16")
+    if version == QUANTIZED_VERSION and named not in QUANTIZED_FORMATS:
+        raise StoreError(f"{location} stores its values as {named!r}, a value format this hskstore cannot decode "
+                         f"(it reads {list(QUANTIZED_FORMATS)} in format version {QUANTIZED_VERSION}): install the "
+                         "hskstore version that wrote it")
+    if version != QUANTIZED_VERSION and named != "float16":
+        raise StoreError(f"{location} names value format {named!r} in format version {version}, where only "
+                         f"float16 values exist: it was damaged or not written by hskstore; re-extract it")
+
+
 def validate_root(attrs: dict, location) -> None:
     """Check every root attribute's presence and type against the schema (raises StoreError, one line)."""
     version = check_format(attrs, location)
@@ -213,6 +252,8 @@ def validate_root(attrs: dict, location) -> None:
                 problems.append(f"splits.{split} should be a row count, got {rows!r}")
         if attrs["chunk_rows"] < 1:
             problems.append(f"chunk_rows should be >= 1, got {attrs['chunk_rows']}")
+    if not problems:
+        check_value_format(attrs, version, location)
     if problems:
         raise StoreError(f"{location} has invalid root attributes ({'; '.join(problems[:4])}): "
                          "it was damaged or not written by hskstore; re-extract it.")
@@ -220,7 +261,9 @@ def validate_root(attrs: dict, location) -> None:
 
 # ---------------------------------------------------------------------------------------------- sizes
 def raw_hsk_bytes(resolved, compression, examples: int) -> int:
-    """Uncompressed bytes of the stored HSK: values, per-vector bitpacked masks, int16 positions."""
-    per_slot = (resolved.width * np.dtype(compression.value_dtype).itemsize
+    """Uncompressed bytes of the stored HSK: values (with their scales), per-vector bitpacked masks, int16 positions."""
+    fmt = value_format_of(compression, resolved)
+    values = fmt.stored_width + 2 * fmt.groups if fmt.quantized else resolved.width * np.dtype(compression.value_dtype).itemsize
+    per_slot = (values
                 + (resolved.mask_bytes if compression.per_vector_masks(resolved) else 0) + 2)
     return int(examples * resolved.depth * resolved.length * per_slot)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import open_store
-from .format import raw_hsk_bytes
+from .format import raw_hsk_bytes, value_format_of
 
 __all__ = ["store_info", "format_info", "COMPONENTS"]
 
 # Components as the paper's Table 3 counts them, plus what a teacher-free trainer needs besides HSK.
 COMPONENTS = {
     "values": ("values",),
+    "scales": ("value_scales",),          # int8/int4 stores: one float16 scale per kept vector
     "masks": ("masks", "static_mask"),
     "positions": ("positions",),
     "tokens": ("input_ids", "token_type_ids", "lengths"),
@@ -55,7 +56,8 @@ def _describe(store) -> dict:
     raw_bytes = raw_hsk_bytes(resolved, compression, total_examples)
     # float16, every mapped layer, every real token (extrapolated to unwritten chunks of a partial store)
     full_hsk_bytes = (student_layers + 1) * tokens * total_examples / max(counted, 1) * d * 2
-    hsk_bytes = components["values"] + components["masks"] + components["positions"]
+    hsk_bytes = components["values"] + components["scales"] + components["masks"] + components["positions"]
+    value_format = value_format_of(compression, resolved)
     total_bytes = on_disk["total"]
     return {
         "path": store.location,
@@ -67,6 +69,12 @@ def _describe(store) -> dict:
         "teacher": store.teacher,
         "task": store.task["name"],
         "compression": compression.to_dict(),
+        # float16 (with value_bits when rounded), int8 or int4; bytes per kept vector before the codec
+        "value_format": {"name": value_format.name, "value_bits": compression.value_bits,
+                         "scale": None if not value_format.quantized else "float16 per vector",
+                         "raw_bytes_per_vector": (value_format.stored_width + 2 * value_format.groups
+                                                  if value_format.quantized else
+                                                  resolved.width * np.dtype(compression.value_dtype).itemsize)},
         "teacher_layers": resolved.teacher_layer_ids,
         "triple": [resolved.depth, resolved.length, resolved.width],
         "max_length": resolved.max_length,
@@ -104,12 +112,14 @@ def format_info(info: dict) -> str:
         f"task        {info['task']}  examples {info['examples']}  mean tokens {info['mean_tokens']:.1f} / max {info['max_length']}",
         _truncation_line(info),
         f"compression (N^D, N^L, N^W) = {tuple(info['triple'])}  L'={c['student_layers']}  teacher layers {info['teacher_layers']}",
-        f"            length {c['length_strategy']} (score {c['score_kind']}, {c['score_layer']} layer)  width {c['width_strategy']}  values {c['value_dtype']}",
+        f"            length {c['length_strategy']} (score {c['score_kind']}, {c['score_layer']} layer)  width {c['width_strategy']}  values {_values(info)}",
         f"A^HSK       {info['amount_hsk']:.3f} token vectors per example = {100 * (info['fraction_of_full'] or 0):.3f}% of full HSK ({info['full_hsk_units']:.1f})",
         "on disk     component     total        per example",
     ]
     per = info["bytes_per_example"]
-    for name in ("values", "masks", "positions", "tokens", "logits", "labels", "hsk", "total"):
+    for name in ("values", "scales", "masks", "positions", "tokens", "logits", "labels", "hsk", "total"):
+        if name == "scales" and not info["bytes"][name]:
+            continue   # float16 stores have none
         lines.append(f"            {name:<12}  {_size(info['bytes'][name]):>10}   {per[name]:>9.1f} B")
     ratio = info["compression_ratio_vs_full"]
     lines.append(f"full HSK    {_size(info['full_hsk_bytes'])} as float16 (L'+1 layers x every real token x d): "
@@ -120,6 +130,15 @@ def format_info(info: dict) -> str:
                      f"({summary['examples_per_second']:.0f} ex/s on {summary['device']}, "
                      f"{_batching(summary)})")
     return "\n".join(lines)
+
+
+def _values(info: dict) -> str:
+    """How the values are stored, for the info screen: float16, float16 (7 mantissa bits), int4 + scale..."""
+    fmt, c = info.get("value_format") or {}, info["compression"]
+    if fmt.get("scale"):
+        return f"{fmt['name']} + {fmt['scale']} scale ({fmt['raw_bytes_per_vector']} B a vector before the codec)"
+    bits = c.get("value_bits")
+    return c["value_dtype"] + (f" ({bits} mantissa bits)" if bits is not None else "")
 
 
 def _truncation_line(info: dict) -> str:

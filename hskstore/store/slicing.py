@@ -19,22 +19,37 @@ import numpy as np
 
 from ..errors import StoreError
 from . import open_store
-from .format import array_specs, unpack_bits_numpy
+from ..method.quantize import PRECISION, QUANTIZED_FORMATS, dequantize_numpy, quantize_numpy
+from .format import SCALES_ARRAY, array_specs, unpack_bits_numpy, value_format_of, version_for
 from .location import StoreLocation
 from .transaction import StoreTransaction
 
 __all__ = ["slice_store", "plan_slice"]
 
 
-def plan_slice(store, depth=None, length=None, width=None):
+def plan_slice(store, depth=None, length=None, width=None, value_format=None):
     """The smaller (Compression, ResolvedCompression), or a one-line StoreError when it cannot be derived.
 
-    `None` keeps the store's own value for that dimension.
+    `None` keeps the store's own value for that dimension (and its value format). A float16 store may be
+    quantized to int8 or int4 and an int8 store to int4; a quantized store never to a finer format, and its
+    width is never cut (its codes cannot be re-ranked as extraction ranks: slice the float16 store instead).
     """
     from ..method.compression import Compression
     from ..errors import ConfigError
 
     c, r = store.compression, store.resolved
+    source_format = c.value_format
+    target_format = source_format if value_format is None else value_format
+    if target_format not in PRECISION:
+        raise StoreError(f"unknown value format {target_format!r}: expected one of {list(PRECISION)}")
+    if PRECISION[target_format] > PRECISION[source_format]:
+        raise StoreError(f"{store.location} holds {source_format} values: they cannot be requantized to the finer "
+                         f"{target_format}; slice or convert the float16 store they came from (or re-extract)")
+    if target_format in QUANTIZED_FORMATS and target_format != source_format:
+        if c.value_bits is not None:
+            raise StoreError(f"{store.location} holds values rounded to {c.value_bits} mantissa bits: quantize an "
+                             f"exact float16 store to {target_format} (or re-extract with --value-format {target_format})")
+        c = dataclasses.replace(c, value_format=target_format, value_dtype="float16")
     if c.length_strategy == "all" and length is not None:
         # Every token in left order: a prefix of it is exactly `left` with N^L tokens.
         c = dataclasses.replace(c, length_strategy="left", length=r.length)
@@ -46,6 +61,9 @@ def plan_slice(store, depth=None, length=None, width=None):
         new_r = new_c.resolve(store.teacher["num_layers"], r.hidden_size, r.max_length)
     except ConfigError as exc:
         raise StoreError(f"cannot slice to (depth, length, width) = {depth, length, width}: {exc}") from None
+    if source_format in QUANTIZED_FORMATS and new_r.width != r.width:
+        raise StoreError(f"cannot cut the width of a {source_format} store ({r.width} -> {new_r.width}): its codes do "
+                         "not rank as extraction ranks; slice the float16 store it came from, or re-extract")
     larger = [f"{name} {new} > stored {old}" for name, new, old in
               (("N^D", new_r.depth, r.depth), ("N^L", new_r.length, r.length), ("N^W", new_r.width, r.width))
               if new > old]
@@ -93,42 +111,52 @@ def _retop(values: np.ndarray, masks: np.ndarray | None, hidden: int, k: int, po
 
 
 def _slice_chunk(reader, k: int, rows: int, new_r, drop: int, names: set, column_index, d: int,
-                 width_rule) -> dict:
-    """Chunk k of one split of the source, cut to the smaller store's layers, tokens and activations."""
+                 width_rule, old_width: int, source_format, target_format) -> dict:
+    """Chunk k of one split of the source, cut to the smaller store's layers, tokens and activations, and
+    quantized to `target_format` when the source's format differs (method/quantize.py)."""
     start = k * reader.chunk_rows
     data = reader.read_rows(start, min(start + reader.chunk_rows, rows))
     positions = data["positions"][:, drop:, :new_r.length]
     values = data["values"][:, drop:, :new_r.length]
-    out = {n: a for n, a in data.items() if n not in ("positions", "values", "masks")}
+    scales = data[SCALES_ARRAY][:, drop:, :new_r.length] if SCALES_ARRAY in data else None
+    out = {n: a for n, a in data.items() if n not in ("positions", "values", "masks", SCALES_ARRAY)}
     out["positions"] = np.ascontiguousarray(positions)
     if column_index is not None:
         values = values[..., column_index]
     elif "masks" in names:
         masks = data["masks"][:, drop:, :new_r.length] if "masks" in data else None
-        if new_r.width < values.shape[-1] or masks is None:
+        if new_r.width < old_width or masks is None:
             values, out["masks"] = _retop(values, masks, d, new_r.width, positions, width_rule)
         else:
             out["masks"] = np.ascontiguousarray(masks)
+    if target_format.name != source_format.name:   # float16 -> int8/int4, or int8 -> int4 (from its decoded values)
+        source = values if scales is None else dequantize_numpy(values, scales, source_format)
+        values, scales = quantize_numpy(source, target_format.name)
     out["values"] = np.ascontiguousarray(values)
+    if scales is not None:
+        out[SCALES_ARRAY] = np.ascontiguousarray(scales)
     return out
 
 
 def slice_store(src, dst, *, depth=None, length=None, width=None, limit: int | None = None,
-                overwrite: bool = False, src_options: dict | None = None, dst_options: dict | None = None) -> dict:
-    """Write the (depth, length, width) sub-store of `src` to `dst`; `limit` keeps each split's first rows.
+                overwrite: bool = False, src_options: dict | None = None, dst_options: dict | None = None,
+                value_format: str | None = None, command: str = "slice") -> dict:
+    """Write the (depth, length, width) sub-store of `src` to `dst`; `limit` keeps each split's first rows;
+    `value_format` (int8, int4) quantizes the values as extraction would have (None: the store's format).
 
     `src` and `dst` are paths or URLs (with `src_options`, `dst_options`) or StoreLocations.
     """
     if limit is not None and limit < 1:
         raise StoreError(f"--limit must be >= 1, got {limit}")
     src, dst = StoreLocation.of(src, src_options), StoreLocation.of(dst, dst_options)
-    transaction = StoreTransaction(dst, command="slice", overwrite=overwrite, option="DST")
+    transaction = StoreTransaction(dst, command=command, overwrite=overwrite, option="DST")
     with open_store(src) as store:
-        new_c, new_r = plan_slice(store, depth, length, width)
+        new_c, new_r = plan_slice(store, depth, length, width, value_format)
         transaction.check()
         old_c, old_r = store.compression, store.resolved
         d = old_r.hidden_size
         drop = old_r.depth - new_r.depth
+        source_format, target_format = value_format_of(old_c, old_r), value_format_of(new_c, new_r)
         splits = {s: min(n, limit) if limit else n for s, n in store.attrs["splits"].items()}
         specs = array_specs(new_r, new_c, store.teacher["vocab_size"], store.num_labels)
         names = {s.name for s in specs}
@@ -140,6 +168,7 @@ def slice_store(src, dst, *, depth=None, length=None, width=None, limit: int | N
             stored = store.static_mask()
             stored = np.ones(d, bool) if stored is None else stored
             column_index = np.flatnonzero(smaller[np.flatnonzero(stored)])
+            column_index = None if new_r.width == old_r.width else column_index   # every stored column
             static = np.packbits(smaller, bitorder="little")
         attrs = dict(store.attrs)
         attrs.update(
@@ -147,7 +176,7 @@ def slice_store(src, dst, *, depth=None, length=None, width=None, limit: int | N
             created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             compression=new_c.to_dict(), resolved=new_r.to_dict(), amount_hsk=new_r.amount(),
             splits=splits, codecs={s.name: s.codec for s in specs}, complete=False, layout_complete=False,
-            summary=None, format_version=2,
+            summary=None, format_version=version_for(specs),
             derived_from={"uuid": store.uuid, "location": store.location, "compression": old_c.to_dict(),
                           "limit": limit},
         )
@@ -159,10 +188,11 @@ def slice_store(src, dst, *, depth=None, length=None, width=None, limit: int | N
                     reader = store.split(split)
                     for k in range(-(-rows // store.chunk_rows)):
                         writer.write_chunk(split, k, _slice_chunk(reader, k, rows, new_r, drop, names, column_index, d,
-                                                                     new_c.width_rule))
+                                                                  new_c.width_rule, old_r.width, source_format,
+                                                                  target_format))
                 writer.mark_complete({"sliced_from": store.location, "examples": sum(splits.values())})
             finally:
                 writer.close()
             transaction.commit()
     return {"source": str(src), "destination": str(dst), "triple": [new_r.depth, new_r.length, new_r.width],
-            "amount_hsk": new_r.amount(), "examples": splits}
+            "amount_hsk": new_r.amount(), "examples": splits, "value_format": new_c.value_format}

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError
+from ..method.quantize import dequantize
 from ..method.select import unpack_bits
 from ..method.sparse_loss import kept_indices, kept_indices_packed
 from . import is_remote, open_store
@@ -25,7 +26,7 @@ from .location import StoreLocation
 __all__ = ["StoreStream", "DeviceBatch", "Prefetcher", "to_device", "keep_numpy", "TOKEN_ARRAYS", "HSK_ARRAYS"]
 
 TOKEN_ARRAYS = ("input_ids", "token_type_ids", "lengths", "labels")
-HSK_ARRAYS = ("positions", "values", "masks")
+HSK_ARRAYS = ("positions", "values", "masks", "value_scales")   # value_scales: quantized stores only
 
 
 class StoreStream(IterableDataset):
@@ -279,8 +280,12 @@ def _put(array: np.ndarray, device: torch.device, dtype: torch.dtype | None = No
     return tensor if dtype is None else tensor.to(dtype)
 
 
-def _device_values(batch: dict[str, np.ndarray], device: torch.device) -> torch.Tensor:
-    """The stored values as float32 on the training device: copied at their stored width, widened there."""
+def _device_values(batch: dict[str, np.ndarray], device: torch.device, value_format=None) -> torch.Tensor:
+    """The stored values as float32 on the training device: copied at their stored width, widened there.
+
+    int8/int4 codes travel with their scales and are dequantized on the device (`method.quantize`)."""
+    if "value_scales" in batch:
+        return dequantize(_put(batch["values"], device), _put(batch["value_scales"], device), value_format)
     return _put(batch["values"], device, torch.float32)
 
 
@@ -298,7 +303,7 @@ def _device_kept(batch: dict[str, np.ndarray], device: torch.device, k: int, hid
 
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: int | None = None,
-              static_kept: torch.Tensor | None = None) -> DeviceBatch:
+              static_kept: torch.Tensor | None = None, value_format=None) -> DeviceBatch:
     """Move a numpy batch to the training device: tokens, and the HSK as kept values and their dimensions.
 
     No full-width (B, D, n, d) target is made: the loss (`method.sparse_loss`) reads the kept entries.
@@ -306,6 +311,7 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: i
     Args:
         hidden_size: d, the teacher's width (needed to unpack masks whose d is not a multiple of 8).
         static_kept: (k,) int64 kept dimensions of a static width mask, on `device`.
+        value_format: a quantized store's `method.quantize.ValueFormat` (its codes decode on the device).
     """
     lengths = batch["lengths"].astype(np.int64)
     width = int(lengths.max())
@@ -318,6 +324,6 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: i
     positions = values = kept = None
     if "values" in batch:
         positions = _put(batch["positions"], device, torch.int64)
-        values = _device_values(batch, device)
+        values = _device_values(batch, device, value_format)
         kept = _device_kept(batch, device, values.shape[-1], hidden_size, static_kept)
     return DeviceBatch(input_ids, attention_mask, token_types, labels, logits, positions, values, kept)

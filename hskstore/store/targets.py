@@ -20,6 +20,7 @@ from ..errors import StoreError
 from ..method.select import Selector, mask_index
 from ..method.sparse_loss import kept_indices
 from ..runtime.device import inference_precision
+from .format import value_format_of
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, to_device
 
 __all__ = ["Targets", "OfflineTargets", "OnlineTargets", "targets_for"]
@@ -49,12 +50,13 @@ class OfflineTargets:
         mask = store.static_mask()
         # A static mask's kept dimensions, made once on the device for every batch.
         self.static_kept = None if mask is None else torch.from_numpy(np.flatnonzero(mask)).to(device)
+        self.value_format = value_format_of(store.compression, store.resolved)   # quantized values decode on device
 
     def arrays(self, stage: str | None) -> tuple[str, ...]:
         return TOKEN_ARRAYS + {"hsk": HSK_ARRAYS, "pred": ("logits",)}.get(stage, ())
 
     def to_device(self, batch: dict[str, np.ndarray]) -> DeviceBatch:
-        return to_device(batch, self.device, self.hidden_size, self.static_kept)
+        return to_device(batch, self.device, self.hidden_size, self.static_kept, self.value_format)
 
     def __call__(self, batch: DeviceBatch) -> DeviceBatch:
         return batch
@@ -65,8 +67,9 @@ class OnlineTargets:
 
     mode = "online"
 
-    def __init__(self, teacher, selector: Selector, device: torch.device):
+    def __init__(self, teacher, selector: Selector, device: torch.device, compression=None):
         self.teacher, self.selector, self.device = teacher, selector, device
+        self.compression = compression   # the store's: values are encoded and decoded as the store holds them
         fixed = selector.fixed_mask
         # A static mask's kept dimensions, copied to the device once (the selector's own cache).
         self.static_kept = None if fixed is None else mask_index(fixed, device)
@@ -97,7 +100,7 @@ class OnlineTargets:
                              "the store was extracted from")
         selector = Selector(store.compression, store.resolved, load_tokenizer(path).sep_token_id,
                             model.bert.encoder.layer, identity.num_heads)
-        return cls(model, selector, device)
+        return cls(model, selector, device, store.compression)
 
     def arrays(self, stage: str | None) -> tuple[str, ...]:
         return TOKEN_ARRAYS
@@ -111,7 +114,7 @@ class OnlineTargets:
         with inference_precision(self.device.type).autocast(self.device):
             out, selection = self.selector.run(self.teacher, batch.input_ids, batch.attention_mask,
                                                batch.token_type_ids)
-        values = selection.values.float()
+        values = selection.values.float() if self.compression is None else self.compression.as_stored(selection.values)
         if selection.mask is not None:
             kept = kept_indices(selection.mask, values.shape[-1])
         else:

@@ -43,3 +43,12 @@ def test_bench_config_lists_every_problem():
     with pytest.raises(ConfigError) as error:
         BenchConfig(store="s", student="t", steps=0, rounds=0)
     assert "steps" in str(error.value) and "rounds" in str(error.value)
+
+
+def test_the_reader_times_a_quantized_store(tiny_store, tmp_path):
+    from hskstore.store.convert import convert_store
+
+    quantized = str(tmp_path / "int4.zarr")
+    convert_store(tiny_store, quantized, value_format="int4")
+    result = time_reader(quantized, batch_size=50, batches=3, repeats=1, device="cpu")
+    assert result["batches"] == 3 and result["rows_per_second"][0] > 0

@@ -226,3 +226,40 @@ def test_a_dry_run_names_a_missing_task_with_flags_sweep_has(tiny_teacher, tmp_p
                                        "--task", "rte", "--data-dir", str(tmp_path / "nowhere"),
                                        "--point", "1,3,0.25", "--dry-run"])
     assert missing.exit_code == 2 and "nowhere" in missing.output and not (tmp_path / "s").exists()
+
+
+def test_points_may_vary_the_value_format_and_are_requantized_from_float16_covers(tiny_teacher, tiny_student,
+                                                                                 tmp_path):
+    """The accuracy-per-byte study in one sweep: each format's store sliced from a float16 cover, static masks too."""
+    from hskstore.store import open_store
+
+    out = tmp_path / "sweep"
+    args = ["sweep", "--teacher", tiny_teacher, "--task", "tweets", "--output", str(out), "--student", tiny_student,
+            "--point", "1,3,0.25", "--point", "1,3,0.25,value_format=int4", "--point", "1,3,0.25,value_bits=7",
+            "--point", "1,3,0.25,width_strategy=uniform,value_format=int8",
+            "--point", "1,3,0.25,width_strategy=uniform,value_format=int4",
+            "--no-full", "--no-pred", "--seeds", "0", "--student-layers", "2", "--limit", "40", "--hsk-epochs", "1",
+            "--pred-epochs", "1", "--device", "cpu"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stores = out / "stores"
+    assert sorted(p.name for p in stores.iterdir() if p.name.startswith("cover")) == ["cover-2.zarr", "cover.zarr"]
+    formats = {}
+    for key in ("hsk-1-3-0.25+value_format=int4", "hsk-1-3-0.25+value_format=int8+width_strategy=uniform",
+                "hsk-1-3-0.25+value_format=int4+width_strategy=uniform"):
+        with open_store(str(stores / f"{key}.zarr")) as store:
+            assert store.attrs["derived_from"]["location"].split("/")[-1].startswith("cover")
+            assert store.format_version == 3
+            formats[key] = store.compression.value_format
+    assert list(formats.values()) == ["int4", "int8", "int4"]
+    summary = {row["point"]: row for row in json.loads((out / "results.json").read_text())["summary"]}
+    assert summary["hsk-1-3-0.25+value_format=int4"]["variant"] == "value_format=int4"
+    from hskstore.store.report import store_info
+
+    infos = {key: store_info(str(stores / f"{key}.zarr")) for key in ("hsk-1-3-0.25", "hsk-1-3-0.25+value_format=int4")}
+    for key, info in infos.items():   # the row's bytes are the store's stored HSK per example
+        assert summary[key]["hsk_bytes_per_example"] == round(info["bytes_per_example"]["hsk"], 1) > 0
+    # (40 examples: the int4 codes are smaller, while a scales array's fixed per-chunk bytes still show)
+    assert infos["hsk-1-3-0.25+value_format=int4"]["bytes"]["values"] < infos["hsk-1-3-0.25"]["bytes"]["values"]
+    with open(out / "results.csv") as handle:
+        assert all(float(row["hsk_bytes_per_example"]) > 0 for row in csv.DictReader(handle))

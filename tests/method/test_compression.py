@@ -74,3 +74,21 @@ def test_config_errors_list_every_problem_at_once():
 def test_compression_round_trips_through_a_dict():
     original = Compression(depth=2, length=8, width=0.2, student_layers=4, score_kind="logits")
     assert Compression.from_dict(original.to_dict()) == original
+
+
+def test_a_float16_compression_records_no_value_format_so_older_readers_open_its_store():
+    assert "value_format" not in Compression().to_dict()
+    assert Compression.from_dict(Compression().to_dict()) == Compression()
+    quantized = Compression(value_format="int4")
+    assert quantized.to_dict()["value_format"] == "int4" and quantized.quantized
+    assert Compression.from_dict(quantized.to_dict()) == quantized
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"value_format": "int3"}, "value_format must be one of"),
+    ({"value_format": "int8", "value_bits": 7}, "value_format int8 quantizes the float16 values"),
+    ({"value_format": "int4", "value_dtype": "float32"}, "value_format int4 quantizes the float16 values"),
+])
+def test_a_value_format_goes_with_exact_float16_values(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Compression(**kwargs)

@@ -254,7 +254,7 @@ def test_offline_and_online_targets_are_one_interface(tiny_store, tiny_student, 
     offline = Trainer(_config(tiny_store, tiny_student, tmp_path / "a"), progress=False).targets
     online = Trainer(_config(tiny_store, tiny_student, tmp_path / "b", teacher=tiny_teacher), progress=False).targets
     assert isinstance(offline, OfflineTargets) and isinstance(online, OnlineTargets)
-    assert offline.arrays("hsk") == TOKEN_ARRAYS + ("positions", "values", "masks")
+    assert offline.arrays("hsk") == TOKEN_ARRAYS + ("positions", "values", "masks", "value_scales")  # scales: int8/int4
     assert offline.arrays("pred") == TOKEN_ARRAYS + ("logits",) and offline.arrays(None) == TOKEN_ARRAYS
     assert online.arrays("hsk") == online.arrays("pred") == TOKEN_ARRAYS  # the teacher computes the rest
     batch = next(iter(StoreStream(tiny_store, "train", 16, seed=0)))

@@ -71,8 +71,9 @@ def test_a_store_location_is_accepted_wherever_a_location_and_its_options_are(lo
     assert store_state(where, options)[0] == "absent"
 
 
-def _layout(width_strategy="mag"):
-    compression = Compression(depth=2, length=3, width=4, student_layers=2, width_strategy=width_strategy)
+def _layout(width_strategy="mag", value_format="float16", width=4):
+    compression = Compression(depth=2, length=3, width=width, student_layers=2, width_strategy=width_strategy,
+                              value_format=value_format)
     resolved = compression.resolve(4, 32, 12)
     meta = {"created_by": "tests", "compression": compression.to_dict(), "resolved": resolved.to_dict(),
             "amount_hsk": resolved.amount(),
@@ -268,3 +269,35 @@ def test_extraction_writes_resumes_and_trains_on_every_backend(location, tiny_te
         stream = trainer.stream("train", 16, "hsk", shuffle=False)
         losses.append([trainer.loss_on("hsk", batch) for batch in stream])
     assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("value_format, width", [("int8", 4), ("int4", 5)])   # int4 with an odd k: a padded byte
+def test_quantized_stores_keep_their_codes_and_scales_and_are_version_3(location, value_format, width):
+    from hskstore.method.quantize import quantize_numpy
+
+    where, options = location
+    attrs, specs = _layout(value_format=value_format, width=width)
+    assert attrs["format_version"] == 3 and attrs["compression"]["value_format"] == value_format
+    shapes = {s.name: (s.row_shape, s.dtype) for s in specs}
+    assert shapes["values"] == ((2, 3, -(-width // 2) if value_format == "int4" else width),
+                                "uint8" if value_format == "int4" else "int8")
+    assert shapes["value_scales"] == ((2, 3, 1), "float16")
+    writer = create_store(where, attrs, specs, None, {}, options)
+    written = {}
+    for split, rows in attrs["splits"].items():
+        for k in range(-(-rows // CHUNK)):
+            arrays = _chunk(None, rows, k, seed=SEEDS[split])
+            raw = np.random.default_rng([k, 9]).normal(size=(len(arrays["labels"]), 2, 3, width))
+            arrays["values"], arrays["value_scales"] = quantize_numpy(raw.astype(np.float16), value_format)
+            written[split, k] = arrays
+            writer.write_chunk(split, k, {n: a for n, a in arrays.items() if n in attrs["codecs"]})
+    writer.mark_complete({})
+    writer.close()
+    with open_store(where, storage_options=options) as store:
+        assert store.format_version == 3 and store.compression.value_format == value_format
+        for (split, k), arrays in written.items():
+            got = store.split(split).read_chunk(k)
+            for name in ("values", "value_scales", "masks"):
+                np.testing.assert_array_equal(got[name], arrays[name])
+                assert got[name].dtype == arrays[name].dtype
+        assert store.nbytes()["train/value_scales"] > 0

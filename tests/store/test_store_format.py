@@ -49,6 +49,48 @@ def test_golden_layout_and_codec_configuration(tiny_store):
     attrs = json.loads((root / "zarr.json").read_text())["attributes"]
     assert sorted(k for k in attrs if k not in ("device", "precision")) == GOLDEN_ROOT_ATTRIBUTES
     assert (attrs["format"], attrs["format_version"], attrs["complete"]) == ("hskstore", 2, True)
+    assert "value_format" not in attrs["compression"]     # float16 stores: the attributes older readers know
+
+
+def test_golden_layout_of_a_quantized_store(tiny_store, tmp_path):
+    """int4 codes (uint8, two a byte) and one float16 scale per vector, in format version 3."""
+    path = tmp_path / "int4.zarr"
+    convert_store(tiny_store, str(path), value_format="int4")
+    assert sorted(p.name for p in (path / "train").iterdir()) == [
+        "chunks_written", "input_ids", "labels", "lengths", "logits", "masks", "positions", "token_type_ids",
+        "value_scales", "values", "zarr.json"]
+    values = json.loads((path / "train" / "values" / "zarr.json").read_text())
+    scales = json.loads((path / "train" / "value_scales" / "zarr.json").read_text())
+    assert (values["data_type"], values["chunk_grid"]["configuration"]["chunk_shape"]) == ("uint8", [32, 2, 5, 4])
+    assert values["codecs"][1]["configuration"]["typesize"] == 1
+    assert values["dimension_names"] == ["example", "layer", "slot", "kept_byte"]
+    assert (scales["data_type"], scales["chunk_grid"]["configuration"]["chunk_shape"]) == ("float16", [32, 2, 5, 1])
+    assert scales["codecs"] == GOLDEN_CODECS["values"]
+    assert scales["dimension_names"] == ["example", "layer", "slot", "scale"]
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    assert attrs["format_version"] == 3 and attrs["compression"]["value_format"] == "int4"
+    assert attrs["codecs"]["value_scales"] == "blosc-zstd1-byteshuffle"
+
+
+def test_a_reader_that_predates_quantized_values_refuses_their_store_in_one_line(tiny_store, tmp_path, monkeypatch):
+    from hskstore.store import format as store_format
+
+    path = tmp_path / "int8.zarr"
+    convert_store(tiny_store, str(path), value_format="int8")
+    monkeypatch.setattr(store_format, "READABLE_VERSIONS", (1, 2))     # what an older hskstore reads
+    with pytest.raises(StoreError, match=r"unsupported hskstore format version 3 .*install the version that wrote it"):
+        open_store(str(path))
+
+
+def test_a_value_format_this_reader_does_not_know_is_refused_in_one_line(tiny_store, tmp_path):
+    path = tmp_path / "future.zarr"
+    convert_store(tiny_store, str(path), value_format="int4")
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs["compression"] = group.attrs["compression"] | {"value_format": "nf4"}   # a later writer's format
+    zarr.consolidate_metadata(str(path))
+    with pytest.raises(StoreError, match="stores its values as 'nf4', a value format this hskstore cannot decode") as info:
+        open_store(str(path))
+    assert "\n" not in str(info.value)
 
 
 def test_provenance_is_absolute_and_names_the_teacher_weights(tiny_store, tiny_teacher):

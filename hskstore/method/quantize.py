@@ -1,0 +1,157 @@
+"""Symmetric absmax quantization of stored HSK values: int8, and int4 packed two to a byte.
+
+The exact rule (docs/store-format.md, "Quantized values"), for each group of `group` consecutive kept values
+of one vector (the whole vector when `group` is None), in their stored order (ascending dimension):
+
+    x      = the values rounded to float16 first (what a float16 store holds: extraction and requantizing a
+             float16 store with `hskstore slice`/`convert` give the same bytes), computed in float32
+    scale  = float16(max |x| / Q)                Q = 127 (int8) or 7 (int4); round to nearest even
+    q      = clamp(round_half_even(x / scale), -Q, Q)   (q = 0 where scale is 0)
+    x_hat  = q * float32(scale)                  what every reader trains on
+
+so |x - x_hat| <= scale / 2 for every value. int4 codes are 4-bit two's complement (-7..7; -8 is never
+written), two to a byte: value 2j in the low nibble of byte j, value 2j+1 in the high nibble; an odd k
+leaves the last high nibble 0. Scales are (..., ceil(k / group)) float16. Dequantization runs where its
+inputs are (the training device); everything here is a tensor function, with numpy wrappers for the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["VALUE_FORMATS", "QUANTIZED_FORMATS", "QMAX", "ValueFormat", "quantize", "dequantize", "pack_int4",
+           "unpack_int4", "quantize_numpy", "dequantize_numpy", "error_bound"]
+
+VALUE_FORMATS = ("float16", "int8", "int4")
+QUANTIZED_FORMATS = ("int8", "int4")
+QMAX = {"int8": 127, "int4": 7}
+# The finer the format, the larger its number: requantizing may only go down this order.
+PRECISION = {"float16": 2, "int8": 1, "int4": 0}
+
+
+@dataclass(frozen=True)
+class ValueFormat:
+    """How a store's `values` array encodes the kept activations: what a reader needs to decode them.
+
+    name: float16 | int8 | int4; width: k, the kept values per vector (int4 needs it: an odd k is padded);
+    group: values per scale, None for one scale per vector.
+    """
+
+    name: str = "float16"
+    width: int = 0
+    group: int | None = None
+
+    def __post_init__(self):
+        if self.name not in VALUE_FORMATS:
+            raise ValueError(f"value format must be one of {list(VALUE_FORMATS)}, got {self.name!r}")
+        if self.group is not None and self.group < 1:
+            raise ValueError(f"a quantization group holds >= 1 value, got {self.group}")
+
+    @property
+    def quantized(self) -> bool:
+        return self.name in QUANTIZED_FORMATS
+
+    @property
+    def groups(self) -> int:
+        """Scales per vector."""
+        return 1 if self.group is None else -(-self.width // self.group)
+
+    @property
+    def stored_width(self) -> int:
+        """Entries of `values` per vector: k, or ceil(k/2) bytes for int4."""
+        return -(-self.width // 2) if self.name == "int4" else self.width
+
+    @property
+    def dtype(self) -> str:
+        return {"int8": "int8", "int4": "uint8"}.get(self.name, "float16")
+
+
+def _grouped(x, group: int | None):
+    """(..., k) -> (..., G, g) with zero padding (zeros never raise an absmax), and the padding added."""
+    import torch
+
+    k = x.shape[-1]
+    g = k if group is None else group
+    pad = (-k) % g if k else 0
+    if pad:
+        x = torch.nn.functional.pad(x, (0, pad))
+    return x.reshape(*x.shape[:-1], -1, max(g, 1)), pad
+
+
+def pack_int4(q):
+    """(..., k) int codes in -8..7 -> (..., ceil(k/2)) uint8: value 2j low nibble, 2j+1 high nibble of byte j."""
+    import torch
+
+    k = q.shape[-1]
+    if k % 2:
+        q = torch.nn.functional.pad(q, (0, 1))
+    nibbles = (q.to(torch.int16) & 0xF).reshape(*q.shape[:-1], -1, 2)
+    return (nibbles[..., 0] | (nibbles[..., 1] << 4)).to(torch.uint8)
+
+
+def unpack_int4(packed, width: int):
+    """(..., ceil(k/2)) uint8 -> (..., k) int8 codes (4-bit two's complement, sign-extended), on its device."""
+    import torch
+
+    b = packed.to(torch.int16)
+    nibbles = torch.stack((b & 0xF, b >> 4), dim=-1).reshape(*packed.shape[:-1], -1)[..., :width]
+    return ((nibbles ^ 8) - 8).to(torch.int8)
+
+
+def quantize(values, name: str, group: int | None = None):
+    """(..., k) float values -> (codes, scales): int8 (..., k) or packed uint8 (..., ceil(k/2)); float16 (..., G)."""
+    import torch
+
+    if name not in QMAX:
+        raise ValueError(f"quantize takes one of {list(QMAX)}, got {name!r}")
+    k = values.shape[-1]
+    x = values.to(torch.float16).to(torch.float32)
+    grouped, _ = _grouped(x, group)
+    scale = (grouped.abs().amax(-1) / QMAX[name]).to(torch.float16)            # (..., G)
+    s = scale.to(torch.float32).unsqueeze(-1)
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    q = torch.where(s > 0, torch.round(grouped / safe), torch.zeros_like(grouped))  # round half to even
+    q = q.clamp(-QMAX[name], QMAX[name]).reshape(*x.shape[:-1], -1)[..., :k].to(torch.int8)
+    return (pack_int4(q) if name == "int4" else q), scale
+
+
+def dequantize(codes, scales, value_format: ValueFormat):
+    """Stored codes and scales -> (..., k) float32 values, computed on the codes' device (the training device).
+
+    A float16 store's values pass through as float32 (`scales` is None there).
+    """
+    import torch
+
+    if not value_format.quantized:
+        return codes.to(torch.float32)
+    k = value_format.width
+    q = unpack_int4(codes, k) if value_format.name == "int4" else codes
+    grouped, _ = _grouped(q.to(torch.float32), value_format.group)
+    out = grouped * scales.to(device=grouped.device, dtype=torch.float32).unsqueeze(-1)
+    return out.reshape(*q.shape[:-1], -1)[..., :k]
+
+
+def quantize_numpy(values: np.ndarray, name: str, group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    codes, scales = quantize(torch.from_numpy(np.ascontiguousarray(values)), name, group)
+    return codes.numpy(), scales.numpy()
+
+
+def dequantize_numpy(codes: np.ndarray, scales: np.ndarray | None, value_format: ValueFormat) -> np.ndarray:
+    import torch
+
+    return dequantize(torch.from_numpy(np.ascontiguousarray(codes)),
+                      None if scales is None else torch.from_numpy(np.ascontiguousarray(scales)),
+                      value_format).numpy()
+
+
+def error_bound(scales, value_format: ValueFormat):
+    """(..., k) largest |x - x_hat| the format allows for each value: half its group's scale."""
+    import torch
+
+    s = scales.to(torch.float32)
+    g = value_format.width if value_format.group is None else value_format.group
+    return (s.repeat_interleave(max(g, 1), dim=-1)[..., :value_format.width]) / 2
