@@ -17,7 +17,7 @@ import torch
 
 from ..errors import StoreError
 from ..method.select import Selector, full_width
-from ..runtime.device import inference_precision
+from ..runtime.device import inference_precision_for
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, to_device
 
 __all__ = ["Targets", "OfflineTargets", "OnlineTargets", "targets_for"]
@@ -102,7 +102,7 @@ class OnlineTargets:
     @torch.no_grad()
     def __call__(self, batch: DeviceBatch) -> DeviceBatch:
         # The teacher runs exactly as extraction runs it: float16 autocast on CUDA, float32 on the CPU.
-        with inference_precision(self.device.type).autocast(self.device):
+        with inference_precision_for(self.device).autocast(self.device):
             out, selection = self.selector.run(self.teacher, batch.input_ids, batch.attention_mask,
                                                batch.token_type_ids)
         targets, mask = full_width(selection.values.float(), selection.mask, self.selector.fixed_mask_on(self.device))
