@@ -26,13 +26,13 @@ TINY_EXTRACT = ["--task", "tweets", "--limit", "120", "--chunk-rows", "32", "--d
                 "--width", "0.25", "--student-layers", "2", "--device", "cpu"]  # the tiny_store fixture's options
 
 
-def torchrun(args, probe=None, crash_at=0, timeout=240, node_local=False) -> subprocess.CompletedProcess:
+def torchrun(args, probe=None, crash_at=0, timeout=240, node_local=False, nproc=2) -> subprocess.CompletedProcess:
     """The CLI under torchrun; `crash_at` is the probe's FAULT; `node_local`: rank 1 writes to --output X.rank1."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                HSKSTORE_PROBE_NODE_LOCAL="1" if node_local else "0")
     target = [str(PROBE), str(probe), str(crash_at)] if probe is not None else ["-m", "hskstore"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *target, *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *target, *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -199,3 +199,37 @@ def test_two_processes_extract_into_an_object_store(tiny_teacher, tiny_store, s3
         for name in local.split(split).array_names:
             np.testing.assert_array_equal(remote.split(split).read_rows(0, len(local.split(split)), [name])[name],
                                           local.split(split).read_rows(0, len(local.split(split)), [name])[name])
+
+
+def _consumed_rows(probe, world_size, steps=None):
+    """input_ids of the rows trained on, step by step and rank by rank within a step (the global batch order)."""
+    ranks = [(probe / f"rows-rank{r}.jsonl").read_text().splitlines() for r in range(world_size)]
+    steps = len(ranks[0]) if steps is None else steps
+    assert all(len(lines) >= steps for lines in ranks)
+    return [np.array(json.loads(ranks[r][s])) for s in range(steps) for r in range(world_size)]
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_a_run_killed_mid_epoch_resumes_at_another_world_size_without_repeating_or_skipping(
+        tiny_store, tiny_student, tmp_path, before, after):
+    """Checkpoints every 2 steps; the process (rank 1 of 2, or the only one) dies after step 3 of the epoch's 8:
+    the resumed run, with the other number of processes, trains on the global order's examples 32..119."""
+    from hskstore.store.stream import StoreStream
+
+    student = _no_dropout_student(tiny_student, tmp_path / "student")
+    run = tmp_path / "run"
+    args = ["train", tiny_store, "--student", student, "--output", str(run), "--stages", "hsk", "--hsk-epochs", "1",
+            "--hsk-batch-size", "16", "--hsk-lr", "1e-3", "--device", "cpu", "--checkpoint-every", "2"]
+    first = torchrun(args, probe=tmp_path / "first", crash_at=3, nproc=before)
+    assert first.returncode != 0
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert (state["stage"], state["epoch"], state["step"], state["examples"]) == ("hsk", 0, 2, 32)
+
+    second = torchrun(args, probe=tmp_path / "second", nproc=after)
+    assert second.returncode == 0, second.stderr[-3000:]
+    rows = _consumed_rows(tmp_path / "first", before, steps=2) + _consumed_rows(tmp_path / "second", after)
+    everything = open_store(tiny_store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"]
+    order, _, _ = StoreStream(tiny_store, "train", 16, seed=0).global_order()
+    np.testing.assert_array_equal(np.concatenate(rows), everything[order])  # each example once, in the global order
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [(h["epoch"], h["step"], h.get("resumed_at_example")) for h in history] == [(1, 8, 32)]
