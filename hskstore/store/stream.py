@@ -224,22 +224,24 @@ class StoreStream(IterableDataset):
             parts_ids.append(keep + first)
             for name in self.arrays:
                 pool[name].append(data[name] if whole else data[name].take(keep, axis=0))
-            ready_now = [j for j in range(next_batch, len(batches)) if batches[j][1] <= known_now]
-            if not ready_now:
+            last = next_batch  # batches are in order: the ready ones are next_batch .. last - 1
+            while last < len(batches) and batches[last][1] <= known_now:
+                last += 1
+            if last == next_batch:
                 continue
             pool_ids = np.concatenate([pool_ids, *parts_ids])
             parts_ids = []
             rows = {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in pool.items()}
             # One gather per array puts the ready batches in order; each batch is then a contiguous view of it.
             sort = np.argsort(pool_ids, kind="stable")
-            ids = np.concatenate([order[a:b] for a, b in batches[next_batch:ready_now[-1] + 1]])
+            ids = np.concatenate([order[a:b] for a, b in batches[next_batch:last]])
             at = sort[np.searchsorted(pool_ids, ids, sorter=sort)]
             gathered = {name: rows[name].take(at, axis=0) for name in self.arrays}
             offset = 0
-            for a, b in batches[next_batch:ready_now[-1] + 1]:
+            for a, b in batches[next_batch:last]:
                 yield {name: gathered[name][offset:offset + b - a] for name in self.arrays}
                 offset += b - a
-            next_batch = ready_now[-1] + 1
+            next_batch = last
             if next_batch == len(batches):
                 return
             # Rows not served yet stay for later batches.
