@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from ..version import __version__
 from ..configs.extract import ExtractConfig
 from ..runtime import distributed
-from ..runtime.device import describe_device, inference_precision, inference_precision_for, resolve_device  # noqa: F401 (re-exported)
+from ..runtime.device import (describe_device, inference_precision, inference_precision_for,  # noqa: F401
+                              resolve_device)  # inference_precision: re-exported
 from ..runtime.device import non_blocking_for
 from ..errors import ConfigError, ModelError
 from ..method.select import Selector, pack_bits, round_mantissa
@@ -313,6 +314,7 @@ def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -
     warning = truncation_warning(truncated, {s: len(encoded[s]["lengths"]) for s in config.splits}, max_length)
     if warning and world.is_main:
         print(warning, file=sys.stderr)
+    teacher_precision = inference_precision_for(device)  # fp16 on CUDA from capability 7.0, else fp32
     meta = {
         "created_by": f"hskstore {__version__}",
         "compression": compression.to_dict(),
@@ -332,9 +334,9 @@ def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -
         "data_seed": config.data_seed,
         # CUDA from capability 7.0 runs the teacher under float16 autocast, older GPUs, CPU and mps in float32:
         # a resumed store must not mix them.
-        "numerics": f"{device.type}-{'float32' if inference_precision_for(device).autocast_dtype is None else 'float16-autocast'}",
+        "numerics": f"{device.type}-{'float16-autocast' if teacher_precision.autocast_dtype else 'float32'}",
         "device": describe_device(device),         # where the store was created (resumes may differ in model)
-        "precision": inference_precision_for(device).name,
+        "precision": teacher_precision.name,
         "tokenizer": {"source": _absolute_if_file(config.teacher), "class": type(tokenizer).__name__,
                       "sep_token_id": sep_id, "pad_token_id": tokenizer.pad_token_id,
                       "cls_token_id": tokenizer.cls_token_id},

@@ -216,7 +216,8 @@ class StoreStream(IterableDataset):
         pool_ids, pool = np.empty(0, dtype=np.int64), {name: [] for name in self.arrays}
         parts_ids: list[np.ndarray] = []
         next_batch = 0
-        for step, known_now, data in zip(steps, known, self._chunks_read_ahead(reader, [int(chunks[i]) for i in steps])):
+        reads = self._chunks_read_ahead(reader, [int(chunks[i]) for i in steps])
+        for step, known_now, data in zip(steps, known, reads):
             chunk = int(chunks[step])
             first = chunk * self.chunk_rows
             keep = np.flatnonzero(wanted[first:first + self._chunk_rows(chunk)])

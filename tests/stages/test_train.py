@@ -289,7 +289,8 @@ def test_a_run_stopped_mid_epoch_resumes_at_the_next_example_even_with_other_wor
     monkeypatch.setattr(Trainer, "_save_checkpoint", original)
     resumed = Trainer(_config(tiny_store, str(student), tmp_path / "run", num_workers=1, **config), progress=False)
     resumed.train()
-    assert [(h["epoch"], h["step"], h.get("resumed_at_example")) for h in resumed.history] == [(1, 8, 96), (2, 16, None)]
+    assert [(h["epoch"], h["step"], h.get("resumed_at_example")) for h in resumed.history] == [(1, 8, 96),
+                                                                                               (2, 16, None)]
     np.testing.assert_allclose(resumed.history[0]["step_losses"], reference.history[0]["step_losses"][6:], rtol=1e-5)
     for name, value in reference.student.state_dict().items():
         torch.testing.assert_close(resumed.student.state_dict()[name], value, msg=name)
