@@ -71,9 +71,9 @@ def batches_before(stream: StoreStream):
 
 def _batches_before(stream: StoreStream, store):
     reader = store.split(stream.split)
-    rng = np.random.default_rng([stream.seed, stream.epoch, stream.rank, 0])
-    chunks = stream._shard_chunks(stream.rank, stream.world_size)
-    sizes = stream.batch_plan(1)[stream.rank][::-1]
+    rng = np.random.default_rng([stream.seed, stream.epoch, 0, 0])  # one process: the global order's reader
+    chunks = stream._chunk_order().tolist()
+    sizes = stream.batch_plan(1)[0][::-1]
     buffer, buffered = {name: [] for name in stream.arrays}, 0
     for i, chunk in enumerate(chunks):
         start, stop = reader.chunk_bounds(chunk)

@@ -6,9 +6,9 @@
 Every rank appends the rows of each training batch it stages to PROBE_DIR/rows-rank{R}.jsonl; rank 0
 writes the training history with its per-step losses to PROBE_DIR/history.json at every checkpoint.
 
-FAULT says what goes wrong on rank 1:
+FAULT says what goes wrong on rank 1 (the last rank, rank 0 of a single process, for `N`):
 - `0`: nothing;
-- `N` (N > 0): rank 1 dies (os._exit, like a killed process: no cleanup) after its N-th written chunk
+- `N` (N > 0): that rank dies (os._exit, like a killed process: no cleanup) after its N-th written chunk
   (extract) or training step (train);
 - `raise:N`: rank 1's N-th teacher batch raises an out-of-memory error (extract), the time of it in
   PROBE_DIR/raised-at; rank 1 then lingers before exiting, as a rank on another machine would, whose
@@ -56,7 +56,7 @@ def main():
 
     def die_at(kind):
         counts[kind] += 1
-        if crash_at and rank == 1 and counts[kind] >= crash_at:
+        if crash_at and rank == min(1, int(os.environ.get("WORLD_SIZE", 1)) - 1) and counts[kind] >= crash_at:
             os._exit(17)
 
     write_chunk = StoreWriter.write_chunk

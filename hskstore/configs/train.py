@@ -38,6 +38,8 @@ class TrainConfig:
     temperature: float = option(1.0, "Prediction-stage soft cross-entropy temperature.")
     weight_decay: float = option(0.0, "AdamW weight decay.", min=0)
     max_steps: int | None = option(None, "Stop each stage after this many steps.")  # smoke runs, benchmarks
+    checkpoint_every: int | None = option(None, "Also checkpoint every N steps inside an epoch: a killed run "
+                                          "resumes there, at any number of processes.")
     device: str = DEVICE.field("auto")
     amp: bool = option(True, "Float32 on CUDA: no bf16 or fp16 autocast.", flag="--no-amp", negate=True)
     #                                     CUDA: bf16 autocast (capability >= 8.0) or fp16 + GradScaler; CPU/mps: fp32
@@ -56,7 +58,8 @@ class TrainConfig:
             problems.append(f"stages must be a non-empty ordered subset of {list(STAGES)}, got {list(self.stages)}")
         if self.hsk_loss not in HSK_LOSSES:
             problems.append(f"hsk_loss must be one of {list(HSK_LOSSES)}, got {self.hsk_loss!r}")
-        for name in ("hsk_epochs", "pred_epochs", "hsk_batch_size", "pred_batch_size", "max_steps"):
+        for name in ("hsk_epochs", "pred_epochs", "hsk_batch_size", "pred_batch_size", "max_steps",
+                     "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name} must be >= 1, got {value}")

@@ -64,15 +64,16 @@ def recover(directory: Path) -> None:
         old.rename(directory)
 
 
-def read_state(directory: Path, run: dict, refuse: Callable[[list[str], dict], str]) -> dict:
-    """The checkpoint's state.json, when its run key is `run` (compared as JSON).
+def read_state(directory: Path, run: dict, refuse: Callable[[list[str], dict], str], ignore=()) -> dict:
+    """The checkpoint's state.json, when its run key is `run` (compared as JSON; keys in `ignore`, which older
+    versions recorded but no longer name another run, are not compared).
 
     Raises:
         ConfigError: `refuse(the differing keys, the recorded run key)` when the key is another run's.
     """
     state = json.loads((Path(directory) / "state.json").read_text())
     recorded = state.get("run") or {}
-    changed = changed_keys(recorded, run)
+    changed = [key for key in changed_keys(recorded, run) if key not in ignore]
     if changed:
         raise ConfigError(refuse(changed, recorded))
     return state

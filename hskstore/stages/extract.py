@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from ..version import __version__
 from ..configs.extract import ExtractConfig
 from ..runtime import distributed
-from ..runtime.device import describe_device, inference_precision, resolve_device  # noqa: F401 (re-exported)
+from ..runtime.device import (describe_device, inference_precision, inference_precision_for,  # noqa: F401
+                              resolve_device)  # inference_precision: re-exported
 from ..runtime.device import non_blocking_for
 from ..errors import ConfigError, ModelError
 from ..method.quantize import quantize
@@ -142,7 +143,7 @@ def _teacher_chunk(model, selector, encoded, rows, batching, device, compression
     lengths = encoded["lengths"][rows]
     order = np.argsort(-lengths, kind="stable")      # longest first: dynamic padding wastes little
     chunk = _ChunkArrays(len(rows))
-    precision = inference_precision(device.type)
+    precision = inference_precision_for(device)  # fp32 below compute capability 7.0
     pending = None   # the previous batch's host copies, still in flight on an accelerator
 
     def land(batch):
@@ -321,6 +322,7 @@ def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -
     warning = truncation_warning(truncated, {s: int(counts[i, 1]) for i, s in enumerate(config.splits)}, max_length)
     if warning and world.is_main:
         print(warning, file=sys.stderr)
+    teacher_precision = inference_precision_for(device)  # fp16 on CUDA from capability 7.0, else fp32
     meta = {
         "created_by": f"hskstore {__version__}",
         "compression": compression.to_dict(),
@@ -338,10 +340,11 @@ def _plan(config: ExtractConfig, transaction: StoreTransaction, world, device) -
         "truncated": truncated,  # examples per split longer than max_length (optional: older stores lack it)
         "limit": config.limit,
         "data_seed": config.data_seed,
-        # CUDA runs the teacher under float16 autocast, CPU and mps in float32: a resumed store must not mix them.
-        "numerics": f"{device.type}-{'float16-autocast' if device.type == 'cuda' else 'float32'}",
+        # CUDA from capability 7.0 runs the teacher under float16 autocast, older GPUs, CPU and mps in float32:
+        # a resumed store must not mix them.
+        "numerics": f"{device.type}-{'float16-autocast' if teacher_precision.autocast_dtype else 'float32'}",
         "device": describe_device(device),         # where the store was created (resumes may differ in model)
-        "precision": inference_precision(device.type).name,
+        "precision": teacher_precision.name,
         "tokenizer": {"source": _absolute_if_file(config.teacher), "class": type(tokenizer).__name__,
                       "sep_token_id": sep_id, "pad_token_id": tokenizer.pad_token_id,
                       "cls_token_id": tokenizer.cls_token_id},
@@ -406,7 +409,7 @@ def _run(config: ExtractConfig, plan: _Plan, transaction: StoreTransaction, prog
         batch_size, batch_tokens = plan.batching
         summary = {"examples_extracted": extracted, "seconds": round(seconds, 3),
                    "examples_per_second": round(extracted / seconds, 1) if seconds > 0 else None,
-                   "device": describe_device(device), "precision": inference_precision(device.type).name,
+                   "device": describe_device(device), "precision": inference_precision_for(device).name,
                    "batch_size": batch_size, "batch_tokens": batch_tokens, "processes": world.world_size}
         if world.is_main:
             writer.mark_complete(summary)

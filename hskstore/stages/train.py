@@ -238,7 +238,8 @@ class Trainer:
     def _run_stage(self, stage: str, state: dict) -> None:
         """One stage: its data, optimizer and resume point, then epochs of steps, each ending in a checkpoint."""
         schedule = self._schedule(stage)
-        # Each rank reads its own chunks in batches of B / world size; one step is one global batch of B.
+        # One step is one global batch of B examples of the epoch's global order (seed, epoch): each rank takes
+        # its B / world size slice of it, so any number of processes steps through the same batches.
         stream = self.stream("train", schedule.batch_size // self.world.world_size, stage, seed=self.config.seed)
         epoch_steps = [self._epoch_steps(stream, epoch) for epoch in range(schedule.epochs)]
         total = min(sum(epoch_steps), self.config.max_steps or sum(epoch_steps))
@@ -252,12 +253,17 @@ class Trainer:
             if resumed.get("scaler") and not self.world.is_main:
                 scaler.load_state_dict(resumed["scaler"])
         step, best = resumed.get("step", 0), state.get("best")
+        # A checkpoint inside an epoch records the examples of its global order already trained on (at any
+        # world size): the epoch resumes at the next one.
+        start = resumed.get("examples", 0)
         self._ddp = self._distributed_loss(stage)
         for epoch in range(resumed.get("epoch", 0), schedule.epochs):
             if step >= total:
                 break
-            record = self._train_epoch(stage, epoch, stream, schedule, optimizer, step, total, epoch_steps[epoch])
-            step = record["step"]
+            stream.set_epoch(epoch, start)
+            record = self._train_epoch(stage, epoch, stream, schedule, optimizer, step, total,
+                                       {"best": best, "stages_done": state.get("stages_done", [])})
+            step, start = record["step"], 0
             best = self._end_epoch(record, best, optimizer, state.get("stages_done", []))
         self._ddp = None
         state.update(best=best)
@@ -286,20 +292,25 @@ class Trainer:
                                        find_unused_parameters=stage == "hsk")
 
     def _train_epoch(self, stage: str, epoch: int, stream: StoreStream, schedule: StageSchedule, optimizer,
-                     step: int, total: int, steps: int) -> dict:
-        """One epoch's steps (ending early at the stage's `total`); returns its history record."""
-        world = self.world
-        stream.set_epoch(epoch)
+                     step: int, total: int, carried: dict) -> dict:
+        """One epoch's steps from the stream's start (ending early at the stage's `total`); returns its record.
+
+        With --checkpoint-every N, every N-th step also writes a checkpoint with the examples consumed so far
+        (`carried`: the best dev metrics and stages done that it records too).
+        """
+        world, every = self.world, self.config.checkpoint_every
+        bounds = stream.global_batches()  # (start, stop) in the epoch's global order of each remaining step
         # Dropout draws from a per-epoch seed, so a run resumed at an epoch boundary is the same run.
-        torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch + 100_000 * world.rank)
+        torch.manual_seed(self.config.seed * 10_000 + STAGES.index(stage) * 1_000 + epoch + 100_000 * world.rank
+                          + 1_000_003 * stream.start)
         self.student.train()
         self.projection.train()
-        bar = tqdm(total=steps, desc=f"{stage} {epoch + 1}/{schedule.epochs}",
+        bar = tqdm(total=len(bounds), desc=f"{stage} {epoch + 1}/{schedule.epochs}",
                    disable=not (self.progress and world.is_main), unit="step")
         losses, started, seen = _LossLog(world), time.perf_counter(), 0
         batches = self._loader(stream)
         try:
-            for moved in batches:
+            for done, moved in enumerate(batches, 1):
                 for group in optimizer.param_groups:
                     group["lr"] = _learning_rate(schedule, step, total)
                 moved = self.targets(moved)
@@ -312,13 +323,24 @@ class Trainer:
                     bar.set_postfix(loss=f"{losses.read()[-1]:.4f}", ex_s=f"{rate:.0f}")
                 if step >= total:
                     break
+                if every and step % every == 0 and done < len(bounds):
+                    self._checkpoint_inside(stage, epoch, step, bounds[done - 1][1], carried, optimizer)
             losses.read()
         finally:
             batches.close()  # also when a step raises (out of memory...): no thread left reading
             bar.close()
         seconds = time.perf_counter() - started
         return {"stage": stage, "epoch": epoch + 1, "step": step, "loss": float(np.mean(losses.values)),
+                **({"resumed_at_example": stream.start} if stream.start else {}),
                 "step_losses": losses.values, "seconds": seconds, "examples_per_second": seen / max(seconds, 1e-9)}
+
+    def _checkpoint_inside(self, stage: str, epoch: int, step: int, examples: int, carried: dict, optimizer) -> None:
+        """Rank 0 checkpoints after `examples` examples of the epoch's global order; every rank waits for it."""
+        if self.world.is_main:
+            self._save_checkpoint({"stage": stage, "epoch": epoch, "examples": examples, "step": step,
+                                   "best": carried["best"], "stages_done": carried["stages_done"],
+                                   "scaler": self.scaler_for(optimizer).state_dict()}, optimizer)
+        distributed.barrier(self.world)
 
     def _loader(self, stream: StoreStream) -> Prefetcher:
         """The stream's batches, moved to the device in a thread (read by worker processes when asked)."""
@@ -391,8 +413,6 @@ class Trainer:
         return {"store": normalize_location(c.store), "student": os.path.abspath(c.student), "stages": list(c.stages),
                 "teacher": c.teacher, "seed": c.seed, "hsk_loss": c.hsk_loss, "max_steps": c.max_steps,
                 "temperature": c.temperature, "weight_decay": c.weight_decay, "amp": c.amp,
-                "num_workers": c.num_workers,  # chunks are dealt per worker: another count, another order
-                **({"world_size": self.world.world_size} if self.world.distributed else {}),  # and per rank
                 "schedules": {s: asdict(c.schedule(s, self.task["name"])) for s in c.stages},
                 # The same path can hold another store (re-extracted with --overwrite): compare contents' identity.
                 "store_identity": store_identity(self.store.attrs), "compression": self.store.attrs.get("compression"),
@@ -414,7 +434,8 @@ class Trainer:
         recover(self.checkpoint)  # a crash between the renames of a checkpoint swap: the old one stands
         if not (self.config.resume and (self.checkpoint / "state.json").is_file()):
             return {}
-        state = read_state(self.checkpoint, self._run_key(), self._different_run)
+        # The batch order no longer depends on workers or processes: a run resumes with any number of either.
+        state = read_state(self.checkpoint, self._run_key(), self._different_run, ignore=("num_workers", "world_size"))
         self.student.load_state_dict(load_student(self.checkpoint / "student", device=self.device).state_dict())
         projection = load_weights(self.checkpoint, "projection", self.device)
         if projection is not None:

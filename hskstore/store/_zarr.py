@@ -371,8 +371,6 @@ class ZarrWriter(StoreWriter):
 
     @classmethod
     def reopen(cls, location, storage_options=None):
-        import zarr
-
         store = _store(location, storage_options, read_only=False)
         group = _open_group(store, location, mode="r+", use_consolidated=False)
         if check_format(group.attrs.asdict(), location) == 1:

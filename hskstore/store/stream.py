@@ -1,11 +1,16 @@
 """Stream a store split into training batches: whole-chunk reads, seeded shuffles, packed masks.
 
 Reading whole chunks and shuffling in memory is the only fast way through a chunked store (single rows
-read at ~150/s, docs/storage-notes.md). Each epoch shuffles the chunk order and then rows within a buffer of a
-few chunks, seeded by (seed, epoch), so a resumed run sees the same batches. Chunks are dealt
-round-robin to (rank, worker) shards, so every example is visited exactly once per epoch. Masks stay
-bitpacked until `to_device`, so host memory and transfers stay at the compressed size; there they become
-the kept dimensions of each vector, and the values stay k wide: nothing is scattered to full width.
+read at ~150/s, docs/storage-notes.md). Each epoch has one global order of its examples that depends only on
+(seed, epoch), never on the number of ranks or DataLoader workers: the chunk order is a permutation seeded by
+(seed, epoch), and rows are shuffled within a buffer of a few chunks as they are read (`global_order`). The
+order is cut into global batches of `batch_size * world_size` examples; rank r takes the r-th contiguous
+slice of each, and DataLoader workers take turns at whole global batches. So a run checkpointed after E
+examples of an epoch resumes at another world size by starting at position E (`set_epoch(epoch, start=E)`),
+and no example is repeated or skipped. Each rank reads the whole chunks that hold any of its rows: with
+several ranks, nearly every chunk (docs/scaling.md). Masks stay bitpacked until `to_device`, so host memory
+and transfers stay at the compressed size; there they become the kept dimensions of each vector, and the
+values stay k wide: nothing is scattered to full width.
 """
 
 from __future__ import annotations
@@ -32,13 +37,15 @@ HSK_ARRAYS = ("positions", "values", "masks", "value_scales")   # value_scales: 
 class StoreStream(IterableDataset):
     """Batches of one split of a store, as dicts of numpy arrays (use DataLoader(batch_size=None)).
 
-    A batch's arrays are views of its shuffled buffer (a few chunks): copy one to keep it past the
-    batch without keeping the whole buffer alive.
+    A batch's arrays are views of one gathered buffer (the batches ready after a read): copy one to keep
+    it past the batch without keeping the whole buffer alive.
 
     Args:
+        batch_size: this rank's batch; a global batch is `batch_size * world_size` examples, so one process
+            with batches of B and two with B / 2 step through the same global batches.
         arrays: which arrays to read; "logits" and the HSK arrays are skipped when not needed.
         buffer_chunks: rows are shuffled within a buffer of this many chunks.
-        rank, world_size: for data parallelism; chunks are split across ranks, then workers.
+        rank, world_size: for data parallelism; each global batch is split across ranks.
     """
 
     def __init__(self, path, split: str, batch_size: int, *, arrays=None, shuffle: bool = True, seed: int = 0,
@@ -67,66 +74,109 @@ class StoreStream(IterableDataset):
         self.num_examples = reader.num_examples
         self.num_chunks = reader.num_chunks
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Serve `epoch` from position `start` of its global order: the examples a resumed run has not seen."""
+        if not 0 <= start <= self.num_examples:
+            raise ConfigError(f"cannot start epoch {epoch} of split {self.split!r} at example {start}: it has "
+                              f"{self.num_examples}; the checkpoint belongs to another store")
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         """Batches this rank yields in the current epoch, read in-process (one worker)."""
         return self.num_batches(num_workers=1)
 
     def num_batches(self, num_workers: int = 1) -> int:
-        """Exact batches of this rank in the current epoch: each (rank, worker) shard ends in its own
-        partial batch, so the count depends on how the chunks are dealt, not only on N."""
-        workers = max(num_workers, 1)
-        plan = self.batch_plan(workers)
-        return sum(len(plan[self.rank * workers + worker]) for worker in range(workers))
+        """Exact batches (steps) of every rank from the current start: one per global batch, for any workers."""
+        return len(self.global_batches())
+
+    def global_batches(self) -> list[tuple[int, int]]:
+        """The (start, stop) positions in the global order of each global batch from `start` on.
+
+        Full global batches, then the remainder (dropped with `drop_last`). A remainder too small to give every
+        rank a row joins the batch before it, so every rank takes the same number of steps (none waits at an
+        all-reduce) and every example is still seen exactly once.
+        """
+        b, n, w = self.global_batch_size, self.num_examples, self.world_size
+        bounds = [(s, s + b) for s in range(self.start, n - b + 1, b)]
+        rest = (n - self.start) % b
+        if rest and not self.drop_last:
+            if rest >= w:
+                bounds.append((n - rest, n))
+            elif bounds:
+                bounds[-1] = (bounds[-1][0], n)
+            else:
+                raise ConfigError(f"split {self.split!r} has {n - self.start} example(s) left for {w} processes: "
+                                  "too few rows to give every rank a batch; use fewer processes")
+        return bounds
+
+    def rank_slice(self, start: int, stop: int, rank: int | None = None) -> tuple[int, int]:
+        """Rank `rank`'s contiguous part of a global batch: sizes differ by at most one, larger ones first."""
+        rank = self.rank if rank is None else rank
+        q, extra = divmod(stop - start, self.world_size)
+        first = start + rank * q + min(rank, extra)
+        return first, first + q + (rank < extra)
 
     def batch_plan(self, num_workers: int = 1) -> list[list[int]]:
         """Batch sizes of every (rank, worker) shard this epoch, shard = rank * workers + worker.
 
-        One process: full batches, then the shard's remainder. Several ranks: every shard yields the
-        same number of batches S (the most any shard needs), so no rank waits at an all-reduce for
-        a rank that has run out; a shard with fewer rows splits them evenly into S batches (each a
-        little smaller), so every example is still seen exactly once per epoch.
+        Worker k serves global batches k, k + workers, ...: DataLoader takes from its workers in turn, so
+        the batches arrive in the global order. Every rank has the same number of batches (`global_batches`).
         """
         workers = max(num_workers, 1)
-        shards = self.world_size * workers
-        rows = [sum(self._chunk_rows(c) for c in self._shard_chunks(shard, shards)) for shard in range(shards)]
-        b = self.batch_size
-        natural = [r // b if self.drop_last else -(-r // b) for r in rows]
-        if self.world_size == 1:
-            return [[b] * (r // b) + ([r % b] if r % b and not self.drop_last else []) for r in rows]
-        steps = min(natural) if self.drop_last else max(natural)
-        if steps == 0 or min(rows) < steps:
-            raise ConfigError(f"split {self.split!r} has {self.num_chunks} chunk(s) of {self.chunk_rows} rows for "
-                              f"{shards} rank x worker shard(s) with batches of {b}: too few rows per shard "
-                              f"{rows} to give every rank the same number of batches; use fewer processes or "
-                              "workers, a smaller batch, or extract with a smaller --chunk-rows")
-        plan = []
-        for r, n in zip(rows, natural):
-            if self.drop_last:
-                plan.append([b] * steps)
-            elif n == steps:
-                plan.append([b] * (r // b) + ([r % b] if r % b else []))
-            else:
-                q, extra = divmod(r, steps)
-                plan.append([q + 1] * extra + [q] * (steps - extra))
-        return plan
+        bounds = self.global_batches()
+        return [[(lambda a, b: b - a)(*self.rank_slice(*bounds[j], rank)) for j in range(worker, len(bounds), workers)]
+                for rank in range(self.world_size) for worker in range(workers)]
 
     def _chunk_rows(self, chunk: int) -> int:
         return min(self.chunk_rows, self.num_examples - chunk * self.chunk_rows)
 
-    def _shard_chunks(self, shard: int, shards: int) -> list[int]:
-        order = np.arange(self.num_chunks)
+    def _chunk_order(self) -> np.ndarray:
         if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_chunks)
-        return order[shard::shards].tolist()
+            return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_chunks)
+        return np.arange(self.num_chunks)
 
-    def _my_shard(self) -> tuple[int, int, int]:
+    def global_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This epoch's order of the split's rows, from (seed, epoch) and the global batch size alone.
+
+        Returns (rows, chunks, ready): the row ids in training order; the chunk order; and after reading
+        chunks[:i + 1], the first ready[i] positions of the order are known (their rows are read).
+
+        Chunks are read in the seeded order into a buffer; once it holds `buffer_chunks` chunks' rows it is
+        shuffled (one generator for the epoch), the global batches that fit are served and the rows left over
+        stay for the next buffer. It is what one process read before ranks shared global batches, so a
+        single-process run's batches are unchanged.
+        """
+        rng = np.random.default_rng([self.seed, self.epoch, 0, 0])
+        chunks = self._chunk_order()
+        b, n = self.global_batch_size, self.num_examples
+        sizes = [b] * (n // b) + ([n % b] if n % b and not self.drop_last else [])
+        sizes.reverse()  # popped from the end: next batch last
+        served, buffer, ready, total = [], np.empty(0, dtype=np.int64), np.empty(len(chunks), dtype=np.int64), 0
+        for i, chunk in enumerate(chunks):
+            first = int(chunk) * self.chunk_rows
+            buffer = np.concatenate([buffer, np.arange(first, first + self._chunk_rows(int(chunk)))])
+            if len(buffer) >= self.buffer_rows or i == len(chunks) - 1:
+                order = rng.permutation(len(buffer)) if self.shuffle else np.arange(len(buffer))
+                used = 0
+                while sizes and len(buffer) - used >= sizes[-1]:
+                    used += sizes.pop()
+                served.append(buffer[order[:used]])
+                buffer = buffer[order[used:]]
+                total += used
+            ready[i] = total
+        return (np.concatenate(served) if served else np.empty(0, dtype=np.int64)), chunks, ready
+
+    def _my_batches(self) -> list[tuple[int, int]]:
+        """The (start, stop) positions of this (rank, worker)'s batches, in order."""
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers, workers
+        return [self.rank_slice(*bounds) for bounds in self.global_batches()[worker::workers]]
 
     def _chunks_read_ahead(self, reader, chunks):
         """Yield each chunk's arrays in order, reading up to `read_ahead` chunks ahead in a thread pool."""
@@ -153,35 +203,56 @@ class StoreStream(IterableDataset):
             store.close()
 
     def _iterate(self, reader):
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, get_worker_info().id if get_worker_info() else 0])
-        buffer: dict[str, list[np.ndarray]] = {name: [] for name in self.arrays}
-        buffered = 0
-        shard, shards, workers = self._my_shard()
-        chunks = self._shard_chunks(shard, shards)
-        sizes = self.batch_plan(workers)[shard][::-1]  # popped from the end: next batch last
-        for i, data in enumerate(self._chunks_read_ahead(reader, chunks)):
+        order, chunks, ready = self.global_order()
+        batches = [b for b in self._my_batches() if b[1] > b[0]]
+        if not batches:
+            return
+        # The rows this shard serves, and the chunks that hold them: only those are read (whole).
+        mine = np.concatenate([order[a:b] for a, b in batches])
+        needed = np.zeros(self.num_chunks, dtype=bool)
+        needed[mine // self.chunk_rows] = True
+        steps = [i for i, chunk in enumerate(chunks) if needed[chunk]]
+        # Positions known once a needed chunk is read: all those known before the next needed chunk's read.
+        known = [ready[later - 1] for later in steps[1:]] + [ready[-1]]
+        wanted = np.zeros(self.num_examples, dtype=bool)
+        wanted[mine] = True
+        pool_ids, pool = np.empty(0, dtype=np.int64), {name: [] for name in self.arrays}
+        parts_ids: list[np.ndarray] = []
+        next_batch = 0
+        reads = self._chunks_read_ahead(reader, [int(chunks[i]) for i in steps])
+        for step, known_now, data in zip(steps, known, reads):
+            chunk = int(chunks[step])
+            first = chunk * self.chunk_rows
+            keep = np.flatnonzero(wanted[first:first + self._chunk_rows(chunk)])
+            whole = len(keep) == self._chunk_rows(chunk)
+            parts_ids.append(keep + first)
             for name in self.arrays:
-                buffer[name].append(data[name])
-            buffered += len(data[self.arrays[0]])
-            last = i == len(chunks) - 1
-            if buffered >= self.buffer_rows or last:
-                order = rng.permutation(buffered) if self.shuffle else np.arange(buffered)
-                batch_sizes, used = [], 0
-                while sizes and buffered - used >= sizes[-1]:
-                    batch_sizes.append(sizes.pop())
-                    used += batch_sizes[-1]
-                # One gather per array puts the buffer in batch order; each batch is then a contiguous view of
-                # it, not a fancy-indexed copy per array per batch (the same rows in the same order as before).
-                rows = {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in buffer.items()}
-                shuffled = {name: rows[name].take(order[:used], axis=0) for name in self.arrays}
-                start = 0
-                for size in batch_sizes:
-                    yield {name: shuffled[name][start:start + size] for name in self.arrays}
-                    start += size
-                # Rows that did not fill a batch stay for the next buffer (dropped after the last one).
-                rest = order[used:]
-                buffer = {name: [rows[name].take(rest, axis=0)] for name in self.arrays}
-                buffered = len(rest)
+                pool[name].append(data[name] if whole else data[name].take(keep, axis=0))
+            last = next_batch  # batches are in order: the ready ones are next_batch .. last - 1
+            while last < len(batches) and batches[last][1] <= known_now:
+                last += 1
+            if last == next_batch:
+                continue
+            pool_ids = np.concatenate([pool_ids, *parts_ids])
+            parts_ids = []
+            rows = {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in pool.items()}
+            # One gather per array puts the ready batches in order; each batch is then a contiguous view of it.
+            sort = np.argsort(pool_ids, kind="stable")
+            ids = np.concatenate([order[a:b] for a, b in batches[next_batch:last]])
+            at = sort[np.searchsorted(pool_ids, ids, sorter=sort)]
+            gathered = {name: rows[name].take(at, axis=0) for name in self.arrays}
+            offset = 0
+            for a, b in batches[next_batch:last]:
+                yield {name: gathered[name][offset:offset + b - a] for name in self.arrays}
+                offset += b - a
+            next_batch = last
+            if next_batch == len(batches):
+                return
+            # Rows not served yet stay for later batches.
+            rest = np.ones(len(pool_ids), dtype=bool)
+            rest[at] = False
+            pool_ids = pool_ids[rest]
+            pool = {name: [rows[name][rest]] for name in self.arrays}
 
 
 class Prefetcher:

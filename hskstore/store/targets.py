@@ -19,7 +19,7 @@ import torch
 from ..errors import StoreError
 from ..method.select import Selector, mask_index
 from ..method.sparse_loss import kept_indices
-from ..runtime.device import inference_precision
+from ..runtime.device import inference_precision_for
 from .format import value_format_of
 from .stream import HSK_ARRAYS, TOKEN_ARRAYS, DeviceBatch, to_device
 
@@ -111,7 +111,7 @@ class OnlineTargets:
     @torch.no_grad()
     def __call__(self, batch: DeviceBatch) -> DeviceBatch:
         # The teacher runs exactly as extraction runs it: float16 autocast on CUDA, float32 on the CPU.
-        with inference_precision(self.device.type).autocast(self.device):
+        with inference_precision_for(self.device).autocast(self.device):
             out, selection = self.selector.run(self.teacher, batch.input_ids, batch.attention_mask,
                                                batch.token_type_ids)
         values = selection.values.float() if self.compression is None else self.compression.as_stored(selection.values)

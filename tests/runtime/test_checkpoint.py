@@ -88,3 +88,14 @@ def test_another_runs_checkpoint_is_refused_naming_what_differs(tmp_path):
 
 def test_an_option_added_since_at_its_none_default_keeps_old_checkpoints_resumable():
     assert changed_keys({"a": 1}, {"a": 1, "new_option": None}) == []
+
+
+def test_keys_a_run_key_no_longer_compares_do_not_refuse_an_older_checkpoint(tmp_path):
+    """Older runs recorded `num_workers` and `world_size`; the batch order no longer depends on either."""
+    save_checkpoint(tmp_path / "checkpoint", {"run": {"seed": 1, "num_workers": 2, "world_size": 4}, "step": 3})
+    state = read_state(tmp_path / "checkpoint", {"seed": 1}, lambda changed, recorded: f"differ: {changed}",
+                       ignore=("num_workers", "world_size"))
+    assert state["step"] == 3
+    with pytest.raises(ConfigError, match=r"differ: \['seed'\]"):
+        read_state(tmp_path / "checkpoint", {"seed": 2, "num_workers": 0}, lambda changed, recorded: f"differ: {changed}",
+                   ignore=("num_workers", "world_size"))

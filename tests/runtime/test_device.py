@@ -157,3 +157,21 @@ def test_only_runtime_device_constructs_an_autocast():
         return name in ("torch.autocast", "torch.amp.autocast", "torch.cuda.amp.autocast", "torch.cpu.amp.autocast")
 
     assert [where for where in _calls(builds_autocast) if not where.startswith("hskstore/runtime/device.py")] == []
+
+
+@pytest.mark.parametrize("capability, expected", [((6, 1), "fp32"), ((6, 0), "fp32"), ((7, 0), "fp16-autocast"),
+                                                  ((8, 6), "fp16-autocast")])
+def test_a_gpus_own_capability_picks_the_teachers_precision(monkeypatch, capability, expected):
+    from hskstore.runtime.device import inference_precision_for
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert inference_precision_for(torch.device("cuda", 0)).name == expected
+    assert inference_precision_for(torch.device("cpu")).name == "fp32"
+
+
+def test_extraction_and_the_online_teacher_ask_the_devices_capability_not_only_its_type():
+    """`inference_precision(device.type)` would run a P40 (6.1) in fp16 at 1/64 speed: callers use `_for(device)`."""
+    def by_type_alone(call):
+        return ast.unparse(call.func).endswith("inference_precision") and len(call.args) == 1 and not call.keywords
+
+    assert _calls(by_type_alone) == []

@@ -2,11 +2,15 @@
 
 Each test starts `python -m torch.distributed.run --standalone --nproc-per-node 2` on the real CLI
 (tests/_torchrun_probe.py wraps it to record batches, to kill rank 1 or make it fail at a chosen point,
-and to give rank 1 a machine-local --output).
+and to give rank 1 a machine-local --output). The last tests are two machines on one box: two torchrun
+launchers (--nnodes 2, one process each) meeting at a c10d rendezvous, the store on the suite's S3
+server (moto, loopback), which both "nodes" reach.
 """
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,13 +30,13 @@ TINY_EXTRACT = ["--task", "tweets", "--limit", "120", "--chunk-rows", "32", "--d
                 "--width", "0.25", "--student-layers", "2", "--device", "cpu"]  # the tiny_store fixture's options
 
 
-def torchrun(args, probe=None, crash_at=0, timeout=240, node_local=False) -> subprocess.CompletedProcess:
+def torchrun(args, probe=None, crash_at=0, timeout=240, node_local=False, nproc=2) -> subprocess.CompletedProcess:
     """The CLI under torchrun; `crash_at` is the probe's FAULT; `node_local`: rank 1 writes to --output X.rank1."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                HSKSTORE_PROBE_NODE_LOCAL="1" if node_local else "0")
     target = [str(PROBE), str(probe), str(crash_at)] if probe is not None else ["-m", "hskstore"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *target, *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *target, *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -202,3 +206,136 @@ def test_two_processes_extract_into_an_object_store(tiny_teacher, tiny_store, s3
         for name in local.split(split).array_names:
             np.testing.assert_array_equal(remote.split(split).read_rows(0, len(local.split(split)), [name])[name],
                                           local.split(split).read_rows(0, len(local.split(split)), [name])[name])
+
+
+def _consumed_rows(probe, world_size, steps=None):
+    """input_ids of the rows trained on, step by step and rank by rank within a step (the global batch order)."""
+    ranks = [(probe / f"rows-rank{r}.jsonl").read_text().splitlines() for r in range(world_size)]
+    steps = len(ranks[0]) if steps is None else steps
+    assert all(len(lines) >= steps for lines in ranks)
+    return [np.array(json.loads(ranks[r][s])) for s in range(steps) for r in range(world_size)]
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_a_run_killed_mid_epoch_resumes_at_another_world_size_without_repeating_or_skipping(
+        tiny_store, tiny_student, tmp_path, before, after):
+    """Checkpoints every 2 steps; the process (rank 1 of 2, or the only one) dies after step 3 of the epoch's 8:
+    the resumed run, with the other number of processes, trains on the global order's examples 32..119."""
+    from hskstore.store.stream import StoreStream
+
+    student = _no_dropout_student(tiny_student, tmp_path / "student")
+    run = tmp_path / "run"
+    args = ["train", tiny_store, "--student", student, "--output", str(run), "--stages", "hsk", "--hsk-epochs", "1",
+            "--hsk-batch-size", "16", "--hsk-lr", "1e-3", "--device", "cpu", "--checkpoint-every", "2"]
+    first = torchrun(args, probe=tmp_path / "first", crash_at=3, nproc=before)
+    assert first.returncode != 0
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert (state["stage"], state["epoch"], state["step"], state["examples"]) == ("hsk", 0, 2, 32)
+
+    second = torchrun(args, probe=tmp_path / "second", nproc=after)
+    assert second.returncode == 0, second.stderr[-3000:]
+    rows = _consumed_rows(tmp_path / "first", before, steps=2) + _consumed_rows(tmp_path / "second", after)
+    everything = open_store(tiny_store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"]
+    order, _, _ = StoreStream(tiny_store, "train", 16, seed=0).global_order()
+    np.testing.assert_array_equal(np.concatenate(rows), everything[order])  # each example once, in the global order
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [(h["epoch"], h["step"], h.get("resumed_at_example")) for h in history] == [(1, 8, 32)]
+
+
+# ------------------------------------------------------------------ two nodes on one box
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_nodes(args, probe, crash_at=0, timeout=180) -> list[subprocess.CompletedProcess]:
+    """The CLI on 2 "nodes" of 1 process each; node 0's launcher hosts the rendezvous store."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", HSKSTORE_PROBE_NODE_LOCAL="0")
+    port = _free_port()
+    launchers = []
+    for node in range(2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", f"test-{port}",
+                   "--rdzv-conf", f"is_host={int(node == 0)}", "--max-restarts", "0",
+                   str(PROBE), str(probe), str(crash_at), *args]
+        launchers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, start_new_session=True))
+    results = []
+    try:
+        for launcher in launchers:
+            out, err = launcher.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err))
+    finally:
+        for launcher in launchers:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+    return results
+
+
+def _errors(results):
+    return "\n".join(r.stderr[-2000:] for r in results)
+
+
+def test_two_nodes_extract_into_an_object_store_what_one_process_extracts(tiny_teacher, tiny_store, s3_server,
+                                                                         s3_bucket_url, tmp_path):
+    endpoint, options = s3_server
+    results = two_nodes(["extract", "--teacher", tiny_teacher, "--output", s3_bucket_url, *TINY_EXTRACT,
+                         "--storage-option", f"endpoint_url={endpoint}"], tmp_path / "probe")
+    assert [r.returncode for r in results] == [0, 0], _errors(results)
+    remote = open_store(s3_bucket_url, storage_options=options)
+    assert remote.attrs["summary"]["processes"] == 2
+    assert_same_store_remote(remote, open_store(tiny_store))
+
+
+def assert_same_store_remote(remote, local):
+    assert remote.splits == local.splits
+    for split in local.splits:
+        x, y = remote.split(split), local.split(split)
+        assert x.array_names == y.array_names
+        for name in y.array_names:
+            np.testing.assert_array_equal(x.read_rows(0, len(y), [name])[name], y.read_rows(0, len(y), [name])[name],
+                                          err_msg=f"{split}/{name}")
+
+
+def test_a_killed_node_and_a_relaunch_of_both_finish_the_same_store(tiny_teacher, tiny_store, s3_server,
+                                                                   s3_bucket_url, tmp_path):
+    endpoint, options = s3_server
+    args = ["extract", "--teacher", tiny_teacher, "--output", s3_bucket_url, *TINY_EXTRACT,
+            "--storage-option", f"endpoint_url={endpoint}"]
+    crashed = two_nodes(args, tmp_path / "crashed", crash_at=1)      # rank 1 dies after its first chunk
+    assert any(r.returncode != 0 for r in crashed)
+    state, _ = store_state(s3_bucket_url, storage_options=options)
+    assert state == "partial"
+    rerun = two_nodes(args, tmp_path / "rerun")
+    assert [r.returncode for r in rerun] == [0, 0], _errors(rerun)
+    remote = open_store(s3_bucket_url, storage_options=options)
+    assert_same_store_remote(remote, open_store(tiny_store))
+    assert remote.attrs["summary"]["examples_extracted"] < 150      # resumed: the killed run's chunks stay
+
+
+def test_ddp_training_over_two_nodes_matches_one_process(tiny_store, tiny_student, s3_server, s3_bucket_url, tmp_path):
+    """Both nodes train from the object store; one process on the local copy takes the same global batches."""
+    import fsspec
+
+    from hskstore.stages.train import TrainConfig, Trainer
+
+    endpoint, options = s3_server
+    fsspec.filesystem("s3", **options).put(tiny_store, s3_bucket_url.removeprefix("s3://"), recursive=True)
+    student = _no_dropout_student(tiny_student, tmp_path / "student")
+    schedule = dict(stages=("hsk",), hsk_epochs=1, hsk_batch_size=16, hsk_lr=1e-3, max_steps=4, device="cpu")
+    results = two_nodes(["train", s3_bucket_url, "--storage-option", f"endpoint_url={endpoint}", "--student", student,
+                         "--output", str(tmp_path / "run"), "--stages", "hsk", "--hsk-epochs", "1",
+                         "--hsk-batch-size", "16", "--hsk-lr", "1e-3", "--max-steps", "4", "--device", "cpu"],
+                        tmp_path / "probe")
+    assert [r.returncode for r in results] == [0, 0], _errors(results)
+    two = json.loads((tmp_path / "probe" / "history.json").read_text())[0]["step_losses"]
+    one = Trainer(TrainConfig(store=tiny_store, student=student, output=str(tmp_path / "one"), **schedule),
+                  progress=False)
+    one.train()
+    assert len(two) == 4
+    np.testing.assert_allclose(two, one.history[0]["step_losses"], rtol=1e-4)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["world_size"] == 2

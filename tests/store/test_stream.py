@@ -112,7 +112,8 @@ def test_ranks_get_equally_many_batches_and_still_every_example_once(tiny_store,
         for stream in streams:
             stream.set_epoch(epoch)
         plan = streams[0].batch_plan(workers)
-        assert len({len(sizes) for sizes in plan}) == 1            # every (rank, worker) shard: S batches
+        per_rank = [sum(len(plan[r * workers + k]) for k in range(workers)) for r in range(2)]
+        assert per_rank[0] == per_rank[1] == streams[0].num_batches(workers)  # every rank: S batches
         assert all(0 < size <= batch_size for sizes in plan for size in sizes)
         batches = [list(DataLoader(s, batch_size=None, num_workers=workers, collate_fn=keep_numpy)) for s in streams]
         assert len(batches[0]) == len(batches[1]) == streams[0].num_batches(workers)
@@ -124,20 +125,20 @@ def _all_ids(store):
     return open_store(store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"][:, :8].tolist()
 
 
-def test_too_few_chunks_for_the_ranks_is_a_one_line_error(tiny_store):
+def test_fewer_examples_than_processes_is_a_one_line_error(tiny_store):
     from hskstore.errors import ConfigError
 
-    stream = StoreStream(tiny_store, "train", 8, rank=0, world_size=5)  # 4 chunks for 5 ranks
-    with pytest.raises(ConfigError, match="too few rows per shard"):
+    stream = StoreStream(tiny_store, "train", 1, rank=0, world_size=121)  # 120 examples for 121 ranks
+    with pytest.raises(ConfigError, match="too few rows to give every rank a batch"):
         stream.num_batches()
 
 
 def _reference_batches(stream, store):
     """The reader as first written: concatenate the buffer, permute, fancy-index a copy per array per batch."""
     reader = open_store(store).split(stream.split)
-    rng = np.random.default_rng([stream.seed, stream.epoch, stream.rank, 0])
-    chunks = stream._shard_chunks(stream.rank, stream.world_size)
-    sizes = stream.batch_plan(1)[stream.rank][::-1]
+    rng = np.random.default_rng([stream.seed, stream.epoch, 0, 0])
+    chunks = stream._chunk_order().tolist()
+    sizes = stream.batch_plan(1)[0][::-1]
     buffer, buffered = {name: [] for name in stream.arrays}, 0
     for i, chunk in enumerate(chunks):
         data = reader.read_chunk(chunk, stream.arrays)
@@ -161,13 +162,19 @@ def _reference_batches(stream, store):
                           (16, 2, False, 1, False), (5, 2, True, 2, False)])
 def test_batches_are_the_reference_readers_bit_for_bit(tiny_store, batch_size, buffer_chunks, shuffle, world_size,
                                                        drop_last):
-    # Batches are views of one gathered buffer now; rows, order and bytes must be what the copying reader gave.
-    for rank in range(world_size):
-        for epoch in range(2):
+    # Batches are views of one gathered buffer now; rows, order and bytes must be what the copying reader gave
+    # one process. Several ranks: each takes its contiguous slice of one process's batch of batch_size * ranks.
+    for epoch in range(2):
+        whole = StoreStream(tiny_store, "train", batch_size * world_size, seed=3, buffer_chunks=buffer_chunks,
+                            shuffle=shuffle, drop_last=drop_last)
+        whole.set_epoch(epoch)
+        global_batches = list(_reference_batches(whole, tiny_store))
+        for rank in range(world_size):
             stream = StoreStream(tiny_store, "train", batch_size, seed=3, buffer_chunks=buffer_chunks, shuffle=shuffle,
                                  rank=rank, world_size=world_size, drop_last=drop_last)
             stream.set_epoch(epoch)
-            ours, reference = list(stream), list(_reference_batches(stream, tiny_store))
+            reference = [{n: b[n][slice(*stream.rank_slice(0, len(b["lengths"])))] for n in b} for b in global_batches]
+            ours = list(stream)
             assert len(ours) == len(reference) == stream.num_batches()
             for a, b in zip(ours, reference):
                 assert a.keys() == b.keys()
@@ -234,3 +241,74 @@ def test_a_mask_that_disagrees_with_its_values_is_a_store_error():
     packed[0, 0] = 0b1                                               # 1 bit set, 2 values stored
     with pytest.raises(StoreError, match="corrupt"):
         densify_packed(np.ones((2, 2), dtype=np.float16), packed, 8)
+
+
+def _served(streams, workers=0):
+    """Each step's rows over the ranks (rank 0's slice first), as (step count, concatenated input_ids)."""
+    loaders = [DataLoader(s, batch_size=None, num_workers=workers, collate_fn=keep_numpy) for s in streams]
+    steps = [list(loader) for loader in loaders]
+    assert len({len(s) for s in steps}) == 1                             # every rank: the same number of steps
+    return len(steps[0]), np.concatenate([b["input_ids"] for parts in zip(*steps) for b in parts])
+
+
+def _streams(store, global_batch, world_size, epoch=1, start=0, **options):
+    streams = [StoreStream(store, "train", global_batch // world_size, seed=7, rank=r, world_size=world_size,
+                           **options) for r in range(world_size)]
+    for stream in streams:
+        stream.set_epoch(epoch, start)
+    return streams
+
+
+@pytest.mark.parametrize("buffer_chunks", [1, 2, 3])
+def test_the_global_order_depends_on_seed_and_epoch_not_on_ranks_or_workers(tiny_store, buffer_chunks):
+    everything = open_store(tiny_store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"]
+    one = _streams(tiny_store, 16, 1, buffer_chunks=buffer_chunks)
+    order, _, _ = one[0].global_order()
+    steps, rows = _served(one)
+    assert steps == 8 and rows.tobytes() == everything[order].tobytes()   # the order global_order names
+    for world_size, workers in [(1, 2), (2, 0), (2, 2), (4, 1)]:
+        assert _served(_streams(tiny_store, 16, world_size, buffer_chunks=buffer_chunks), workers)[1].tobytes() \
+            == rows.tobytes(), (world_size, workers)
+    other_epoch, _, _ = _streams(tiny_store, 16, 1, epoch=2)[0].global_order()
+    assert sorted(other_epoch.tolist()) == list(range(120)) and other_epoch.tolist() != order.tolist()
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 4), (4, 1)])
+def test_a_resume_at_another_world_size_serves_exactly_the_examples_not_seen(tiny_store, before, after):
+    everything = open_store(tiny_store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"]
+    order, _, _ = _streams(tiny_store, 16, 1)[0].global_order()
+    first = _streams(tiny_store, 16, before)
+    seen_steps = 3
+    consumed = sum(b - a for a, b in first[0].global_batches()[:seen_steps])   # what the checkpoint records
+    assert consumed == 48
+    resumed = _streams(tiny_store, 16, after, start=consumed)
+    steps, rest = _served(resumed)
+    assert steps == 8 - seen_steps and rest.tobytes() == everything[order[consumed:]].tobytes()
+
+
+def test_a_last_global_batch_too_small_for_every_rank_joins_the_one_before(tiny_store):
+    streams = _streams(tiny_store, 7, 7)                                     # 120 = 17 * 7 + 1: 1 row for 7 ranks
+    assert streams[0].global_batches()[-1] == (112, 120)
+    plan = streams[0].batch_plan(1)
+    assert {len(sizes) for sizes in plan} == {17} and all(min(sizes) >= 1 for sizes in plan)
+    steps, rows = _served(streams)
+    everything = open_store(tiny_store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"]
+    order, _, _ = streams[0].global_order()
+    assert steps == 17 and rows.tobytes() == everything[order].tobytes()
+
+
+def test_a_rank_reads_only_the_chunks_that_hold_its_rows(tiny_store, monkeypatch):
+    """Resumed after all but the last global batch, a rank needs the rows of one buffer: it reads those chunks."""
+    stream = _streams(tiny_store, 16, 2, start=112)[1]
+    read = []
+    original = StoreStream._chunks_read_ahead
+
+    def counting(self, reader, chunks):
+        read.extend(chunks)
+        return original(self, reader, chunks)
+
+    monkeypatch.setattr(StoreStream, "_chunks_read_ahead", counting)
+    order, _, _ = stream.global_order()
+    a, b = stream.rank_slice(112, 120)
+    assert len(list(stream)) == 1
+    assert sorted(read) == sorted(set((order[a:b] // 32).tolist()))
