@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..method.quantize import dequantize
 from ..method.select import unpack_bits
 from ..method.sparse_loss import kept_indices, kept_indices_packed
+from ..runtime.device import non_blocking_for
 from . import is_remote, open_store
 from .location import StoreLocation
 
@@ -345,7 +346,7 @@ def _put(array: np.ndarray, device: torch.device, dtype: torch.dtype | None = No
     """A numpy array on `device`: pinned and copied asynchronously to CUDA, shared (no copy) on the CPU."""
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     if device.type == "cuda":
-        tensor = tensor.pin_memory().to(device, non_blocking=True)
+        tensor = tensor.pin_memory().to(device, non_blocking=non_blocking_for(device, pinned=True))
     elif device.type != "cpu":
         tensor = tensor.to(device)
     return tensor if dtype is None else tensor.to(dtype)
