@@ -28,14 +28,14 @@ from hskstore.experiments.sweep import SweepConfig, sweep  # noqa: E402
 
 BASE = (1, 9, 0.1)
 ARMS = {   # label -> the point's options
-    "mag, float16": {},
-    "mag, 7-bit float16": {"value_bits": 7},
-    "mag, int8": {"value_format": "int8"},
-    "mag, int4": {"value_format": "int4"},
-    "uniform, int8": {"width_strategy": "uniform", "value_format": "int8"},
-    "uniform, int4": {"width_strategy": "uniform", "value_format": "int4"},
-    "rand, int8": {"width_strategy": "rand", "value_format": "int8"},
-    "rand, int4": {"width_strategy": "rand", "value_format": "int4"},
+    "mag float16": {},
+    "mag 7-bit": {"value_bits": 7},
+    "mag int8": {"value_format": "int8"},
+    "mag int4": {"value_format": "int4"},
+    "uniform int8": {"width_strategy": "uniform", "value_format": "int8"},
+    "uniform int4": {"width_strategy": "uniform", "value_format": "int4"},
+    "rand int8": {"width_strategy": "rand", "value_format": "int8"},
+    "rand int4": {"width_strategy": "rand", "value_format": "int4"},
 }
 
 
