@@ -141,7 +141,7 @@ def main():
     def zarr_reads():
         for k in range(reader.num_chunks):
             start, stop = reader.chunk_bounds(k)
-            for name in ARRAYS:
+            for name in stream.arrays:
                 store._array("train", name)[start:stop]
 
     held = list(stream)
@@ -171,7 +171,7 @@ def main():
         timed("host_side_before", lambda: epoch(batches_before(stream)))
         timed("host_side_now", lambda: epoch(stream))
         timed("chunk_reads_zarr", zarr_reads)
-        timed("chunk_reads_direct", lambda: [reader.read_chunk(k, ARRAYS) for k in range(reader.num_chunks)])
+        timed("chunk_reads_direct", lambda: [reader.read_chunk(k, stream.arrays) for k in range(reader.num_chunks)])
         # Each result is dropped before the next, as in training: held, 256 batches of fresh targets cost page faults.
         timed("to_device_tokens_only", lambda: each(token_batches, lambda b: to_device(b, cpu_device)))
         timed("kept_indices_packed", lambda: each(held, lambda b: kept_indices_packed(b["masks"], k, hidden)))
