@@ -182,7 +182,7 @@ def main():
                                                   for k, v in timings.items()), flush=True)
     stream.set_epoch(0)
     for ours, theirs in zip(stream, batches_before(stream), strict=True):  # correctness after timing
-        assert all(ours[n].tobytes() == theirs[n].tobytes() for n in ARRAYS), "batches differ"
+        assert all(ours[n].tobytes() == theirs[n].tobytes() for n in stream.arrays), "batches differ"
         now, before = to_device(ours, torch.device("cpu"), hidden), to_device_before(theirs, hidden)
         rebuilt = torch.zeros(before[2].shape).scatter_(-1, now.kept, now.values)   # back to full width, here only
         assert torch.equal(rebuilt.view(torch.int32), before[2].view(torch.int32)), "values or kept dimensions differ"
