@@ -103,3 +103,40 @@ def save(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}-{device}.json"
     path.write_text(json.dumps(result | {"machine": machine()}, indent=2))
     return path
+
+
+def study_parser(description: str, plots_help: str):
+    """The options every accuracy study shares (findings.py, frontier.py): teacher, task, budget, tuning."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--limit", type=int, default=2000)
+    parser.add_argument("--hsk-epochs", type=int, default=1)
+    parser.add_argument("--pred-epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16, help="Both stages' batch size.")
+    parser.add_argument("--lr-grid", default="2e-4,5e-4,1e-3", help="The learning rates every fair arm is tuned over.")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--plots", default=None, help=plots_help)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--task", default=None, help="Any task source [default: the task the teacher recorded].")
+    parser.add_argument("--data-dir", default=None, help="GLUE names: the task's GLUE folder (as extract).")
+    parser.add_argument("--text-column", action="append", default=None, help="File tasks: text column (twice for pairs).")
+    parser.add_argument("--label-column", default=None, help="File tasks: label column.")
+    return parser
+
+
+def study_settings(args) -> dict:
+    """`SweepConfig.of` keywords every arm of a study shares, from `study_parser`'s arguments."""
+    task_options = {k: v for k, v in (("data_dir", args.data_dir), ("label_column", args.label_column),
+                                      ("text_columns", tuple(args.text_column) if args.text_column else None))
+                    if v is not None}
+    return dict(teacher=args.teacher, task=args.task, task_options=task_options,
+                seeds=tuple(int(s) for s in args.seeds.split(",")), student_layers=3, hsk_epochs=args.hsk_epochs,
+                pred_epochs=args.pred_epochs, hsk_batch_size=args.batch_size, pred_batch_size=args.batch_size,
+                limit=args.limit, device=args.device)
+
+
+def lr_grid(args) -> tuple[float, ...]:
+    return tuple(float(v) for v in args.lr_grid.split(","))

@@ -25,13 +25,12 @@ writes findings-<study>.png into --plots. Sized for about an hour on a 2-core CP
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402,F401  (sets the offline environment first)
+import common  # noqa: E402  (sets the offline environment first)
 
 from hskstore.experiments.sweep import SweepConfig, sweep  # noqa: E402
 
@@ -139,46 +138,27 @@ def plot(study: str, summary: dict, path: Path, title: str = "tweets, MiniLM tea
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--limit", type=int, default=2000)
-    parser.add_argument("--hsk-epochs", type=int, default=1)
-    parser.add_argument("--pred-epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=16, help="Both stages' batch size.")
-    parser.add_argument("--lr-grid", default="2e-4,5e-4,1e-3", help="The learning rates every fair arm is tuned over.")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser = common.study_parser(__doc__, "Directory for findings-<study>.png [default: --output].")
     parser.add_argument("--studies", default=",".join(STUDIES), help="Comma-separated subset of the studies.")
-    parser.add_argument("--plots", default=None, help="Directory for findings-<study>.png [default: --output].")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--task", default=None, help="Any task source [default: the task the teacher recorded].")
-    parser.add_argument("--data-dir", default=None, help="GLUE names: the task's GLUE folder (as extract).")
-    parser.add_argument("--text-column", action="append", default=None, help="File tasks: text column (twice for pairs).")
-    parser.add_argument("--label-column", default=None, help="File tasks: label column.")
     args = parser.parse_args()
-    task_options = {k: v for k, v in (("data_dir", args.data_dir), ("label_column", args.label_column),
-                                      ("text_columns", tuple(args.text_column) if args.text_column else None))
-                    if v is not None}
 
     studies = [s.strip() for s in args.studies.split(",")]
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         parser.error(f"unknown studies {unknown}; known: {list(STUDIES)}")
-    grid = tuple(float(v) for v in args.lr_grid.split(","))
+    grid = common.lr_grid(args)
     from hskstore.models.teacher import teacher_max_length
     from hskstore.experiments.sweep import plan
 
     drawn = plan(SweepConfig.of(teacher=args.teacher, task=args.task, output=args.output, levels=LEVELS,
                                 full_baseline=False, pred_baseline=False), teacher_max_length(args.teacher))
     STUDIES["amount"] = [(p.compression.depth, p.compression.length, p.compression.width) for p in drawn]
-    common = dict(teacher=args.teacher, task=args.task, task_options=task_options, seeds=tuple(int(s) for s in args.seeds.split(",")),
-                  student_layers=3, hsk_epochs=args.hsk_epochs, pred_epochs=args.pred_epochs,
-                  hsk_batch_size=args.batch_size, pred_batch_size=args.batch_size, limit=args.limit, device=args.device)
+    shared = common.study_settings(args)
     echo = lambda line: print(line, flush=True)  # noqa: E731
     out = Path(args.output)
     # One initial student for both sweeps: cut once, by the fair sweep, from the base point's store.
     fair = sweep(SweepConfig.of(output=str(out / "fair"), points=(BASE,), pred_lr_grid=grid, point_lr_grid=grid,
-                                **common), echo=echo)
+                                **shared), echo=echo)
     summary = {row["point"]: row for row in fair["summary"]}
     lr = summary[_key(BASE)]["lr"]
     print(f"\nthe base point picked lr {lr:g}: every study arm trains at it", flush=True)
@@ -186,7 +166,7 @@ def main() -> None:
     if others:
         result = sweep(SweepConfig.of(output=str(out / "studies"), points=tuple(others),
                                       student=str(out / "fair" / "student"), full_baseline=False,
-                                      pred_baseline=False, hsk_lr=lr, pred_lr=lr, **common),
+                                      pred_baseline=False, hsk_lr=lr, pred_lr=lr, **shared),
                        echo=echo)
         summary |= {row["point"]: row | {"lr": lr} for row in result["summary"]}
     plots = Path(args.plots or args.output)
@@ -197,7 +177,7 @@ def main() -> None:
             continue
         try:
             png = plots / ('findings-' + study.replace(' ', '-').lower() + '.png')
-            print(f"\nplot: {plot(study, summary, png, subject(args.teacher, args.task, task_options))}")
+            print(f"\nplot: {plot(study, summary, png, subject(args.teacher, args.task, shared['task_options']))}")
         except ImportError:
             print("plot skipped: matplotlib is not installed")
     (out / "findings.json").write_text(json.dumps(

@@ -16,13 +16,12 @@ tokens, labels, logits). Prints a markdown table with the frontier marked and wr
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402,F401  (sets the offline environment first)
+import common  # noqa: E402  (sets the offline environment first)
 
 from hskstore.experiments.sweep import SweepConfig, sweep  # noqa: E402
 
@@ -114,33 +113,19 @@ def plot(rows: list[dict], references: dict, teacher_dev: float, path: Path, tit
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--limit", type=int, default=2000)
-    parser.add_argument("--hsk-epochs", type=int, default=1)
-    parser.add_argument("--pred-epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=16, help="Both stages' batch size.")
-    parser.add_argument("--lr-grid", default="2e-4,5e-4,1e-3", help="The learning rates every arm is tuned over.")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser = common.study_parser(__doc__, "Directory for frontier.png [default: --output].")
     parser.add_argument("--arms", default=",".join(ARMS), help="Comma-separated subset of the arms (by label).")
-    parser.add_argument("--plots", default=None, help="Directory for frontier.png [default: --output].")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--task", default=None, help="Any task source [default: the task the teacher recorded].")
     args = parser.parse_args()
 
     labels = [a.strip() for a in args.arms.split(",")]
     unknown = [a for a in labels if a not in ARMS]
     if unknown:
         parser.error(f"unknown arms {unknown}; known: {list(ARMS)}")
-    grid = tuple(float(v) for v in args.lr_grid.split(","))
+    grid = common.lr_grid(args)
     out = Path(args.output)
-    result = sweep(SweepConfig.of(
-        output=str(out), teacher=args.teacher, task=args.task, points=tuple(point(ARMS[a]) for a in labels),
-        seeds=tuple(int(s) for s in args.seeds.split(",")), student_layers=3, hsk_epochs=args.hsk_epochs,
-        pred_epochs=args.pred_epochs, hsk_batch_size=args.batch_size, pred_batch_size=args.batch_size,
-        limit=args.limit, device=args.device, pred_lr_grid=grid, point_lr_grid=grid),
-        echo=lambda line: print(line, flush=True))
+    result = sweep(SweepConfig.of(output=str(out), points=tuple(point(ARMS[a]) for a in labels), pred_lr_grid=grid,
+                                  point_lr_grid=grid, **common.study_settings(args)),
+                   echo=lambda line: print(line, flush=True))
     summary = {row["point"]: row for row in result["summary"]}
     rows = []
     for label in labels:

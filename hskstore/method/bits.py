@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BIT_ORDER", "pack_bits", "unpack_bits", "unpack_bits_numpy", "round_mantissa"]
+__all__ = ["BIT_ORDER", "pack_bits", "unpack_bits", "unpack_bits_numpy", "round_mantissa", "set_entries"]
 
 BIT_ORDER = "little"            # bit j of mask byte i is dimension 8i+j (np.packbits(bitorder="little"))
 
@@ -66,3 +66,18 @@ def round_mantissa(values, bits: int):
         rounded.to(torch.int32).where(rounded < 0x8000, rounded - 0x10000).to(torch.int16).view(torch.float16)
     # A carry into the exponent past the largest float16 would give inf: keep those values as they were.
     return torch.where(torch.isinf(out) & ~torch.isinf(values.to(torch.float16)), values.to(torch.float16), out)
+
+
+def set_entries(flat: np.ndarray) -> np.ndarray:
+    """np.flatnonzero of a 1-d bool array, 2-3x faster at the <= 10% density of a width-0.1 mask.
+
+    numpy's nonzero takes a memchr loop, one unpredictable branch per set entry, when at most 10% of a
+    bool array is set, and a branch-free loop above that (numpy/_core/src/multiarray/item_selection.c).
+    A tail of set entries lifts the density just past 10%; the indices inside `flat` come out the same.
+    """
+    count, n = np.count_nonzero(flat), flat.size
+    if count * 10 > n:
+        return np.flatnonzero(flat)
+    padded = np.ones(n + (n - 10 * count) // 9 + 1, dtype=bool)          # count + tail > 10% of the whole
+    padded[:n] = flat
+    return np.flatnonzero(padded)[:count]

@@ -14,7 +14,7 @@ import torch
 
 from .compression import Compression, ResolvedCompression
 # The bit layout and mantissa rounding are part of the store format; re-exported here for selection code.
-from .bits import pack_bits, round_mantissa, unpack_bits, unpack_bits_numpy  # noqa: F401
+from .bits import pack_bits, round_mantissa, set_entries, unpack_bits, unpack_bits_numpy  # noqa: F401
 from .strategies import LENGTH, WIDTH, magnitude_order, top_magnitude  # noqa: F401
 
 __all__ = [
@@ -115,7 +115,7 @@ def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> 
 
     Training never builds these: the HSK loss reads the kept entries (`sparse_loss`). The reader made
     them this way before (`benchmarks/reader.py` still times it as the reference): the flat indices of
-    the set bits (`_set_entries`), then one scatter of only the k kept values. The flat indices come in
+    the set bits (`set_entries`), then one scatter of only the k kept values. The flat indices come in
     row-major order, which is ascending dimension order within each vector, the order the kept values
     are stored in: the same result as `densify`, bit for bit.
 
@@ -128,7 +128,7 @@ def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> 
         StoreError: the masks' set bits do not match the stored values (k per non-empty vector).
     """
     mask = np.unpackbits(packed, axis=-1, count=hidden_size, bitorder="little").view(bool)  # (..., d)
-    index = _set_entries(mask.reshape(-1))                                # kept entries, row-major
+    index = set_entries(mask.reshape(-1))                                # kept entries, row-major
     nonempty = packed.any(-1)
     kept = values if nonempty.all() else values[nonempty]                 # (vectors, k), empty slots dropped
     if index.size != kept.size:
@@ -140,21 +140,6 @@ def densify_packed(values: np.ndarray, packed: np.ndarray, hidden_size: int) -> 
     # float16 -> float32 once, by torch: numpy's cast is slower.
     targets.reshape(-1)[index] = torch.from_numpy(np.ascontiguousarray(kept)).reshape(-1).float().numpy()
     return targets, mask
-
-
-def _set_entries(flat: np.ndarray) -> np.ndarray:
-    """np.flatnonzero of a 1-d bool array, 2-3x faster at the <= 10% density of a width-0.1 mask.
-
-    numpy's nonzero takes a memchr loop, one unpredictable branch per set entry, when at most 10% of a
-    bool array is set, and a branch-free loop above that (numpy/_core/src/multiarray/item_selection.c).
-    A tail of set entries lifts the density just past 10%; the indices inside `flat` come out the same.
-    """
-    count, n = np.count_nonzero(flat), flat.size
-    if count * 10 > n:
-        return np.flatnonzero(flat)
-    padded = np.ones(n + (n - 10 * count) // 9 + 1, dtype=bool)          # count + tail > 10% of the whole
-    padded[:n] = flat
-    return np.flatnonzero(padded)[:count]
 
 
 def select_hsk(

@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .select import _set_entries, gather_tokens
+from .bits import set_entries
+from .select import gather_tokens
 
 __all__ = ["kept_indices", "kept_indices_packed", "sparse_hsk_loss"]
 
@@ -70,7 +71,7 @@ def kept_indices_packed(packed: np.ndarray, k: int, hidden_size: int) -> np.ndar
         rows[empty] = np.packbits(np.arange(width * 8) < k, bitorder="little")
     if width * 8 == hidden_size:
         # The bytes unpack as one run of bits; numpy's nonzero takes its branch-free loop only above 10%
-        # density, so set bits are appended past the end when the masks are sparser (`select._set_entries`
+        # density, so set bits are appended past the end when the masks are sparser (`bits.set_entries`
         # does the same by copying the unpacked bits; appending bytes here is 8x less to copy).
         n, count = vectors * hidden_size, vectors * k
         tail = 0 if count * 10 > n else ((n - 10 * count) // 9 + 8) // 8
@@ -79,7 +80,7 @@ def kept_indices_packed(packed: np.ndarray, k: int, hidden_size: int) -> np.ndar
         flat = found[:found.size - 8 * tail]       # row-major: vector by vector, ascending within each
     else:
         bits = np.unpackbits(rows, axis=-1, count=hidden_size, bitorder="little").view(bool)
-        flat = _set_entries(bits.reshape(-1))
+        flat = set_entries(bits.reshape(-1))
     # Sorted entries, k a row, the row's first and last in vector r: then every vector holds exactly k.
     if flat.size != vectors * k or (vectors and not (
             np.array_equal(flat[::k] // hidden_size, np.arange(vectors))

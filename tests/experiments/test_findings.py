@@ -1,26 +1,16 @@
 """benchmarks/findings.py names the task and teacher it ran on in its plot titles and tables (not 'tweets')."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
+from _benchmark_scripts import benchmark_script
 
 @pytest.fixture(scope="module")
 def findings():
     pytest.importorskip("matplotlib")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("findings", ROOT / "benchmarks" / "findings.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_script("findings") as module:
         yield module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def _row(kind, depth=1):

@@ -1,24 +1,14 @@
 """benchmarks/frontier.py: every arm is a valid sweep point, and the frontier is the undominated arms."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
+from _benchmark_scripts import benchmark_script
 
 @pytest.fixture(scope="module")
 def frontier():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_script("frontier") as module:
         yield module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_every_arm_is_a_sweep_point_with_its_own_store(frontier, tiny_teacher, tmp_path):

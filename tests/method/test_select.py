@@ -83,14 +83,14 @@ def test_densify_inverts_top_magnitude():
 
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.0999, 0.1, 0.1001, 0.3, 1.0])
 def test_the_readers_set_entry_search_is_flatnonzero_on_either_side_of_numpys_10_percent_switch(density):
-    from hskstore.method.select import _set_entries
+    from hskstore.method.bits import set_entries
 
     rng = np.random.default_rng(0)
     for n in (0, 1, 10, 997, 6912):
         flat = np.zeros(n, dtype=bool)
         flat[rng.permutation(n)[:round(density * n)]] = True
-        assert np.array_equal(_set_entries(flat), np.flatnonzero(flat))
-        assert _set_entries(flat).dtype == np.flatnonzero(flat).dtype
+        assert np.array_equal(set_entries(flat), np.flatnonzero(flat))
+        assert set_entries(flat).dtype == np.flatnonzero(flat).dtype
 
 
 def test_masks_pack_little_endian_like_numpy_and_unpack_back():
