@@ -155,3 +155,12 @@ def copy_store(source: str, tmp_path, backend: str) -> str:
         path = tmp_path / "s.h5"
         convert_store(source, str(path))
     return str(path)
+
+
+def assert_one_error_line(result, *needles):
+    """A CLI result that exited 2 printing exactly one line, `error: ...` naming every needle, and no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]

@@ -135,24 +135,35 @@ class Compression:
         return cls(depth=None, length=None, width=None, student_layers=student_layers, l_top=l_top,
                    length_strategy="all", value_dtype=value_dtype, value_format=value_format)
 
-    def as_stored(self, values):
-        """Teacher values as a store of this compression hands them to the trainer, float32.
+    def encode_values(self, values) -> dict:
+        """Selected teacher values as extraction stores them: {"values": ...} and, quantized, "value_scales".
 
-        Cast to the value dtype, mantissa-rounded (`value_bits`), and quantized and decoded (int8/int4), as
-        extraction writes them and the reader decodes them: online training distils from exactly these.
+        Cast to the value dtype, mantissa-rounded (`value_bits`), then int8/int4 codes with one float16 scale
+        per vector (method/quantize.py).
         """
         import torch
 
         from .bits import round_mantissa
-        from .quantize import ValueFormat, dequantize, quantize
+        from .quantize import quantize
 
         stored = values.to(getattr(torch, self.value_dtype))
         if self.value_bits is not None:
             stored = round_mantissa(stored, self.value_bits)
-        if self.quantized:
-            codes, scales = quantize(stored, self.value_format)
-            stored = dequantize(codes, scales, ValueFormat(self.value_format, values.shape[-1], None))
-        return stored.float()
+        if not self.quantized:
+            return {"values": stored}
+        codes, scales = quantize(stored, self.value_format)
+        return {"values": codes, "value_scales": scales}
+
+    def as_stored(self, values):
+        """Teacher values as a store of this compression hands them to the trainer, float32: encoded as
+        extraction writes them and decoded as the reader does, so online training distils from exactly these."""
+        from .quantize import ValueFormat, dequantize
+
+        encoded = self.encode_values(values)
+        if not self.quantized:
+            return encoded["values"].float()
+        return dequantize(encoded["values"], encoded["value_scales"],
+                          ValueFormat(self.value_format, values.shape[-1], None))
 
     def to_dict(self) -> dict:
         """The fields as a store records them; `value_format` only when quantized, so a float16 store's

@@ -31,8 +31,7 @@ from ..runtime.device import (describe_device, inference_precision, inference_pr
                               resolve_device)  # inference_precision: re-exported
 from ..runtime.device import non_blocking_for
 from ..errors import ConfigError, ModelError
-from ..method.quantize import quantize
-from ..method.select import Selector, pack_bits, round_mantissa
+from ..method.select import Selector, pack_bits
 from ..store import StoreWriter, array_specs, root_attributes
 from ..store.transaction import StoreTransaction
 from ..models.hub import hub_provenance
@@ -161,12 +160,9 @@ def _teacher_chunk(model, selector, encoded, rows, batching, device, compression
                  for name in ("input_ids", "attention_mask", "token_type_ids")}
         with torch.inference_mode(), precision.autocast(device):
             out, selection = selector.run(model, **batch)
-        values = selection.values.to(getattr(torch, compression.value_dtype))
-        if compression.value_bits is not None:
-            values = round_mantissa(values, compression.value_bits)
-        produced = {"logits": out.logits.float(), "positions": selection.positions.to(torch.int16), "values": values}
-        if compression.quantized:   # after the top-k: codes and one float16 scale per vector (method/quantize.py)
-            produced["values"], produced["value_scales"] = quantize(values, compression.value_format)
+        # After the top-k: as the store keeps them (dtype, mantissa bits, int8/int4 codes and scales).
+        produced = {"logits": out.logits.float(), "positions": selection.positions.to(torch.int16),
+                    **compression.encode_values(selection.values)}
         if selection.mask is not None:
             produced["masks"] = pack_bits(selection.mask)
         # Each batch leaves the accelerator as it is produced (into pinned memory, without waiting), so

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import copy_store
+from conftest import assert_one_error_line, copy_store
 from hskstore.cli import cli
 from hskstore.method.compression import Compression
 from hskstore.errors import StoreError
@@ -62,25 +62,17 @@ def _chunk_file(location, split, name, chunk):
     return files[0] if files else Path(location) / split / name / "c" / str(chunk)
 
 
-def _one_error_line(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("name", ARRAYS)
 def test_every_array_with_a_flipped_chunk_is_named_by_verify_info_and_train(backend_store, tiny_student, tmp_path,
                                                                            name):
     _flip_chunk_bytes(backend_store, "train", name, 2)
     runner = CliRunner()
-    _one_error_line(runner.invoke(cli, ["verify", backend_store]), f"train/{name} chunk 2", "is damaged")
+    assert_one_error_line(runner.invoke(cli, ["verify", backend_store]), f"train/{name} chunk 2", "is damaged")
     trained = runner.invoke(cli, ["train", backend_store, "--student", tiny_student, "--output", str(tmp_path / "run"),
                                   "--device", "cpu", "--hsk-epochs", "1", "--pred-epochs", "1", "--quiet"])
-    _one_error_line(trained, f"chunk 2 of train/{name} is damaged", "hskstore verify")
+    assert_one_error_line(trained, f"chunk 2 of train/{name} is damaged", "hskstore verify")
     if name == "lengths":  # info reads every chunk's lengths
-        _one_error_line(runner.invoke(cli, ["info", backend_store]), "chunk 2 of train/lengths is damaged")
+        assert_one_error_line(runner.invoke(cli, ["info", backend_store]), "chunk 2 of train/lengths is damaged")
 
 
 def test_a_clean_store_verifies(backend_store):
@@ -94,14 +86,14 @@ def test_a_deleted_or_truncated_chunk_is_an_error_never_fill_values(tiny_store, 
     path = tmp_path / "s.zarr"
     shutil.copytree(tiny_store, path)
     _chunk_file(path, "train", name, 1).unlink()          # token_type_ids is all zeros: its chunk exists too
-    _one_error_line(CliRunner().invoke(cli, ["verify", str(path)]), f"train/{name} chunk 1", "is missing")
+    assert_one_error_line(CliRunner().invoke(cli, ["verify", str(path)]), f"train/{name} chunk 1", "is missing")
     with open_store(path) as store, pytest.raises(StoreError, match=f"chunk 1 of train/{name} is missing"):
         store.split("train").read_chunk(1)
     shutil.rmtree(path)
     shutil.copytree(tiny_store, path)
     chunk = _chunk_file(path, "train", name, 3)
     chunk.write_bytes(chunk.read_bytes()[: max(1, chunk.stat().st_size // 2)])
-    _one_error_line(CliRunner().invoke(cli, ["verify", str(path)]), f"train/{name} chunk 3", "is damaged")
+    assert_one_error_line(CliRunner().invoke(cli, ["verify", str(path)]), f"train/{name} chunk 3", "is damaged")
 
 
 @pytest.mark.parametrize("phase", ["creation", "mid-chunk", "between data and record", "at completion"])
@@ -164,7 +156,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tiny_teacher, tmp_path, mo
     original = StoreWriter.write_chunk
     monkeypatch.setattr(StoreWriter, "write_chunk", second_writer_arrives)
     extract(_config(tiny_teacher, path), progress=False)
-    _one_error_line(seen["result"], "is being written by another run", f"host {socket.gethostname()}",
+    assert_one_error_line(seen["result"], "is being written by another run", f"host {socket.gethostname()}",
                     f"PID {os.getpid()}")
     assert store_state(str(path))[0] == "complete" and not Path(str(path) + ".lock").exists()
 
@@ -193,7 +185,7 @@ def test_a_crafted_tokenizer_entry_cannot_overwrite_a_students_files(tiny_store,
     zarr.consolidate_metadata(str(path))   # a crafted store lists its entry like a real one
     result = CliRunner().invoke(cli, ["train", str(path), "--student", tiny_student, "--output", str(tmp_path / "run"),
                                       "--device", "cpu", "--hsk-epochs", "1", "--pred-epochs", "1", "--max-steps", "1", "--quiet"])
-    _one_error_line(result, "tokenizer entry 'model.safetensors'", "refusing")
+    assert_one_error_line(result, "tokenizer entry 'model.safetensors'", "refusing")
 
 
 def _fails_after(chunks: int, error: BaseException):
@@ -276,8 +268,8 @@ def test_an_incomplete_store_names_the_command_to_rerun(tiny_teacher, tiny_store
     monkeypatch.undo()
     assert store_state(dst)[0] == "partial"
     rerun = f"rerun the same `hskstore {command}` command"
-    _one_error_line(CliRunner().invoke(cli, ["info", dst]), "is incomplete", rerun)
-    _one_error_line(CliRunner().invoke(cli, ["verify", dst]), "was never written", rerun)
+    assert_one_error_line(CliRunner().invoke(cli, ["info", dst]), "is incomplete", rerun)
+    assert_one_error_line(CliRunner().invoke(cli, ["verify", dst]), "was never written", rerun)
     run()                                              # which finishes it (extract) or makes it anew
     assert store_state(dst)[0] == "complete" and _leftovers(dst) == []
     with open_store(dst) as store:

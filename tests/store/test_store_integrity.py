@@ -8,20 +8,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import copy_store
+from conftest import assert_one_error_line, copy_store
 from hskstore.cli import cli
 from hskstore.method.compression import Compression
 from hskstore.stages.extract import ExtractConfig, extract
 
 pytestmark = pytest.mark.slow
-
-
-def _one_error_line(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +51,8 @@ def _train(store, student, output):
 def test_a_flipped_byte_of_the_static_mask_fails_verify_and_train(uniform_store, tiny_student, tmp_path, backend):
     store = copy_store(uniform_store, tmp_path, backend)
     _flip_root_array(store, "static_mask")
-    _one_error_line(CliRunner().invoke(cli, ["verify", store]), "static_mask is damaged")
-    _one_error_line(_train(store, tiny_student, tmp_path / "run"), "static_mask is damaged", "hskstore verify")
+    assert_one_error_line(CliRunner().invoke(cli, ["verify", store]), "static_mask is damaged")
+    assert_one_error_line(_train(store, tiny_student, tmp_path / "run"), "static_mask is damaged", "hskstore verify")
 
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
@@ -69,10 +61,10 @@ def test_a_flipped_byte_of_a_tokenizer_file_fails_verify_train_convert_and_stude
     store = copy_store(tiny_store, tmp_path, backend)
     _flip_root_array(store, "tokenizer/tokenizer.json")
     runner = CliRunner()
-    _one_error_line(runner.invoke(cli, ["verify", store]), "tokenizer is damaged")
-    _one_error_line(_train(store, tiny_student, tmp_path / "run"), "tokenizer is damaged", "hskstore verify")
-    _one_error_line(runner.invoke(cli, ["convert", store, str(tmp_path / "c.zarr")]), "tokenizer is damaged")
-    _one_error_line(runner.invoke(cli, ["student", "bert", "--store", store, "--output", str(tmp_path / "st")]),
+    assert_one_error_line(runner.invoke(cli, ["verify", store]), "tokenizer is damaged")
+    assert_one_error_line(_train(store, tiny_student, tmp_path / "run"), "tokenizer is damaged", "hskstore verify")
+    assert_one_error_line(runner.invoke(cli, ["convert", store, str(tmp_path / "c.zarr")]), "tokenizer is damaged")
+    assert_one_error_line(runner.invoke(cli, ["student", "bert", "--store", store, "--output", str(tmp_path / "st")]),
                     "tokenizer is damaged")
 
 
@@ -111,15 +103,15 @@ def _delete_chunk(location: str, split: str, name: str, chunk: int) -> None:
 def test_info_finds_a_deleted_chunk_without_decoding(tiny_store, tmp_path, backend):
     store = copy_store(tiny_store, tmp_path, backend)
     _delete_chunk(store, "train", "values", 1)
-    _one_error_line(CliRunner().invoke(cli, ["info", store]), "chunk 1 of train/values is missing", "hskstore verify")
+    assert_one_error_line(CliRunner().invoke(cli, ["info", store]), "chunk 1 of train/values is missing", "hskstore verify")
 
 
 def test_info_finds_an_array_whose_metadata_does_not_parse(tiny_store, tmp_path):
     store = copy_store(tiny_store, tmp_path, "zarr")
     meta = Path(store) / "train" / "positions" / "zarr.json"
     meta.write_text(meta.read_text()[:40])
-    _one_error_line(CliRunner().invoke(cli, ["info", store]), "train/positions/zarr.json is damaged", "hskstore verify")
-    _one_error_line(CliRunner().invoke(cli, ["verify", store]), "train/positions/zarr.json is damaged")
+    assert_one_error_line(CliRunner().invoke(cli, ["info", store]), "train/positions/zarr.json is damaged", "hskstore verify")
+    assert_one_error_line(CliRunner().invoke(cli, ["verify", store]), "train/positions/zarr.json is damaged")
 
 
 @pytest.mark.parametrize("command", ["info", "verify", "train", "slice", "convert", "extract"])
@@ -135,7 +127,7 @@ def test_a_truncated_root_metadata_is_one_line_in_every_command(tiny_store, tiny
             "convert": ["convert", store, str(tmp_path / "c.h5")],
             "extract": ["extract", "--teacher", tiny_teacher, "--task", "tweets", "--output", store, "--limit", "120",
                         "--chunk-rows", "32", "--quiet"]}[command]
-    _one_error_line(CliRunner().invoke(cli, args), "root metadata (zarr.json) is damaged")
+    assert_one_error_line(CliRunner().invoke(cli, args), "root metadata (zarr.json) is damaged")
 
 
 def test_a_damaged_hdf5_root_attribute_is_one_line(tiny_store, tmp_path):
@@ -144,7 +136,7 @@ def test_a_damaged_hdf5_root_attribute_is_one_line(tiny_store, tmp_path):
     store = copy_store(tiny_store, tmp_path, "hdf5")
     with h5py.File(store, "r+") as f:
         f.attrs["hskstore"] = f.attrs["hskstore"][:100]
-    _one_error_line(CliRunner().invoke(cli, ["info", store]), "root attribute 'hskstore' is damaged")
+    assert_one_error_line(CliRunner().invoke(cli, ["info", store]), "root attribute 'hskstore' is damaged")
 
 
 @pytest.mark.parametrize("entry", ["hskstore_teacher.json", "model.safetensors", "notes.txt"])
@@ -167,7 +159,7 @@ def test_a_crafted_tokenizer_entry_is_refused_before_anything_trains(tiny_store,
             f["tokenizer"].create_dataset(entry, data=np.frombuffer(b"{}", dtype=np.uint8))
     trained = []
     monkeypatch.setattr(train_stage, "sparse_hsk_loss", lambda *a, **k: trained.append(1))   # nothing may train
-    _one_error_line(_train(store, tiny_student, tmp_path / "run"), f"tokenizer entry {entry!r}", "refusing")
+    assert_one_error_line(_train(store, tiny_student, tmp_path / "run"), f"tokenizer entry {entry!r}", "refusing")
     assert not trained and not (tmp_path / "run" / "student").exists()
 
 
@@ -191,9 +183,9 @@ def test_a_flipped_byte_of_a_chunk_record_fails_info_and_verify_in_one_line(tiny
     store = copy_store(tiny_store, tmp_path, backend)
     _flip_record(store, "train")
     runner = CliRunner()
-    _one_error_line(runner.invoke(cli, ["info", store]), "chunk record train/chunks_written is damaged",
+    assert_one_error_line(runner.invoke(cli, ["info", store]), "chunk record train/chunks_written is damaged",
                     "checksum mismatch", "hskstore verify")
-    _one_error_line(runner.invoke(cli, ["verify", store]), "failed verification", "train/chunks_written",
+    assert_one_error_line(runner.invoke(cli, ["verify", store]), "failed verification", "train/chunks_written",
                     "checksum mismatch")
 
 
