@@ -7,7 +7,7 @@
 One `hskstore sweep` (resumable), every arm at (1, 9, 0.1) and tuned by the same rule as the fair comparison
 of docs/results.md: each lr of --lr-grid (both stages at that lr) with the first seed, the best on dev with
 the others. The arms:
-  mag      the value formats: float16, float16 rounded to 7 mantissa bits, int8, int4 (per-vector masks)
+  mag      the value formats: float16, float16 rounded to 7 mantissa bits, int8, int4, int4-log (per-vector masks)
   static   uniform and rand width (one mask for the whole store, no mask bytes) with int8 and int4
 plus prediction-only KD and full HSK, tuned the same way, as reference lines. Each arm's bytes per example
 are the store's own, as `hskstore info` counts them (every component: values, scales, masks, positions,
@@ -31,6 +31,7 @@ ARMS = {   # label -> the point's options
     "mag 7-bit": {"value_bits": 7},
     "mag int8": {"value_format": "int8"},
     "mag int4": {"value_format": "int4"},
+    "mag int4-log": {"value_format": "int4-log"},
     "uniform int8": {"width_strategy": "uniform", "value_format": "int8"},
     "uniform int4": {"width_strategy": "uniform", "value_format": "int4"},
     "rand int8": {"width_strategy": "rand", "value_format": "int8"},

@@ -37,15 +37,17 @@ PAPER = {"(1, 9, 0.1)": (0.9, 1.0, 2.5), "(5, 2, 0.3)": (3, 3.4, 2.8), "(3, 8, 0
 CONFIGS = {"(1, 9, 0.1)": (1, 9, 0.1), "(5, 2, 0.3)": (5, 2, 0.3), "(3, 8, 0.2)": (3, 8, 0.2), "full": None}
 
 
-VALUE_BYTES = {"float16": lambda k: 2 * k, "int8": lambda k: k, "int4": lambda k: -(-k // 2)}
+VALUE_BYTES = {"float16": lambda k: 2 * k, "int8": lambda k: k, "int4": lambda k: -(-k // 2),
+               "int4-log": lambda k: -(-k // 2)}
+SCALES_PER_VECTOR = {"float16": 0, "int8": 1, "int4": 1, "int4-log": 2}
 
 
 def raw_bytes(depth: int, length: int, k: int, d: int, T: int, labels: int, per_vector_mask: bool,
               value_format: str = "float16") -> dict:
     """Uncompressed bytes per example per component in hskstore's layout (bitpacked masks; int8/int4 values
-    with one float16 scale per vector)."""
+    with one float16 scale per vector, int4-log two)."""
     return {"values": depth * length * VALUE_BYTES[value_format](k),
-            "scales": depth * length * 2 if value_format != "float16" else 0,
+            "scales": depth * length * 2 * SCALES_PER_VECTOR[value_format],
             "masks": depth * length * -(-d // 8) if per_vector_mask else 0,
             "positions": depth * length * 2, "tokens": T * 2 + T + 2, "logits": labels * 4, "labels": 8}
 
@@ -117,7 +119,7 @@ def main():
             examples = args.full_examples if CONFIGS[name] is None else args.examples
             print(f"extracting {name} value_bits={bits or 10} on {examples} tweets ...", flush=True)
             results[f"{name} bits{bits or 10}"] = measure(teacher, work, name, bits, examples, args.max_length)
-        for value_format in ("int8", "int4"):
+        for value_format in ("int8", "int4-log", "int4"):
             print(f"requantizing {name} to {value_format} ...", flush=True)
             results[f"{name} {value_format}"] = measure(teacher, work, name, None, examples, args.max_length,
                                                         value_format)
@@ -147,7 +149,7 @@ def main():
     print(f"\n(1, 9, 0.1) all included: {goal['mnli_gib']['total']:.3f} GiB ({goal['mnli_gb']:.3f} GB); "
           f"goal <= 0.6; paper 3.5.  Masks stored/raw bitpacked: {goal['ratio_stored_over_raw']['masks']:.2f} "
           f"(goal <= 0.6)")
-    for value_format in ("int8", "int4"):
+    for value_format in ("int8", "int4-log", "int4"):
         r = results[f"(1, 9, 0.1) {value_format}"]
         print(f"(1, 9, 0.1) {value_format} all included: {r['mnli_gib']['total']:.3f} GiB ({r['mnli_gb']:.3f} GB); "
               f"{sum(r['bytes_per_example'].values()):.0f} B per tweet example (goal for int4: <= 0.4 GB, <= 450 B)")

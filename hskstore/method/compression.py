@@ -88,8 +88,9 @@ class Compression:
     value_dtype: str = option("float16", "dtype of the stored activations.", choices=VALUE_DTYPES)
     value_bits: int | None = option(None, "Lossy: keep this many of float16's 10 mantissa bits (7: ~0.4% error, "
                                     "smaller store).", default_text="exact")
-    value_format: str = option("float16", "How stored activations are encoded: float16, or int8/int4 with one float16 "
-                               "scale per vector (symmetric absmax, docs/store-format.md).", choices=VALUE_FORMATS)
+    value_format: str = option("float16", "How stored activations are encoded: float16; int8/int4 with one float16 "
+                               "scale per vector (symmetric absmax); int4-log, sign and a log-spaced magnitude "
+                               "between each vector's smallest and largest (docs/store-format.md).", choices=VALUE_FORMATS)
 
     def __post_init__(self):
         problems = []

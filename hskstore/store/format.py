@@ -44,7 +44,7 @@ __all__ = [
 
 FORMAT_NAME = "hskstore"
 FORMAT_VERSION = 2               # float16 values: the bytes every store had before quantized values
-QUANTIZED_VERSION = 3            # int8/int4 values plus `value_scales`: a reader that predates them refuses the store
+QUANTIZED_VERSION = 3            # int8/int4/int4-log values plus `value_scales`: a reader that predates them refuses the store
 READABLE_VERSIONS = (1, 2, 3)    # version 1 (no chunk records, no checksums) opens read-only
 SCALES_ARRAY = "value_scales"    # (D, n, 1) float16 per split in a version-3 store: one scale per kept vector
 RECORD_ARRAY = "chunks_written"  # per split, one uint8 per chunk, 1 once every array of that chunk is written
@@ -98,10 +98,11 @@ def array_specs(resolved, compression, vocab_size: int, num_labels: int,
         ArraySpec("positions", (D, n), "int16", "zstd3", fill_value=-1, dims=("example", "layer", "slot")),
     ]
     fmt = value_format_of(compression, resolved)
-    if fmt.quantized:   # codes (int8, or int4 two to a byte), then one float16 scale per vector
+    if fmt.quantized:   # codes (int8, or 4-bit two to a byte), then float16 scales per vector
+        packed = fmt.dtype == "uint8"
         specs += [ArraySpec("values", (D, n, fmt.stored_width), fmt.dtype, "blosc-zstd1-byteshuffle",
-                            dims=("example", "layer", "slot", "kept_byte" if fmt.name == "int4" else "kept")),
-                  ArraySpec(SCALES_ARRAY, (D, n, fmt.groups), "float16", "blosc-zstd1-byteshuffle",
+                            dims=("example", "layer", "slot", "kept_byte" if packed else "kept")),
+                  ArraySpec(SCALES_ARRAY, (D, n, fmt.scales_per_vector), "float16", "blosc-zstd1-byteshuffle",
                             dims=("example", "layer", "slot", "scale"))]
     else:
         specs.append(ArraySpec("values", (D, n, k), compression.value_dtype, "blosc-zstd1-byteshuffle",
@@ -263,7 +264,7 @@ def validate_root(attrs: dict, location) -> None:
 def raw_hsk_bytes(resolved, compression, examples: int) -> int:
     """Uncompressed bytes of the stored HSK: values (with their scales), per-vector bitpacked masks, int16 positions."""
     fmt = value_format_of(compression, resolved)
-    values = fmt.stored_width + 2 * fmt.groups if fmt.quantized else resolved.width * np.dtype(compression.value_dtype).itemsize
+    values = fmt.stored_width + 2 * fmt.scales_per_vector if fmt.quantized else resolved.width * np.dtype(compression.value_dtype).itemsize
     per_slot = (values
                 + (resolved.mask_bytes if compression.per_vector_masks(resolved) else 0) + 2)
     return int(examples * resolved.depth * resolved.length * per_slot)

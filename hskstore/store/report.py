@@ -12,7 +12,7 @@ __all__ = ["store_info", "format_info", "COMPONENTS"]
 # Components as the paper's Table 3 counts them, plus what a teacher-free trainer needs besides HSK.
 COMPONENTS = {
     "values": ("values",),
-    "scales": ("value_scales",),          # int8/int4 stores: one float16 scale per kept vector
+    "scales": ("value_scales",),          # quantized stores: float16 scales per kept vector
     "masks": ("masks", "static_mask"),
     "positions": ("positions",),
     "tokens": ("input_ids", "token_type_ids", "lengths"),
@@ -71,8 +71,9 @@ def _describe(store) -> dict:
         "compression": compression.to_dict(),
         # float16 (with value_bits when rounded), int8 or int4; bytes per kept vector before the codec
         "value_format": {"name": value_format.name, "value_bits": compression.value_bits,
-                         "scale": None if not value_format.quantized else "float16 per vector",
-                         "raw_bytes_per_vector": (value_format.stored_width + 2 * value_format.groups
+                         "scale": (None if not value_format.quantized else "float16 lo, hi per vector" if value_format.log
+                                   else "float16 per vector"),
+                         "raw_bytes_per_vector": (value_format.stored_width + 2 * value_format.scales_per_vector
                                                   if value_format.quantized else
                                                   resolved.width * np.dtype(compression.value_dtype).itemsize)},
         "teacher_layers": resolved.teacher_layer_ids,
@@ -136,7 +137,8 @@ def _values(info: dict) -> str:
     """How the values are stored, for the info screen: float16, float16 (7 mantissa bits), int4 + scale..."""
     fmt, c = info.get("value_format") or {}, info["compression"]
     if fmt.get("scale"):
-        return f"{fmt['name']} + {fmt['scale']} scale ({fmt['raw_bytes_per_vector']} B a vector before the codec)"
+        scale = fmt["scale"] if fmt["name"] == "int4-log" else f"{fmt['scale']} scale"
+        return f"{fmt['name']} + {scale} ({fmt['raw_bytes_per_vector']} B a vector before the codec)"
     bits = c.get("value_bits")
     return c["value_dtype"] + (f" ({bits} mantissa bits)" if bits is not None else "")
 

@@ -31,7 +31,7 @@ def plan_slice(store, depth=None, length=None, width=None, value_format=None):
     """The smaller (Compression, ResolvedCompression), or a one-line StoreError when it cannot be derived.
 
     `None` keeps the store's own value for that dimension (and its value format). A float16 store may be
-    quantized to int8 or int4 and an int8 store to int4; a quantized store never to a finer format, and its
+    quantized to int8, int4-log or int4 and a quantized store to a coarser one (int8 > int4-log > int4); never to a finer format, and its
     width is never cut (its codes cannot be re-ranked as extraction ranks: slice the float16 store instead).
     """
     from ..method.compression import Compression
@@ -129,7 +129,7 @@ def _slice_chunk(reader, k: int, rows: int, new_r, drop: int, names: set, column
             values, out["masks"] = _retop(values, masks, d, new_r.width, positions, width_rule)
         else:
             out["masks"] = np.ascontiguousarray(masks)
-    if target_format.name != source_format.name:   # float16 -> int8/int4, or int8 -> int4 (from its decoded values)
+    if target_format.name != source_format.name:   # float16 -> quantized, or to a coarser format (from its decoded values)
         source = values if scales is None else dequantize_numpy(values, scales, source_format)
         values, scales = quantize_numpy(source, target_format.name)
     out["values"] = np.ascontiguousarray(values)
@@ -142,7 +142,7 @@ def slice_store(src, dst, *, depth=None, length=None, width=None, limit: int | N
                 overwrite: bool = False, src_options: dict | None = None, dst_options: dict | None = None,
                 value_format: str | None = None, command: str = "slice") -> dict:
     """Write the (depth, length, width) sub-store of `src` to `dst`; `limit` keeps each split's first rows;
-    `value_format` (int8, int4) quantizes the values as extraction would have (None: the store's format).
+    `value_format` (int8, int4, int4-log) quantizes the values as extraction would have (None: the store's format).
 
     `src` and `dst` are paths or URLs (with `src_options`, `dst_options`) or StoreLocations.
     """

@@ -72,3 +72,83 @@ def test_dequantization_runs_on_the_device_its_inputs_are_on():
     fmt = ValueFormat("int4", 7)
     on_gpu = dequantize(codes.cuda(), scales.cuda(), fmt)
     assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), dequantize(codes, scales, fmt))
+
+
+def _top_magnitudes(shape, k, seed=0):
+    """Each vector's k largest-magnitude entries of a heavy-tailed draw, ascending dimension: what `mag` keeps."""
+    generator = torch.Generator().manual_seed(seed)
+    full = torch.randn(*shape, 4 * k, generator=generator) * torch.rand(*shape, 1, generator=generator) * 8
+    full[..., 0] *= 12                                                  # an outlier dimension, as BERT has
+    index = full.abs().topk(k, dim=-1).indices.sort(dim=-1).values
+    return full.gather(-1, index)
+
+
+@pytest.mark.parametrize("k", [38, 7, 1])
+def test_int4_log_values_lie_within_their_relative_bound_and_empty_slots_stay_zero(k):
+    x = _top_magnitudes((4, 3), k)
+    x[0, 0] = 0
+    codes, scales = quantize(x, "int4-log")
+    fmt = ValueFormat("int4-log", k)
+    assert codes.shape[-1] == fmt.stored_width == -(-k // 2) and codes.dtype == torch.uint8
+    assert scales.shape[-1] == fmt.scales_per_vector == 2 and scales.dtype == torch.float16
+    back = dequantize(codes, scales, fmt)
+    exact = x.half().float()
+    assert torch.all((back - exact).abs() <= error_bound(scales, fmt, back) * (1 + 1e-5) + 1e-7)
+    assert torch.all(back[0, 0] == 0) and torch.all(scales[0, 0] == 0)
+    assert torch.equal(torch.sign(back[1:]), torch.sign(exact[1:]))       # the sign is exact
+    # lo and hi are each vector's smallest and largest magnitude; the largest comes back within float32 rounding
+    assert torch.equal(scales[1:, :, 0], exact[1:].abs().amin(-1).half()) and torch.equal(
+        scales[1:, :, 1], exact[1:].abs().amax(-1).half())
+    torch.testing.assert_close(back[1:].abs().amax(-1), exact[1:].abs().amax(-1), rtol=1e-6, atol=0)
+
+
+def test_int4_log_on_a_hand_example():
+    x = torch.tensor([[1.0, -128.0, 2.0, 10.0, -1.0]])
+    codes, scales = quantize(x, "int4-log")
+    assert scales.tolist() == [[1.0, 128.0]]               # lo, hi; levels 1, 2, 4, ..., 128 (r = ln 2)
+    from hskstore.method.quantize import unpack_nibbles
+    # 10 lies at level log2(10) = 3.32 -> 3 (8.0); the sign is the nibble's high bit
+    assert unpack_nibbles(codes, 5).tolist() == [[0, 8 + 7, 1, 3, 8 + 0]]
+    back = dequantize(codes, scales, ValueFormat("int4-log", 5))
+    assert torch.allclose(back, torch.tensor([[1.0, -128.0, 2.0, 8.0, -1.0]]), rtol=1e-6)
+
+
+def test_int4_log_floors_lo_so_a_zero_among_the_values_keeps_a_bounded_range():
+    x = torch.tensor([[0.0, 3.0, -2.0]])
+    codes, scales = quantize(x, "int4-log")
+    assert scales[0, 0].item() == np.float16(3.0 * 2 ** -14) and scales[0, 1].item() == 3.0
+    back = dequantize(codes, scales, ValueFormat("int4-log", 3))
+    assert back[0, 0].abs().item() == scales[0, 0].float().item()         # the zero comes back as +-lo
+    assert torch.all((back - x).abs() <= error_bound(scales, ValueFormat("int4-log", 3), back) * (1 + 1e-5))
+
+
+def test_int4_log_errs_less_than_int4_on_the_values_magnitude_selection_keeps():
+    x = _top_magnitudes((64, 9), 38, seed=5).half().float()
+
+    def relative_rms(name):
+        codes, scales = quantize(x, name)
+        back = dequantize(codes, scales, ValueFormat(name, 38))
+        return float(((back - x) ** 2).sum().sqrt() / (x ** 2).sum().sqrt())
+
+    assert relative_rms("int4-log") < 0.6 * relative_rms("int4")
+    assert relative_rms("int8") < relative_rms("int4-log")
+
+
+def test_int4_log_quantizes_float32_values_as_their_float16_and_refuses_groups():
+    x = _top_magnitudes((5, 2), 9, seed=3)
+    a, b = quantize(x, "int4-log"), quantize(x.half(), "int4-log")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="takes no group"):
+        quantize(x, "int4-log", group=4)
+    with pytest.raises(ValueError, match="takes no group"):
+        ValueFormat("int4-log", 9, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_int4_log_decodes_on_the_device_its_codes_are_on():
+    x = _top_magnitudes((4, 3), 7)
+    codes, scales = quantize(x, "int4-log")
+    fmt = ValueFormat("int4-log", 7)
+    on_gpu = dequantize(codes.cuda(), scales.cuda(), fmt)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), dequantize(codes, scales, fmt), rtol=1e-6, atol=0)

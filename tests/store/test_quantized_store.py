@@ -1,7 +1,7 @@
-"""Quantized stores (int8, int4) end to end: extract, slice and convert from float16, verify, info, train.
+"""Quantized stores (int8, int4, int4-log) end to end: extract, slice and convert from float16, verify, info, train.
 
-One float16 store and its int8 and int4 twins are extracted from the tiny teacher at (2, 5, 7): an odd
-k, so int4's last byte holds one code. Extraction and requantizing the float16 store give the same bytes.
+One float16 store and its int8, int4 and int4-log twins are extracted from the tiny teacher at (2, 5, 7): an
+odd k, so a 4-bit format's last byte holds one code. Extraction and requantizing the float16 store give the same bytes.
 """
 
 import json
@@ -26,12 +26,12 @@ TRIPLE = dict(depth=2, length=5, width=7, student_layers=2)
 
 @pytest.fixture(scope="module")
 def stores(tiny_teacher, tmp_path_factory):
-    """{"float16", "int8", "int4"}: Zarr stores extracted from the tiny teacher at (2, 5, 7)."""
+    """{"float16", "int8", "int4", "int4-log"}: Zarr stores extracted from the tiny teacher at (2, 5, 7)."""
     from hskstore.stages.extract import ExtractConfig, extract
 
     root = tmp_path_factory.mktemp("quantized")
     paths = {}
-    for name in ("float16", "int8", "int4"):
+    for name in ("float16", "int8", "int4", "int4-log"):
         paths[name] = str(root / f"{name}.zarr")
         extract(ExtractConfig(teacher=tiny_teacher, task="tweets", output=paths[name], limit=120, chunk_rows=32,
                               compression=Compression(**TRIPLE, value_format=name)), progress=False)
@@ -44,7 +44,7 @@ def _arrays(path, split="train"):
         return reader.read_rows(0, len(reader))
 
 
-@pytest.mark.parametrize("name", ["int8", "int4"])
+@pytest.mark.parametrize("name", ["int8", "int4", "int4-log"])
 def test_extraction_and_requantizing_the_float16_store_write_the_same_arrays(stores, name, tmp_path):
     converted, sliced = str(tmp_path / "converted.h5"), str(tmp_path / "sliced.zarr")
     convert_store(stores["float16"], converted, value_format=name)
@@ -60,13 +60,14 @@ def test_extraction_and_requantizing_the_float16_store_write_the_same_arrays(sto
                 np.testing.assert_array_equal(got[array], want[array], err_msg=array)
 
 
-@pytest.mark.parametrize("name", ["int8", "int4"])
+@pytest.mark.parametrize("name", ["int8", "int4", "int4-log"])
 def test_dequantized_values_lie_within_the_formats_bound_of_the_float16_values(stores, name):
     exact, quantized = _arrays(stores["float16"]), _arrays(stores[name])
     fmt = ValueFormat(name, 7)
-    assert quantized["values"].shape[-1] == (4 if name == "int4" else 7)
+    assert quantized["values"].shape[-1] == (7 if name == "int8" else 4)
+    assert quantized["value_scales"].shape[-1] == fmt.scales_per_vector == (2 if name == "int4-log" else 1)
     decoded = dequantize_numpy(quantized["values"], quantized["value_scales"], fmt)
-    bound = error_bound(torch.from_numpy(quantized["value_scales"]), fmt).numpy()
+    bound = error_bound(torch.from_numpy(quantized["value_scales"]), fmt, torch.from_numpy(decoded)).numpy()
     error = np.abs(decoded - exact["values"].astype(np.float32))
     assert np.all(error <= bound * (1 + 1e-6) + 1e-7)
     assert 0 < error.max() and np.all(decoded[exact["positions"] < 0] == 0)    # lossy; empty slots stay zero
@@ -97,6 +98,8 @@ def test_int8_requantizes_to_int4_within_both_bounds(stores, tmp_path):
 
 @pytest.mark.parametrize("source, kwargs, message", [
     ("int4", {"value_format": "int8"}, "cannot be requantized to the finer int8"),
+    ("int4", {"value_format": "int4-log"}, "cannot be requantized to the finer int4-log"),
+    ("int4-log", {"value_format": "int8"}, "cannot be requantized to the finer int8"),
     ("int8", {"value_format": "float16"}, "cannot be requantized to the finer float16"),
     ("int8", {"width": 5}, "cannot cut the width of a int8 store"),
 ])
@@ -105,6 +108,17 @@ def test_requantizing_finer_or_cutting_a_quantized_width_is_a_one_line_error(sto
     with pytest.raises(StoreError, match=message):
         slice_store(stores[source], str(tmp_path / "x.zarr"), **kwargs)
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_int8_requantizes_to_int4_log_within_its_relative_bound(stores, tmp_path):
+    path = str(tmp_path / "log.zarr")
+    convert_store(stores["int8"], path, value_format="int4-log")
+    int8, log = _arrays(stores["int8"]), _arrays(path)
+    fmt = ValueFormat("int4-log", 7)
+    source = dequantize_numpy(int8["values"], int8["value_scales"], ValueFormat("int8", 7)).astype(np.float16)
+    decoded = dequantize_numpy(log["values"], log["value_scales"], fmt)
+    bound = error_bound(torch.from_numpy(log["value_scales"]), fmt, torch.from_numpy(decoded)).numpy()
+    assert np.all(np.abs(decoded - source.astype(np.float32)) <= bound * (1 + 1e-5) + 1e-7)
 
 
 def test_a_store_of_rounded_mantissas_is_not_quantized(tiny_teacher, tmp_path):
@@ -189,7 +203,7 @@ def test_the_command_line_slices_and_converts_to_a_value_format(stores, tmp_path
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "finer int8" in result.output
 
 
-@pytest.mark.parametrize("name", ["int8", "int4"])
+@pytest.mark.parametrize("name", ["int8", "int4", "int4-log"])
 def test_online_training_distils_from_the_values_a_quantized_store_holds(stores, tiny_student, tiny_teacher,
                                                                           tmp_path, name):
     from hskstore.stages.train import TrainConfig, Trainer
@@ -205,7 +219,14 @@ def test_online_training_distils_from_the_values_a_quantized_store_holds(stores,
     a, b = offline(offline.to_device(batch)), online(online.to_device(batch))
     assert torch.equal(a.kept, b.kept)
     # The teacher recomputed in the loop is encoded and decoded as the store holds it: the same codes, up to
-    # a float32 rounding that moves a value across a rounding boundary (one step of that vector's scale).
-    step = a.values.abs().amax(-1, keepdim=True) / {"int8": 127, "int4": 7}[name]
+    # a float32 rounding that moves a value across a rounding boundary (one step of that vector's scale;
+    # int4-log's steps are relative: one level is a factor (max/min)^(1/7) of the vector's decoded values).
+    top = a.values.abs().amax(-1, keepdim=True)
+    if name == "int4-log":
+        low = a.values.abs().amin(-1, keepdim=True)
+        ratio = torch.where(low > 0, top / low.clamp(min=1e-30), torch.ones_like(top)) ** (1 / 7)
+        step = a.values.abs() * (ratio - 1)
+    else:
+        step = top / {"int8": 127, "int4": 7}[name]
     assert ((a.values - b.values).abs() <= step * 1.001 + 1e-6).all()
     assert (a.values == b.values).float().mean() > 0.99

@@ -271,7 +271,7 @@ def test_extraction_writes_resumes_and_trains_on_every_backend(location, tiny_te
     assert losses[0] == losses[1]
 
 
-@pytest.mark.parametrize("value_format, width", [("int8", 4), ("int4", 5)])   # int4 with an odd k: a padded byte
+@pytest.mark.parametrize("value_format, width", [("int8", 4), ("int4", 5), ("int4-log", 5)])   # odd k: a padded byte
 def test_quantized_stores_keep_their_codes_and_scales_and_are_version_3(location, value_format, width):
     from hskstore.method.quantize import quantize_numpy
 
@@ -279,9 +279,9 @@ def test_quantized_stores_keep_their_codes_and_scales_and_are_version_3(location
     attrs, specs = _layout(value_format=value_format, width=width)
     assert attrs["format_version"] == 3 and attrs["compression"]["value_format"] == value_format
     shapes = {s.name: (s.row_shape, s.dtype) for s in specs}
-    assert shapes["values"] == ((2, 3, -(-width // 2) if value_format == "int4" else width),
-                                "uint8" if value_format == "int4" else "int8")
-    assert shapes["value_scales"] == ((2, 3, 1), "float16")
+    packed = value_format != "int8"                 # 4-bit codes, two a byte
+    assert shapes["values"] == ((2, 3, -(-width // 2) if packed else width), "uint8" if packed else "int8")
+    assert shapes["value_scales"] == ((2, 3, 2 if value_format == "int4-log" else 1), "float16")
     writer = create_store(where, attrs, specs, None, {}, options)
     written = {}
     for split, rows in attrs["splits"].items():
