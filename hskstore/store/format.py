@@ -28,6 +28,8 @@ __all__ = [
     "RECORD_ARRAY",
     "CODECS",
     "MASK_CODECS",
+    "check_mask_codec",
+    "mask_codec_of",
     "ArraySpec",
     "array_specs",
     "root_attributes",
@@ -64,6 +66,19 @@ CODECS = {
 }
 # The codecs a store's masks may be written with, the default first.
 MASK_CODECS = ("zstd1", "zstd3", "zstd19")
+
+
+def check_mask_codec(mask_codec: str | None) -> None:
+    """A one-line StoreError for a mask codec this hskstore does not write (None: keep the source's)."""
+    if mask_codec is not None and mask_codec not in MASK_CODECS:
+        raise StoreError(f"unknown mask codec {mask_codec!r}: expected one of {', '.join(MASK_CODECS)}")
+
+
+def mask_codec_of(attrs: dict) -> str:
+    """The codec a store's root attributes record for its masks (`codecs.masks`), which a store sliced or
+    converted from it keeps; the default for a store without masks."""
+    recorded = attrs.get("codecs", {}).get("masks")
+    return recorded if recorded in MASK_CODECS else MASK_CODECS[0]
 
 # The files `train` may copy out of a store's tokenizer group: a crafted store must not be able to name
 # one `model.safetensors` and overwrite a student's weights.
