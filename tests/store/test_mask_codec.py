@@ -120,6 +120,9 @@ def test_without_the_option_a_derived_store_keeps_its_sources_mask_codec(tiny_st
     write(zstd19_store, from_zstd19)
     assert _recorded(from_zstd1) == "zstd1" and _mask_filters(from_zstd1) == _mask_filters(tiny_store)
     assert _recorded(from_zstd19) == "zstd19" and _mask_filters(from_zstd19) == ["gzip", 9, True]
+    again = str(tmp_path / "c.zarr")   # and from an HDF5 source back to Zarr
+    write(from_zstd19, again)
+    assert _recorded(again) == "zstd19" and _mask_filters(again) == ZSTD19_ZARR
 
 
 def test_extract_mask_codec_zstd19_then_slice_and_requantize_keeps_zstd19(zstd19_store, tmp_path):
@@ -183,3 +186,21 @@ def test_the_command_line_takes_mask_codec_on_slice_and_convert(tiny_store, tmp_
     result = runner.invoke(cli, ["slice", tiny_store, str(tmp_path / "x.zarr"), "--mask-codec", "gzip"])
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "'gzip' is not one of 'zstd1', 'zstd3', 'zstd19'" in result.output
+
+
+@pytest.mark.integration
+def test_slicing_into_a_bucket_with_zstd19_and_converting_back_keeps_the_masks_and_the_codec(
+        tiny_store, s3_server, s3_bucket_url, tmp_path):
+    endpoint, options = s3_server
+    url, back = s3_bucket_url + "/masks19.zarr", str(tmp_path / "back.zarr")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["slice", tiny_store, url, "--mask-codec", "zstd19",
+                                 "--dst-option", f"endpoint_url={endpoint}"])
+    assert result.exit_code == 0, result.output
+    with open_store(url, storage_options=options) as store:
+        assert store.attrs["codecs"]["masks"] == "zstd19"
+    assert verify_store(url, storage_options=options)["complete"]
+    result = runner.invoke(cli, ["convert", url, back, "--src-option", f"endpoint_url={endpoint}"])
+    assert result.exit_code == 0, result.output
+    assert _recorded(back) == "zstd19" and _mask_filters(back) == ZSTD19_ZARR
+    _assert_same_arrays(back, tiny_store)
