@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import StoreError
 from . import open_store
 from ..method.quantize import PRECISION, QUANTIZED_FORMATS, dequantize_numpy, quantize_numpy
-from .format import SCALES_ARRAY, array_specs, check_mask_codec, mask_codec_of, unpack_bits_numpy, value_format_of, version_for
+from .format import (SCALES_ARRAY, array_specs, check_mask_codec, mask_codec_of, unpack_bits_numpy, value_format_of,
+                     version_for)
 from .location import StoreLocation
 from .transaction import StoreTransaction
 
