@@ -145,6 +145,16 @@ storage_option = STORAGE_OPTIONS.click("storage_options", {})
 src_option, dst_option = _fsspec_option("SRC"), _fsspec_option("DST")
 value_format_option = Option("Requantize the values: int8 or int4 from float16, int4 from int8 (never finer).",
                              choices=VALUE_FORMATS, default_text="the store's").click("value_format", None)
+
+
+def _mask_codecs() -> tuple[str, ...]:
+    from .store.format import MASK_CODECS  # numpy only; read when the help or the option needs it
+
+    return tuple(MASK_CODECS)
+
+
+mask_codec_option = Option("Re-encode the bitpacked width masks with this codec (the same masks decoded).",
+                           choices=_mask_codecs, default_text="the store's").click("mask_codec", None)
 task_options = click_options(FinetuneConfig, only=TASK_OPTIONS)
 allow_task_mismatch_option = click_options(ExtractConfig, only=("allow_task_mismatch",))
 slice_options = _together(*(Option(help, parse=parse, default_text="the store's").click(name, None)
@@ -391,12 +401,13 @@ def predict(student_dir, texts, pairs, text_file, encoding, device):
 @src_option
 @dst_option
 @value_format_option
-def convert(src, dst, overwrite, src_options, dst_options, value_format):
+@mask_codec_option
+def convert(src, dst, overwrite, src_options, dst_options, value_format, mask_codec):
     """Copy a store losslessly between backends: Zarr directory or URL <-> one HDF5 file (.h5)."""
     from .store.convert import convert_store
 
     summary = convert_store(src, dst, overwrite=overwrite, src_options=src_options, dst_options=dst_options,
-                            value_format=value_format)
+                            value_format=value_format, mask_codec=mask_codec)
     click.echo(f"converted {summary['examples']} examples: {src} -> {dst}")
 
 
@@ -420,16 +431,18 @@ def verify(store, storage_options, as_json):
 @slice_options
 @click.option("--limit", type=int, default=None, help="Keep the first LIMIT examples of every split.")
 @value_format_option
+@mask_codec_option
 @overwrite_dst_option
 @src_option
 @dst_option
 @json_option
-def slice_(src, dst, depth, length, width, limit, value_format, overwrite, src_options, dst_options, as_json):
+def slice_(src, dst, depth, length, width, limit, value_format, mask_codec, overwrite, src_options, dst_options,
+           as_json):
     """Derive a smaller store from SRC with no teacher: fewer layers, tokens or activations."""
     from .store.slicing import slice_store
 
     summary = slice_store(src, dst, depth=depth, length=length, width=width, limit=limit, value_format=value_format,
-                          overwrite=overwrite,
+                          mask_codec=mask_codec, overwrite=overwrite,
                           src_options=src_options, dst_options=dst_options)
     click.echo(json.dumps(summary, indent=2) if as_json else
                f"sliced {src} -> {dst}: (N^D, N^L, N^W) = {tuple(summary['triple'])}, A^HSK {summary['amount_hsk']:.3f}, "

@@ -28,6 +28,8 @@ __all__ = [
     "RECORD_ARRAY",
     "CODECS",
     "MASK_CODECS",
+    "check_mask_codec",
+    "mask_codec_of",
     "ArraySpec",
     "array_specs",
     "root_attributes",
@@ -56,14 +58,29 @@ CODECS = {
     "blosc-zstd1-byteshuffle": {"zarr": "blosc(zstd, clevel=1, shuffle, blocksize=1MiB) + crc32c",
                                 "hdf5": "shuffle + gzip(1) + fletcher32"},
     "zstd3": {"zarr": "zstd(3) + crc32c", "hdf5": "gzip(4) + fletcher32"},
-    # Bitpacked masks are written with level 1 by default (`MASK_CODECS`, extract's --mask-codec): it keeps
-    # up with a GPU teacher (benchmarks/host_side.py). zstd's optimal parser (levels 17+) finds what level 1
-    # leaves, 0.59x instead of 0.64x at (3, 8, 0.2), but encodes at 2-3 MB/s a core (docs/storage-notes.md).
+    # Bitpacked masks are written with level 1 by default (`MASK_CODECS`; --mask-codec of extract, slice and
+    # convert): it keeps up with a GPU teacher (benchmarks/host_side.py). zstd's optimal parser (levels 17+)
+    # finds what level 1 leaves, 0.59x instead of 0.64x at (3, 8, 0.2), but encodes at 2-3 MB/s a core
+    # (docs/storage-notes.md).
     "zstd1": {"zarr": "zstd(1) + crc32c", "hdf5": "gzip(1) + fletcher32"},
     "zstd19": {"zarr": "zstd(19) + crc32c", "hdf5": "gzip(9) + fletcher32"},
 }
 # The codecs a store's masks may be written with, the default first.
 MASK_CODECS = ("zstd1", "zstd3", "zstd19")
+
+
+def check_mask_codec(mask_codec: str | None) -> None:
+    """A one-line StoreError for a mask codec this hskstore does not write (None: keep the source's)."""
+    if mask_codec is not None and mask_codec not in MASK_CODECS:
+        raise StoreError(f"unknown mask codec {mask_codec!r}: expected one of {', '.join(MASK_CODECS)}")
+
+
+def mask_codec_of(attrs: dict) -> str:
+    """The codec a store's root attributes record for its masks (`codecs.masks`), which a store sliced or
+    converted from it keeps; the default for a store without masks."""
+    recorded = attrs.get("codecs", {}).get("masks")
+    return recorded if recorded in MASK_CODECS else MASK_CODECS[0]
+
 
 # The files `train` may copy out of a store's tokenizer group: a crafted store must not be able to name
 # one `model.safetensors` and overwrite a student's weights.

@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import StoreError
 from . import open_store
 from ..method.quantize import PRECISION, QUANTIZED_FORMATS, dequantize_numpy, quantize_numpy
-from .format import SCALES_ARRAY, array_specs, unpack_bits_numpy, value_format_of, version_for
+from .format import (SCALES_ARRAY, array_specs, check_mask_codec, mask_codec_of, unpack_bits_numpy, value_format_of,
+                     version_for)
 from .location import StoreLocation
 from .transaction import StoreTransaction
 
@@ -140,14 +141,17 @@ def _slice_chunk(reader, k: int, rows: int, new_r, drop: int, names: set, column
 
 def slice_store(src, dst, *, depth=None, length=None, width=None, limit: int | None = None,
                 overwrite: bool = False, src_options: dict | None = None, dst_options: dict | None = None,
-                value_format: str | None = None, command: str = "slice") -> dict:
+                value_format: str | None = None, mask_codec: str | None = None, command: str = "slice") -> dict:
     """Write the (depth, length, width) sub-store of `src` to `dst`; `limit` keeps each split's first rows;
-    `value_format` (int8, int4, int4-log) quantizes the values as extraction would have (None: the store's format).
+    `value_format` (int8, int4, int4-log) quantizes the values as extraction would have (None: the store's
+    format); `mask_codec` (format.MASK_CODECS) writes the masks with that codec, recorded in `codecs` as
+    extract's --mask-codec records it (None: the source's, so a zstd19 store slices to a zstd19 store).
 
     `src` and `dst` are paths or URLs (with `src_options`, `dst_options`) or StoreLocations.
     """
     if limit is not None and limit < 1:
         raise StoreError(f"--limit must be >= 1, got {limit}")
+    check_mask_codec(mask_codec)
     src, dst = StoreLocation.of(src, src_options), StoreLocation.of(dst, dst_options)
     transaction = StoreTransaction(dst, command=command, overwrite=overwrite, option="DST")
     with open_store(src) as store:
@@ -158,7 +162,8 @@ def slice_store(src, dst, *, depth=None, length=None, width=None, limit: int | N
         drop = old_r.depth - new_r.depth
         source_format, target_format = value_format_of(old_c, old_r), value_format_of(new_c, new_r)
         splits = {s: min(n, limit) if limit else n for s, n in store.attrs["splits"].items()}
-        specs = array_specs(new_r, new_c, store.teacher["vocab_size"], store.num_labels)
+        specs = array_specs(new_r, new_c, store.teacher["vocab_size"], store.num_labels,
+                            mask_codec=mask_codec or mask_codec_of(store.attrs))
         names = {s.name for s in specs}
         static = None
         column_index = None  # static masks: which stored value columns the smaller mask keeps
