@@ -38,8 +38,7 @@ HSK_ARRAYS = ("positions", "values", "masks", "value_scales")   # value_scales: 
 class StoreStream(IterableDataset):
     """Batches of one split of a store, as dicts of numpy arrays (use DataLoader(batch_size=None)).
 
-    A batch's arrays are views of one gathered buffer (the batches ready after a read): copy one to keep
-    it past the batch without keeping the whole buffer alive.
+    Each batch's arrays are its own: gathered from the buffered rows per batch, as it is served.
 
     Args:
         batch_size: this rank's batch; a global batch is `batch_size * world_size` examples, so one process
@@ -253,14 +252,16 @@ class StoreStream(IterableDataset):
             pool_ids = np.concatenate([pool_ids, *parts_ids])
             parts_ids = []
             rows = {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in pool.items()}
-            # One gather per array puts the ready batches in order; each batch is then a contiguous view of it.
+            # Where each ready batch's rows are in the pool, in order.
             sort = np.argsort(pool_ids, kind="stable")
             ids = np.concatenate([order[a:b] for a, b in batches[next_batch:last]])
             at = sort[np.searchsorted(pool_ids, ids, sorter=sort)]
-            gathered = {name: rows[name].take(at, axis=0) for name in self.arrays}
             offset = 0
             for a, b in batches[next_batch:last]:
-                yield {name: gathered[name][offset:offset + b - a] for name in self.arrays}
+                # One gather per array and batch, just before it is used: its rows are still in the cache
+                # when `to_device` reads them (one gather of all ready batches left them in memory).
+                take = at[offset:offset + b - a]
+                yield {name: rows[name].take(take, axis=0) for name in self.arrays}
                 offset += b - a
             next_batch = last
             if next_batch == len(batches):

@@ -162,7 +162,7 @@ def _reference_batches(stream, store):
                           (16, 2, False, 1, False), (5, 2, True, 2, False)])
 def test_batches_are_the_reference_readers_bit_for_bit(tiny_store, batch_size, buffer_chunks, shuffle, world_size,
                                                        drop_last):
-    # Batches are views of one gathered buffer now; rows, order and bytes must be what the copying reader gave
+    # Batches are gathered one by one from the buffered rows now; rows, order and bytes must be the copying reader's
     # one process. Several ranks: each takes its contiguous slice of one process's batch of batch_size * ranks.
     for epoch in range(2):
         whole = StoreStream(tiny_store, "train", batch_size * world_size, seed=3, buffer_chunks=buffer_chunks,
