@@ -233,6 +233,7 @@ class StoreStream(IterableDataset):
         wanted = np.zeros(self.num_examples, dtype=bool)
         wanted[mine] = True
         pool_ids, pool = np.empty(0, dtype=np.int64), {name: [] for name in self.arrays}
+        slot = np.empty(self.num_examples, dtype=np.int64)     # row id -> its position in the pool
         parts_ids: list[np.ndarray] = []
         next_batch = 0
         reads = self._chunks_read_ahead(reader, [int(chunks[i]) for i in steps])
@@ -252,10 +253,10 @@ class StoreStream(IterableDataset):
             pool_ids = np.concatenate([pool_ids, *parts_ids])
             parts_ids = []
             rows = {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in pool.items()}
-            # Where each ready batch's rows are in the pool, in order.
-            sort = np.argsort(pool_ids, kind="stable")
-            ids = np.concatenate([order[a:b] for a, b in batches[next_batch:last]])
-            at = sort[np.searchsorted(pool_ids, ids, sorter=sort)]
+            # Where each ready batch's rows are in the pool, in order: pool ids are distinct row ids, so one
+            # scatter of their pool positions and one gather look them up (a sort and search cost 10x that).
+            slot[pool_ids] = np.arange(len(pool_ids))
+            at = slot[np.concatenate([order[a:b] for a, b in batches[next_batch:last]])]
             offset = 0
             for a, b in batches[next_batch:last]:
                 # One gather per array and batch, just before it is used: its rows are still in the cache
