@@ -97,7 +97,8 @@ class StreamBefore(StoreStream):
         wanted = np.zeros(self.num_examples, dtype=bool)
         wanted[mine] = True
         pool_ids, pool, parts_ids, next_batch = np.empty(0, dtype=np.int64), {n: [] for n in self.arrays}, [], 0
-        for step, known_now, data in zip(steps, known, self._chunks_read_ahead(reader, [int(chunks[i]) for i in steps])):
+        reads = self._chunks_read_ahead(reader, [int(chunks[i]) for i in steps])
+        for step, known_now, data in zip(steps, known, reads):
             chunk = int(chunks[step])
             first = chunk * self.chunk_rows
             keep = np.flatnonzero(wanted[first:first + self._chunk_rows(chunk)])
@@ -182,7 +183,8 @@ def main() -> None:
                 u, v = getattr(x, field.name), getattr(y, field.name)
                 assert (u is None) == (v is None) and (u is None or (u.dtype == v.dtype and torch.equal(u, v)))
     print("batches and device tensors equal, bit for bit")
-    parts = {"to_device before": lambda b: to_device_before(b, hidden), "to_device now": lambda b: to_device(b, CPU, hidden),
+    parts = {"to_device before": lambda b: to_device_before(b, hidden),
+             "to_device now": lambda b: to_device(b, CPU, hidden),
              "kept_indices_packed before": lambda b: kept_indices_packed_before(b["masks"], 77, hidden),
              "kept_indices_packed now": lambda b: kept_indices_packed(b["masks"], 77, hidden)}
     whole = {k: [] for k in ("host before", "host now", "whole before", "whole now")}

@@ -53,9 +53,10 @@ def kept_indices_packed(packed: np.ndarray, k: int, hidden_size: int) -> np.ndar
     fastest of the forms tried in this session: ~1.15x a per-byte table with one `np.repeat` of a per-byte
     key (the work per byte and per kept entry instead of per bit), ~2.5x plain `np.flatnonzero` on the
     unpacked bytes, ~15x unpacking in torch and a stable argsort (`kept_indices`). `benchmarks/reader.py`
-    times the last three. What surrounds the search is kept to a few whole-array numpy calls (it ran at
-    about a third of the search's time before): emptiness read 8 bytes at a time, one contiguous
-    subtraction of cached offsets, and the count check on each vector's first and last entry only.
+    times the last three; searching only the non-zero bytes' bits (57% of them here) was 2x slower for the
+    index arithmetic it adds. Around the search are a few whole-array numpy calls: emptiness read 8 bytes
+    at a time, one contiguous subtraction of cached offsets, and the count check on each vector's first
+    and last entry only (`benchmarks/reader_parts.py` times them against the previous checks).
 
     Args:
         packed: (..., ceil(d/8)) uint8 masks, little bit order; k bits set per non-empty vector, none in an
@@ -71,6 +72,8 @@ def kept_indices_packed(packed: np.ndarray, k: int, hidden_size: int) -> np.ndar
     vectors = len(rows)
     # Emptiness 8 bytes at a time where the rows split into words (d a multiple of 64): 2.5x a byte-wise any.
     empty = ~(rows.view(np.uint64) if width % 8 == 0 else rows).any(-1)
+    # Empty slots are filled before the search, not patched after it: left empty they would take the
+    # density under numpy's 10% switch below (a (1, 9, 0.1) mask at d = 768 is 10.03% set).
     if empty.any():                                # an empty slot takes dimensions 0..k-1
         rows = rows.copy()
         rows[empty] = _first_k_packed(k, width)
@@ -100,7 +103,7 @@ def kept_indices_packed(packed: np.ndarray, k: int, hidden_size: int) -> np.ndar
                      "the store is corrupt; re-extract it.")
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)    # a batch's shape and the last batch's: as large as one batch's indices
 def _row_offsets(vectors: int, k: int, hidden_size: int) -> np.ndarray:
     """r * d repeated k times for each vector r: subtracted from the flat indices in one contiguous pass."""
     offsets = np.repeat(np.arange(vectors, dtype=np.int64) * hidden_size, k)
