@@ -184,9 +184,10 @@ class _ChunkFileDecoder:
         index = start // self.chunk_shape[0]
         key = self.array.metadata.encode_chunk_key((index,) + (0,) * (len(self.chunk_shape) - 1))
         with open(os.path.join(self.root, key), "rb") as handle:
-            data = handle.read()
-        body = data[:-4]
-        if len(data) < 4 or google_crc32c.value(body) != int.from_bytes(data[-4:], "little"):
+            # The body and its 4-byte CRC read apart: slicing one read copied the whole body once more.
+            size = os.fstat(handle.fileno()).st_size
+            body, stored = handle.read(max(size - 4, 0)), handle.read()
+        if len(stored) != 4 or google_crc32c.value(body) != int.from_bytes(stored, "little"):
             raise ValueError("stored and computed checksum do not match")
         out = np.empty(self.chunk_shape, dtype=self.dtype)       # a regular grid stores edge chunks whole
         self.decompressor.decode(body, out=out)

@@ -38,8 +38,7 @@ HSK_ARRAYS = ("positions", "values", "masks", "value_scales")   # value_scales: 
 class StoreStream(IterableDataset):
     """Batches of one split of a store, as dicts of numpy arrays (use DataLoader(batch_size=None)).
 
-    A batch's arrays are views of one gathered buffer (the batches ready after a read): copy one to keep
-    it past the batch without keeping the whole buffer alive.
+    Each batch's arrays are its own: gathered from the buffered rows per batch, as it is served.
 
     Args:
         batch_size: this rank's batch; a global batch is `batch_size * world_size` examples, so one process
@@ -234,6 +233,7 @@ class StoreStream(IterableDataset):
         wanted = np.zeros(self.num_examples, dtype=bool)
         wanted[mine] = True
         pool_ids, pool = np.empty(0, dtype=np.int64), {name: [] for name in self.arrays}
+        slot = np.empty(self.num_examples, dtype=np.int64)     # row id -> its position in the pool
         parts_ids: list[np.ndarray] = []
         next_batch = 0
         reads = self._chunks_read_ahead(reader, [int(chunks[i]) for i in steps])
@@ -253,14 +253,16 @@ class StoreStream(IterableDataset):
             pool_ids = np.concatenate([pool_ids, *parts_ids])
             parts_ids = []
             rows = {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in pool.items()}
-            # One gather per array puts the ready batches in order; each batch is then a contiguous view of it.
-            sort = np.argsort(pool_ids, kind="stable")
-            ids = np.concatenate([order[a:b] for a, b in batches[next_batch:last]])
-            at = sort[np.searchsorted(pool_ids, ids, sorter=sort)]
-            gathered = {name: rows[name].take(at, axis=0) for name in self.arrays}
+            # Where each ready batch's rows are in the pool, in order: pool ids are distinct row ids, so one
+            # scatter of their pool positions and one gather look them up (a sort and search cost 10x that).
+            slot[pool_ids] = np.arange(len(pool_ids))
+            at = slot[np.concatenate([order[a:b] for a, b in batches[next_batch:last]])]
             offset = 0
             for a, b in batches[next_batch:last]:
-                yield {name: gathered[name][offset:offset + b - a] for name in self.arrays}
+                # One gather per array and batch, just before it is used: its rows are still in the cache
+                # when `to_device` reads them (one gather of all ready batches left them in memory).
+                take = at[offset:offset + b - a]
+                yield {name: rows[name].take(take, axis=0) for name in self.arrays}
                 offset += b - a
             next_batch = last
             if next_batch == len(batches):
@@ -401,6 +403,8 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: i
         static_kept: (k,) int64 kept dimensions of a static width mask, on `device`.
         value_format: a quantized store's `method.quantize.ValueFormat` (its codes decode on the device).
     """
+    if device.type == "cpu":
+        return _to_cpu(batch, hidden_size, static_kept, value_format)
     lengths = batch["lengths"].astype(np.int64)
     width = int(lengths.max())
     input_ids = _put(batch["input_ids"][:, :width].astype(np.int64), device)
@@ -414,4 +418,28 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device, hidden_size: i
         positions = _put(batch["positions"], device, torch.int64)
         values = _device_values(batch, device, value_format)
         kept = _device_kept(batch, device, values.shape[-1], hidden_size, static_kept)
+    return DeviceBatch(input_ids, attention_mask, token_types, labels, logits, positions, values, kept)
+
+
+def _to_cpu(batch: dict[str, np.ndarray], hidden_size: int | None, static_kept: torch.Tensor | None,
+            value_format) -> DeviceBatch:
+    """`to_device` for the CPU: the same tensors, made in numpy and shared with torch (no copy).
+
+    The CPU reader's cost is per call as much as per byte (~30 small calls a batch of 32 rows): numpy
+    builds the mask and widens the ids in fewer, cheaper calls than torch, which is kept for the float16
+    -> float32 values (vectorized there, ~10x numpy's conversion).
+    """
+    lengths = batch["lengths"]
+    width = int(lengths.max())
+    input_ids = torch.from_numpy(batch["input_ids"][:, :width].astype(np.int64))
+    attention_mask = torch.from_numpy((np.arange(width) < lengths[:, None]).astype(np.int64))
+    token_types = torch.from_numpy(batch["token_type_ids"][:, :width].astype(np.int64))
+    labels = torch.from_numpy(np.ascontiguousarray(batch["labels"]))
+    logits = torch.from_numpy(np.ascontiguousarray(batch["logits"])) if "logits" in batch else None
+    positions = values = kept = None
+    if "values" in batch:
+        cpu = torch.device("cpu")
+        positions = torch.from_numpy(batch["positions"].astype(np.int64))
+        values = _device_values(batch, cpu, value_format)
+        kept = _device_kept(batch, cpu, values.shape[-1], hidden_size, static_kept)
     return DeviceBatch(input_ids, attention_mask, token_types, labels, logits, positions, values, kept)

@@ -89,3 +89,20 @@ def test_packed_masks_that_disagree_with_the_values_are_a_store_error():
     packed[1, 0] = 0b1
     with pytest.raises(StoreError, match="corrupt"):
         kept_indices_packed(packed, 2, 8)
+
+
+@pytest.mark.parametrize("hidden_size, counts", [(768, (77, 78, 76)), (768, (154, 0, 77)), (768, (77, 77, 1)),
+                                                 (21, (5, 6, 4)), (21, (10, 0, 5))])
+def test_packed_masks_with_the_right_total_but_the_wrong_count_in_a_vector_are_a_store_error(hidden_size, counts):
+    import numpy as np
+
+    from hskstore.errors import StoreError
+
+    k = 77 if hidden_size == 768 else 5
+    mask = np.zeros((len(counts), hidden_size), dtype=bool)
+    for vector, count in enumerate(counts):
+        mask[vector, hidden_size - count:] = True                   # the bits at the end: a neighbour's range
+    packed = np.packbits(mask, axis=-1, bitorder="little")
+    bad = next(c for c in counts if c not in (0, k))
+    with pytest.raises(StoreError, match=f"hold {bad} set bits in a vector that stores {k} values"):
+        kept_indices_packed(packed, k, hidden_size)

@@ -162,7 +162,7 @@ def _reference_batches(stream, store):
                           (16, 2, False, 1, False), (5, 2, True, 2, False)])
 def test_batches_are_the_reference_readers_bit_for_bit(tiny_store, batch_size, buffer_chunks, shuffle, world_size,
                                                        drop_last):
-    # Batches are views of one gathered buffer now; rows, order and bytes must be what the copying reader gave
+    # Batches are gathered one by one from the buffered rows now; rows, order and bytes must be the copying reader's
     # one process. Several ranks: each takes its contiguous slice of one process's batch of batch_size * ranks.
     for epoch in range(2):
         whole = StoreStream(tiny_store, "train", batch_size * world_size, seed=3, buffer_chunks=buffer_chunks,
@@ -189,6 +189,21 @@ def test_cpu_device_batches_are_the_sorting_reference_bit_for_bit(tiny_store):
         assert moved.values.dtype == torch.float32
         assert torch.equal(moved.values.view(torch.int32),
                            torch.from_numpy(batch["values"]).float().view(torch.int32))
+
+
+def test_cpu_batches_hold_the_stored_tokens_and_positions_as_int64_trimmed_to_the_longest_text(tiny_store):
+    for batch in StoreStream(tiny_store, "train", 16, seed=1):
+        moved = to_device(batch, torch.device("cpu"), hidden_size=32)
+        lengths = batch["lengths"].astype(np.int64)
+        width = int(lengths.max())
+        for name in ("input_ids", "attention_mask", "token_type_ids", "positions"):
+            assert getattr(moved, name).dtype == torch.int64, name
+        assert torch.equal(moved.input_ids, torch.from_numpy(batch["input_ids"][:, :width].astype(np.int64)))
+        assert torch.equal(moved.token_type_ids, torch.from_numpy(batch["token_type_ids"][:, :width].astype(np.int64)))
+        expected_mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long()
+        assert torch.equal(moved.attention_mask, expected_mask)
+        assert torch.equal(moved.positions, torch.from_numpy(batch["positions"].astype(np.int64)))
+        assert torch.equal(moved.labels, torch.from_numpy(batch["labels"]))
 
 
 def test_the_accelerator_path_unpacks_on_the_device_to_the_same_indices(tiny_store, monkeypatch):
