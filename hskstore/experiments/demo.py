@@ -139,9 +139,9 @@ class DefaultRun:
     pred_lr: float = 1e-4
     pred_only_lr: float = 1e-4         # prediction-only KD: its own lr, and hsk_epochs + pred_epochs epochs
     importance_examples: int = 2000    # ROSITA head/neuron scores: one pass over this many training examples
-    # int8 values: the smallest format that tied float16 over 3 seeds in the accuracy-per-byte study
-    # (docs/results.md, "Value formats"); int4 missed float16's band there, so it stays an option.
-    compression: Compression = Compression(depth=1, length=9, width=0.1, student_layers=3, value_format="int8")
+    # int4-log values: the smallest format that tied float16 over 3 seeds in the accuracy-per-byte study
+    # (docs/results.md, "Value formats"); int4 and the static masks missed float16's band there.
+    compression: Compression = Compression(depth=1, length=9, width=0.1, student_layers=3, value_format="int4-log")
     device: str = "auto"
     seed: int = 0
 

@@ -153,25 +153,30 @@ def test_info_names_the_format_and_counts_the_scales(stores):
     assert info["bytes"]["hsk"] == sum(info["bytes"][c] for c in ("values", "scales", "masks", "positions"))
     text = format_info(info)
     assert "values int4 + float16 per vector scale" in text and "scales" in text
+    log = store_info(stores["int4-log"])
+    assert log["value_format"]["raw_bytes_per_vector"] == 4 + 2 * 2 and "values int4-log + float16 lo, hi per vector" \
+        in format_info(log)
     plain = store_info(stores["float16"])
     assert plain["format_version"] == 2 and plain["bytes"]["scales"] == 0 and "scales" not in format_info(plain)
 
 
+@pytest.mark.parametrize("name", ["int4", "int4-log"])
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
-def test_training_dequantizes_on_the_device_and_matches_the_own_loop_api(stores, tiny_student, tmp_path, backend):
+def test_training_dequantizes_on_the_device_and_matches_the_own_loop_api(stores, tiny_student, tmp_path, backend,
+                                                                        name):
     from hskstore.stages.train import TrainConfig, Trainer
     from hskstore.store.dataset import HskDataset, collate_hsk
 
-    path = stores["int4"]
+    path = stores[name]
     if backend == "hdf5":
-        path = str(tmp_path / "int4.h5")
-        convert_store(stores["int4"], path)
+        path = str(tmp_path / f"{name}.h5")
+        convert_store(stores[name], path)
     trainer = Trainer(TrainConfig(store=path, student=tiny_student, output=str(tmp_path / "run"), device="cpu"),
                       progress=False)
     data = _arrays(path)
     rows = list(range(16))
     moved = trainer.targets.to_device({name: array[rows] for name, array in data.items()})
-    decoded = dequantize_numpy(data["values"][rows], data["value_scales"][rows], ValueFormat("int4", 7))
+    decoded = dequantize_numpy(data["values"][rows], data["value_scales"][rows], ValueFormat(name, 7))
     np.testing.assert_array_equal(moved.values.numpy(), decoded)
     assert moved.kept.shape == moved.values.shape   # per-vector kept dimensions, one per decoded value
     reference = trainer.loss_on("hsk", {name: array[rows] for name, array in data.items()})
