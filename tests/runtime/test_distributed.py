@@ -1,7 +1,7 @@
 """Two CPU processes under torchrun (gloo): sharded extraction and DDP training give the single-process results.
 
-Each test starts `python -m torch.distributed.run --standalone --nproc-per-node 2` on the real CLI
-(tests/_torchrun_probe.py wraps it to record batches, to kill rank 1 or make it fail at a chosen point,
+Each test starts `python -m torch.distributed.run --standalone --nproc-per-node 2` (through tests/_torchrun.py,
+which exits sooner) on the real CLI (tests/_torchrun_probe.py wraps it to record batches, to kill rank 1 or make it fail at a chosen point,
 and to give rank 1 a machine-local --output). The last tests are two machines on one box: two torchrun
 launchers (--nnodes 2, one process each) meeting at a c10d rendezvous, the store on the suite's S3
 server (moto, loopback), which both "nodes" reach.
@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = ROOT / "tests" / "_torchrun_probe.py"
+TORCHRUN = ROOT / "tests" / "_torchrun.py"  # python -m torch.distributed.run, with a quick exit
 TINY_EXTRACT = ["--task", "tweets", "--limit", "120", "--chunk-rows", "32", "--depth", "2", "--length", "5",
                 "--width", "0.25", "--student-layers", "2", "--device", "cpu"]  # the tiny_store fixture's options
 
@@ -42,7 +43,7 @@ def torchrun(args, probe=None, crash_at=0, timeout=240, node_local=False, nproc=
                HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                HSKSTORE_PROBE_NODE_LOCAL="1" if node_local else "0")
     target = [str(PROBE), str(probe), str(crash_at)] if probe is not None else ["-m", "hskstore"]
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else []
+    launcher = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else []
     command = [sys.executable, *launcher, *target, *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -255,7 +256,7 @@ def two_nodes(args, probe, crash_at=0, timeout=180) -> list[subprocess.Completed
     port = _free_port()
     launchers = []
     for node in range(2):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+        command = [sys.executable, str(TORCHRUN), "--nnodes", "2", "--nproc-per-node", "1",
                    "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", f"test-{port}",
                    "--rdzv-conf", f"is_host={int(node == 0)}", "--max-restarts", "0",
                    str(PROBE), str(probe), str(crash_at), *args]
