@@ -99,7 +99,7 @@ def main():
     Trainer._train_step = crashing_train_step
     Trainer._save_checkpoint = recording_save_checkpoint
 
-    from hskstore.cli import cli
+    from hskstore.cli import cli, quick_exit_gc
 
     try:
         cli(args=args, prog_name="hskstore")
@@ -109,6 +109,8 @@ def main():
             sys.stderr.flush()
             time.sleep(LINGER_S)
         raise
+    finally:
+        quick_exit_gc()  # as hskstore's main() does
 
 
 if __name__ == "__main__":

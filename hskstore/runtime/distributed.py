@@ -22,6 +22,7 @@ import json
 import math
 import numbers
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -161,6 +162,8 @@ def raise_if_any_failed(world: World, error: BaseException | None, what: str, de
         if error is not None:
             raise error
         return
+    if error is not None:
+        _print_failure(world, error, what)
     flag = torch.tensor([0 if error is None else world.rank + 1], dtype=torch.int64, device=_wire(device))
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     if error is not None:
@@ -168,6 +171,13 @@ def raise_if_any_failed(world: World, error: BaseException | None, what: str, de
     failed = int(flag.item())
     if failed:
         raise HskError(f"rank {failed - 1} failed at {what}; its error is printed above")
+
+
+def _print_failure(world: World, error: BaseException, what: str) -> None:
+    """The failing rank's error on its stderr before the others hear of it: once they stop, torchrun's agent
+    stops this rank too, maybe before its traceback is printed, and their one-line error says "printed above"."""
+    message = " ".join(f"{type(error).__name__}: {error}".split())
+    print(f"rank {world.rank} failed at {what}: {message}", file=sys.stderr, flush=True)
 
 
 def _wire(device=None) -> torch.device:
@@ -349,6 +359,7 @@ class Lockstep:
     def __exit__(self, kind, error, traceback) -> bool:
         if error is not None and isinstance(error, Exception) and self.world.distributed and not self._quiet:
             self._quiet = True
+            _print_failure(self.world, error, self.what)
             flag = torch.tensor([self.world.rank + 1, 0], dtype=torch.int64, device=_wire(self.device))
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return False

@@ -5,7 +5,7 @@
 
 Each rank runs the same scenarios in order and writes what it saw to OUT_DIR/rank{R}.json after each
 one (so a hang still leaves the earlier ones). The last scenario breaks the group on purpose: rank 1
-is late for a barrier by more than HSKSTORE_DIST_TIMEOUT.
+is late for a barrier until rank 0 has given up waiting for it (HSKSTORE_DIST_TIMEOUT), at most LATE_S.
 """
 
 import json
@@ -19,7 +19,19 @@ import torch
 from hskstore.errors import ConfigError, HskError
 from hskstore.runtime import distributed
 
-LATE_S = 10
+LATE_S = 30
+
+
+def _wait_for(path: Path, key: str, seconds: float) -> None:
+    """Until another rank's record names `key` (or `seconds` pass)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if key in json.loads(path.read_text()):
+                return
+        except (OSError, ValueError):  # not written yet, or caught mid-write
+            pass
+        time.sleep(0.05)
 
 
 def main():
@@ -102,8 +114,8 @@ def main():
     # 6. The collective timeout is the one HSKSTORE_DIST_TIMEOUT set: rank 0 gives up waiting for a late rank 1.
     started = time.perf_counter()
     try:
-        if world.rank == 1:
-            time.sleep(LATE_S)
+        if world.rank == 1:  # late: until rank 0 has timed out at the barrier and recorded it
+            _wait_for(out / "rank0.json", "late_barrier", LATE_S)
         distributed.barrier(world)
         record("late_barrier", {"raised": False, "seconds": time.perf_counter() - started})
     except Exception as exc:  # noqa: BLE001 (gloo's timeout error has no public class)

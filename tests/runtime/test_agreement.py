@@ -20,6 +20,7 @@ from hskstore.runtime.distributed import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, collect
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("_agreement_probe.py")
+TORCHRUN = ROOT / "tests" / "_torchrun.py"  # python -m torch.distributed.run, with a quick exit
 PROBE_TIMEOUT_S = 5
 
 
@@ -67,7 +68,7 @@ def test_one_process_decides_and_shares_by_itself():
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("agreement")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **{TIMEOUT_ENV: str(PROBE_TIMEOUT_S)})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(PROBE),
+    command = [sys.executable, str(TORCHRUN), "--standalone", "--nproc-per-node", "2", str(PROBE),
                str(out)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     seen = [json.loads((out / f"rank{r}.json").read_text()) if (out / f"rank{r}.json").is_file() else {}

@@ -1,10 +1,14 @@
 """Two CPU processes under torchrun (gloo): sharded extraction and DDP training give the single-process results.
 
-Each test starts `python -m torch.distributed.run --standalone --nproc-per-node 2` on the real CLI
-(tests/_torchrun_probe.py wraps it to record batches, to kill rank 1 or make it fail at a chosen point,
+Each test starts `python -m torch.distributed.run --standalone --nproc-per-node 2` (through tests/_torchrun.py,
+which exits sooner) on the real CLI (tests/_torchrun_probe.py wraps it to record batches, to kill rank 1 or make it fail at a chosen point,
 and to give rank 1 a machine-local --output). The last tests are two machines on one box: two torchrun
 launchers (--nnodes 2, one process each) meeting at a c10d rendezvous, the store on the suite's S3
 server (moto, loopback), which both "nodes" reach.
+
+A launch costs ~17 s of CPU (every process imports torch and transformers), most of this file's time:
+a test checks several things on one launch (a fresh extraction into the object store, also its summary
+and JSON; the crashed training run also with --overwrite over old runs) rather than launching again.
 """
 
 import json
@@ -26,17 +30,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = ROOT / "tests" / "_torchrun_probe.py"
+TORCHRUN = ROOT / "tests" / "_torchrun.py"  # python -m torch.distributed.run, with a quick exit
 TINY_EXTRACT = ["--task", "tweets", "--limit", "120", "--chunk-rows", "32", "--depth", "2", "--length", "5",
                 "--width", "0.25", "--student-layers", "2", "--device", "cpu"]  # the tiny_store fixture's options
 
 
 def torchrun(args, probe=None, crash_at=0, timeout=240, node_local=False, nproc=2) -> subprocess.CompletedProcess:
-    """The CLI under torchrun; `crash_at` is the probe's FAULT; `node_local`: rank 1 writes to --output X.rank1."""
+    """The CLI under torchrun; `crash_at` is the probe's FAULT; `node_local`: rank 1 writes to --output X.rank1.
+
+    `nproc=1` is one plain process (no torchrun: its agent would add ~3 s of CPU), as a single-GPU resume runs."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                HSKSTORE_PROBE_NODE_LOCAL="1" if node_local else "0")
     target = [str(PROBE), str(probe), str(crash_at)] if probe is not None else ["-m", "hskstore"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *target, *args]
+    launcher = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else []
+    command = [sys.executable, *launcher, *target, *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -52,16 +60,20 @@ def assert_same_store(a, b):
                                           err_msg=f"{split}/{name}")
 
 
-def test_two_processes_extract_the_same_store_as_one(tiny_teacher, tiny_store, tmp_path):
-    out = tmp_path / "two.zarr"
-    result = torchrun(["extract", "--teacher", tiny_teacher, "--output", str(out), *TINY_EXTRACT, "--json"])
+def test_two_processes_extract_into_an_object_store_the_same_store_as_one(tiny_teacher, tiny_store, s3_server,
+                                                                        s3_bucket_url):
+    """A fresh extraction from start to end (local directories: the killed-rank test's two runs)."""
+    endpoint, options = s3_server
+    result = torchrun(["extract", "--teacher", tiny_teacher, "--output", s3_bucket_url, *TINY_EXTRACT, "--json",
+                       "--storage-option", f"endpoint_url={endpoint}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_store(out, tiny_store)
-    summary = open_store(out).attrs["summary"]
+    remote, local = open_store(s3_bucket_url, storage_options=options), open_store(tiny_store)
+    assert_same_store(remote, local)
+    summary = remote.attrs["summary"]
     assert summary["processes"] == 2 and summary["examples_extracted"] == 150
     # each rank counts the truncated examples of its own rows; the store records their sum, as one process does
-    assert open_store(out).attrs["truncated"] == open_store(tiny_store).attrs["truncated"]
-    assert sum(open_store(out).attrs["truncated"].values()) > 0
+    assert remote.attrs["truncated"] == local.attrs["truncated"]
+    assert sum(remote.attrs["truncated"].values()) > 0
     assert json.loads(result.stdout)["processes"] == 2  # one JSON document: the summary is printed by rank 0 only
 
 
@@ -144,16 +156,22 @@ def _reference_losses(store, student, output, epochs):
     return losses, trainer
 
 
-def test_ddp_training_sees_every_example_once_matches_one_process_and_resumes(tiny_store, tiny_student, tmp_path):
-    """Rank 1's --output is machine-local (run.rank1): only rank 0 sees the checkpoint, and both ranks resume."""
+def test_ddp_training_sees_every_example_once_matches_one_process_resumes_and_only_rank_0_overwrites(
+        tiny_store, tiny_student, tmp_path):
+    """Rank 1's --output is machine-local (run.rank1): only rank 0 sees the checkpoint, and both ranks resume.
+    Each rank's --output holds an old run: with --overwrite rank 0 alone prepares, so rank 1's must survive."""
     student = _no_dropout_student(tiny_student, tmp_path / "student")
-    run = tmp_path / "run"
+    run, local = tmp_path / "run", tmp_path / "run.rank1"
+    for old in (run, local):
+        old.mkdir()
+        (old / "metrics.json").write_text('{"old": true}')
     args = ["train", tiny_store, "--student", student, "--output", str(run), "--stages", "hsk", "--hsk-epochs", "2",
             "--hsk-batch-size", "16", "--hsk-lr", "1e-3", "--device", "cpu"]
     reference, trainer = _reference_losses(tiny_store, student, tmp_path / "reference", epochs=2)
     steps = len(reference) // 2  # 120 rows over 2 ranks of 8: 8 steps an epoch (4 chunks of 32, 32, 32, 24 rows)
 
-    first = torchrun(args, probe=tmp_path / "first", crash_at=steps + 2, node_local=True)  # rank 1 dies in epoch 2
+    first = torchrun([*args, "--overwrite"], probe=tmp_path / "first", crash_at=steps + 2,
+                     node_local=True)  # rank 1 dies in epoch 2
     assert first.returncode != 0
     history = json.loads((tmp_path / "first" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1]
@@ -162,7 +180,7 @@ def test_ddp_training_sees_every_example_once_matches_one_process_and_resumes(ti
     assert _multiset(rows[0] + rows[1]) == _multiset([everything])  # each example once, over both ranks
     np.testing.assert_allclose(history[0]["step_losses"], reference[:steps], rtol=1e-4)
 
-    second = torchrun(args, probe=tmp_path / "second", node_local=True)  # the same command: resumes at epoch 1
+    second = torchrun(args, probe=tmp_path / "second", node_local=True)  # without --overwrite: resumes at epoch 1
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = json.loads((tmp_path / "second" / "history.json").read_text())
     assert [h["epoch"] for h in resumed] == [1, 2] and "step_losses" not in resumed[0]  # epoch 1 not redone
@@ -178,35 +196,9 @@ def test_ddp_training_sees_every_example_once_matches_one_process_and_resumes(ti
     saved = load_student(run / "student").state_dict()
     for name, value in trainer.student.state_dict().items():
         torch.testing.assert_close(saved[name], value, rtol=1e-4, atol=1e-6)
-    assert not Path(f"{run}.rank1").exists()  # rank 1 wrote nothing of its own
-
-
-def test_with_overwrite_only_rank_0_deletes_the_old_run(tiny_store, tiny_student, tmp_path):
-    """Each rank's --output holds an old run; rank 1's (machine-local) must survive: rank 0 alone prepares."""
-    run, local = tmp_path / "run", tmp_path / "run.rank1"
-    for old in (run, local):
-        old.mkdir()
-        (old / "metrics.json").write_text('{"old": true}')
-    result = torchrun(["train", tiny_store, "--student", tiny_student, "--output", str(run), "--stages", "hsk",
-                       "--hsk-epochs", "1", "--hsk-batch-size", "16", "--max-steps", "2", "--device", "cpu",
-                       "--overwrite"], probe=tmp_path / "probe", node_local=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((run / "metrics.json").read_text())["world_size"] == 2
+    # rank 1 wrote nothing of its own, and its old run survived --overwrite
+    assert [p.name for p in local.iterdir()] == ["metrics.json"]
     assert json.loads((local / "metrics.json").read_text()) == {"old": True}
-
-
-def test_two_processes_extract_into_an_object_store(tiny_teacher, tiny_store, s3_server, s3_bucket_url):
-    endpoint, options = s3_server
-    result = torchrun(["extract", "--teacher", tiny_teacher, "--output", s3_bucket_url, *TINY_EXTRACT,
-                       "--storage-option", f"endpoint_url={endpoint}"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    remote = open_store(s3_bucket_url, storage_options=options)
-    assert remote.attrs["summary"]["processes"] == 2
-    local = open_store(tiny_store)
-    for split in local.splits:
-        for name in local.split(split).array_names:
-            np.testing.assert_array_equal(remote.split(split).read_rows(0, len(local.split(split)), [name])[name],
-                                          local.split(split).read_rows(0, len(local.split(split)), [name])[name])
 
 
 def _consumed_rows(probe, world_size, steps=None):
@@ -217,30 +209,36 @@ def _consumed_rows(probe, world_size, steps=None):
     return [np.array(json.loads(ranks[r][s])) for s in range(steps) for r in range(world_size)]
 
 
-@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
-def test_a_run_killed_mid_epoch_resumes_at_another_world_size_without_repeating_or_skipping(
-        tiny_store, tiny_student, tmp_path, before, after):
-    """Checkpoints every 2 steps; the process (rank 1 of 2, or the only one) dies after step 3 of the epoch's 8:
-    the resumed run, with the other number of processes, trains on the global order's examples 32..119."""
+def test_a_run_killed_mid_epoch_resumes_at_another_world_size_without_repeating_or_skipping(tiny_store, tiny_student,
+                                                                                          tmp_path):
+    """Checkpoints every 2 steps of the epoch's 8. Two processes, rank 1 dies after step 3; one process
+    resumes at step 2 and dies after step 5; two processes resume at step 4 and finish: each resume trains
+    on the global order's next examples (32..119, then 64..119), at the other number of processes."""
     from hskstore.store.stream import StoreStream
 
     student = _no_dropout_student(tiny_student, tmp_path / "student")
     run = tmp_path / "run"
     args = ["train", tiny_store, "--student", student, "--output", str(run), "--stages", "hsk", "--hsk-epochs", "1",
             "--hsk-batch-size", "16", "--hsk-lr", "1e-3", "--device", "cpu", "--checkpoint-every", "2"]
-    first = torchrun(args, probe=tmp_path / "first", crash_at=3, nproc=before)
+    first = torchrun(args, probe=tmp_path / "first", crash_at=3, nproc=2)
     assert first.returncode != 0
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert (state["stage"], state["epoch"], state["step"], state["examples"]) == ("hsk", 0, 2, 32)
 
-    second = torchrun(args, probe=tmp_path / "second", nproc=after)
-    assert second.returncode == 0, second.stderr[-3000:]
-    rows = _consumed_rows(tmp_path / "first", before, steps=2) + _consumed_rows(tmp_path / "second", after)
+    second = torchrun(args, probe=tmp_path / "second", crash_at=3, nproc=1)  # 2 -> 1, dies after its 3rd step
+    assert second.returncode != 0
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert (state["stage"], state["epoch"], state["step"], state["examples"]) == ("hsk", 0, 4, 64)
+
+    third = torchrun(args, probe=tmp_path / "third", nproc=2)  # 1 -> 2
+    assert third.returncode == 0, third.stderr[-3000:]
+    rows = (_consumed_rows(tmp_path / "first", 2, steps=2) + _consumed_rows(tmp_path / "second", 1, steps=2)
+            + _consumed_rows(tmp_path / "third", 2))
     everything = open_store(tiny_store).split("train").read_rows(0, 120, ["input_ids"])["input_ids"]
     order, _, _ = StoreStream(tiny_store, "train", 16, seed=0).global_order()
     np.testing.assert_array_equal(np.concatenate(rows), everything[order])  # each example once, in the global order
     history = json.loads((run / "metrics.json").read_text())["history"]
-    assert [(h["epoch"], h["step"], h.get("resumed_at_example")) for h in history] == [(1, 8, 32)]
+    assert [(h["epoch"], h["step"], h.get("resumed_at_example")) for h in history] == [(1, 8, 64)]
 
 
 # ------------------------------------------------------------------ two nodes on one box
@@ -258,7 +256,7 @@ def two_nodes(args, probe, crash_at=0, timeout=180) -> list[subprocess.Completed
     port = _free_port()
     launchers = []
     for node in range(2):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+        command = [sys.executable, str(TORCHRUN), "--nnodes", "2", "--nproc-per-node", "1",
                    "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", f"test-{port}",
                    "--rdzv-conf", f"is_host={int(node == 0)}", "--max-restarts", "0",
                    str(PROBE), str(probe), str(crash_at), *args]
@@ -281,19 +279,10 @@ def _errors(results):
     return "\n".join(r.stderr[-2000:] for r in results)
 
 
-def test_two_nodes_extract_into_an_object_store_what_one_process_extracts(tiny_teacher, tiny_store, s3_server,
-                                                                         s3_bucket_url, tmp_path):
-    endpoint, options = s3_server
-    results = two_nodes(["extract", "--teacher", tiny_teacher, "--output", s3_bucket_url, *TINY_EXTRACT,
-                         "--storage-option", f"endpoint_url={endpoint}"], tmp_path / "probe")
-    assert [r.returncode for r in results] == [0, 0], _errors(results)
-    remote = open_store(s3_bucket_url, storage_options=options)
-    assert remote.attrs["summary"]["processes"] == 2
-    assert_same_store(remote, open_store(tiny_store))
-
-
-def test_a_killed_node_and_a_relaunch_of_both_finish_the_same_store(tiny_teacher, tiny_store, s3_server,
-                                                                   s3_bucket_url, tmp_path):
+def test_two_nodes_extract_into_an_object_store_and_after_a_killed_node_a_relaunch_of_both_finishes_the_store_of_one(
+        tiny_teacher, tiny_store, s3_server, s3_bucket_url, tmp_path):
+    """The killed run (rank 1 dies after its first chunk) leaves a partial store; the relaunch of both nodes
+    writes the chunks still missing and completes it: what one process extracts."""
     endpoint, options = s3_server
     args = ["extract", "--teacher", tiny_teacher, "--output", s3_bucket_url, *TINY_EXTRACT,
             "--storage-option", f"endpoint_url={endpoint}"]
@@ -305,6 +294,7 @@ def test_a_killed_node_and_a_relaunch_of_both_finish_the_same_store(tiny_teacher
     assert [r.returncode for r in rerun] == [0, 0], _errors(rerun)
     remote = open_store(s3_bucket_url, storage_options=options)
     assert_same_store(remote, open_store(tiny_store))
+    assert remote.attrs["summary"]["processes"] == 2
     assert remote.attrs["summary"]["examples_extracted"] < 150      # resumed: the killed run's chunks stay
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -32,28 +33,39 @@ def _written_chunks(url, options) -> int:
     return len(fs.glob(url.removeprefix("s3://") + "/train/chunks_written/c/*"))
 
 
-def _created(url, options) -> bool:
-    import s3fs
+def _when_chunks_recorded(monkeypatch, url, count) -> threading.Event:
+    """Set once the server (moto, in this process) has stored `count` train chunk records of the store at
+    `url`: the test waits on the writes themselves instead of listing the bucket over and over."""
+    from moto.s3.models import S3Backend
 
-    fs = s3fs.S3FileSystem(**options)
-    fs.invalidate_cache()
-    return fs.exists(url.removeprefix("s3://") + "/zarr.json")
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    records, reached, put_object = set(), threading.Event(), S3Backend.put_object
+
+    def counting_put_object(self, bucket_name, key_name, *args, **kwargs):
+        stored = put_object(self, bucket_name, key_name, *args, **kwargs)
+        if bucket_name == bucket and key_name.startswith(f"{prefix}/train/chunks_written/c/"):
+            records.add(key_name)
+            if len(records) >= count:
+                reached.set()
+        return stored
+
+    monkeypatch.setattr(S3Backend, "put_object", counting_put_object)
+    return reached
 
 
 @pytest.mark.slow
 def test_extract_into_a_bucket_survives_sigkill_then_info_train_evaluate(s3_server, s3_bucket_url, tiny_teacher,
-                                                                        tiny_student, tmp_path):
+                                                                        tiny_student, tmp_path, monkeypatch):
     endpoint, options = s3_server
     url = s3_bucket_url + "/tweets.zarr"
     env = os.environ | {"AWS_ENDPOINT_URL": endpoint, "TQDM_DISABLE": "1"}
+    three_recorded = _when_chunks_recorded(monkeypatch, url, 3)
     process = subprocess.Popen([sys.executable, "-m", "hskstore", "extract", "--teacher", tiny_teacher,
                                 "--output", url, *EXTRACT], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not _created(url, options) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.25)  # the process is starting up: poll the server (in this process) rarely
-    while _written_chunks(url, options) < 3 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while not three_recorded.wait(0.1) and process.poll() is None and time.monotonic() < deadline:
+        pass
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = _written_chunks(url, options)
