@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import random
 import shutil
 import statistics
@@ -445,6 +446,18 @@ def _recipe(config: dict) -> dict:
     return flat | {k: config[k] for k in _RECIPE if k in config}
 
 
+def _same(key: str, old, new) -> bool:
+    """Recipe values agree; a local teacher directory given once relative and once absolute is the same one."""
+    if old == new:
+        return True
+    if key.endswith("teacher") and isinstance(old, str) and isinstance(new, str):
+        try:
+            return os.path.samefile(old, new)
+        except OSError:   # a hub id, or a path that is gone
+            return False
+    return False
+
+
 def _check_recipe(out: Path, config: SweepConfig) -> None:
     """Refuse to reuse finished runs made with another recipe (they would be silently mixed in)."""
     saved = out / "sweep.json"
@@ -452,7 +465,7 @@ def _check_recipe(out: Path, config: SweepConfig) -> None:
         return
     old = _recipe(json.loads(saved.read_text()).get("config", {}))
     new = _recipe(json.loads(json.dumps(asdict(config), default=str)))
-    diffs = [f"{k}: {old[k]!r} then, {v!r} now" for k, v in new.items() if k in old and old[k] != v]
+    diffs = [f"{k}: {old[k]!r} then, {v!r} now" for k, v in new.items() if k in old and not _same(k, old[k], v)]
     if diffs:
         raise ConfigError(f"{out} holds a sweep with another recipe ({'; '.join(diffs[:3])}): use another --output, "
                           "or the same options to resume it")

@@ -107,6 +107,25 @@ def test_a_rerun_with_another_recipe_is_refused_before_any_work(tiny_teacher, tm
     assert not (tmp_path / "s" / "stores").exists()
 
 
+def test_a_teacher_named_by_another_path_to_the_same_directory_is_the_same_recipe(tiny_teacher, tmp_path,
+                                                                                   monkeypatch):
+    import os
+    from dataclasses import asdict
+
+    from hskstore.experiments.sweep import _check_recipe
+
+    config = SweepConfig.of(teacher=tiny_teacher, task="tweets", output=str(tmp_path / "s"), points=((1, 3, 0.25),))
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({"config": asdict(config)}, default=str))
+    monkeypatch.chdir(os.path.dirname(tiny_teacher))
+    relative = SweepConfig.of(teacher=os.path.basename(tiny_teacher), task="tweets", output=str(tmp_path / "s"),
+                              points=((1, 3, 0.25),))
+    _check_recipe(tmp_path / "s", relative)                               # resumes: no error
+    other = SweepConfig.of(teacher=str(tmp_path), task="tweets", output=str(tmp_path / "s"), points=((1, 3, 0.25),))
+    with pytest.raises(ConfigError, match="another recipe.*teacher"):
+        _check_recipe(tmp_path / "s", other)
+
+
 def test_a_point_may_change_strategies_and_the_hsk_loss_and_keep_every_token():
     from hskstore.experiments.sweep import parse_point as _point
 
