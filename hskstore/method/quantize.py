@@ -18,7 +18,8 @@ int4-log is made for the values `mag` keeps: each vector's k largest magnitudes,
 [lo, hi] = [min |x|, max |x|] and a linear code wastes its levels on (-lo, lo), where no value is. Per
 vector (docs/store-format.md, "int4-log"):
 
-    hi     = float16(max |x|);  lo = float16(max(min |x|, hi * 2^-14))   (the floor bounds the range a code spans)
+    hi     = float16(max |x|);  lo = float16(max(min |x|, hi * 2^-14))   (the floor bounds the range a code spans;
+                                                                         lo >= 2^-24, float16's least, if hi > 0)
     r      = ln(hi / lo) / 7                                          (0 when hi = lo; the code is 0 when hi = 0)
     j      = clamp(round_half_even(ln(|x| / lo) / r), 0, 7)           (the nearest level in log space)
     code   = 8 * (x < 0) + j                                          (sign and magnitude, one nibble)
@@ -36,7 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["VALUE_FORMATS", "QUANTIZED_FORMATS", "QMAX", "ValueFormat", "quantize", "dequantize", "pack_int4",
-           "unpack_int4", "unpack_nibbles", "quantize_log4", "dequantize_log4", "quantize_numpy", "dequantize_numpy", "error_bound"]
+           "unpack_int4", "unpack_nibbles", "quantize_log4", "dequantize_log4", "quantize_numpy", "dequantize_numpy",
+           "error_bound"]
 
 VALUE_FORMATS = ("float16", "int8", "int4", "int4-log")
 QUANTIZED_FORMATS = ("int8", "int4", "int4-log")
@@ -152,6 +154,8 @@ def quantize_log4(values):
     floor = hi.to(torch.float32) * LOG_FLOOR
     lo = torch.maximum(a.amin(-1, keepdim=True), floor).to(torch.float16)
     lo = torch.minimum(lo, hi)                                       # rounding the floor may not pass hi
+    # A floor below float16's range (hi < ~1e-3 with a zero among the values) would round to 0: keep lo > 0.
+    lo = torch.where((lo == 0) & (hi > 0), torch.full_like(lo, 2.0 ** -24), lo)
     lo32, r = _log_ranges(lo, hi)
     safe_lo = torch.where(lo32 > 0, lo32, torch.ones_like(lo32))
     safe_r = torch.where(r > 0, r, torch.ones_like(r))
@@ -229,12 +233,15 @@ def dequantize_numpy(codes: np.ndarray, scales: np.ndarray | None, value_format:
 
 def error_bound(scales, value_format: ValueFormat, decoded=None):
     """(..., k) largest |x - x_hat| the format allows for each value: half its group's scale; for int4-log,
-    relative to the decoded value x_hat (pass it): |x_hat| * (e^(r/2) - 1), r the vector's log step."""
+    relative to the decoded value x_hat (pass it): |x_hat| * (e^(r/2) - 1), r the vector's log step, or lo
+    itself at the lowest level (a value under a floored lo, e.g. a zero, decodes to +-lo)."""
     import torch
 
     if value_format.log:
-        _, r = _log_ranges(scales[..., :1], scales[..., 1:2])
-        return decoded.abs() * torch.expm1(r / 2)
+        lo, r = _log_ranges(scales[..., :1], scales[..., 1:2])
+        relative = decoded.abs() * torch.expm1(r / 2)
+        lowest = decoded.abs() <= lo * (1 + 1e-6)
+        return torch.where(lowest, torch.maximum(relative, lo.expand_as(relative)), relative)
     s = scales.to(torch.float32)
     g = value_format.width if value_format.group is None else value_format.group
     return (s.repeat_interleave(max(g, 1), dim=-1)[..., :value_format.width]) / 2

@@ -71,8 +71,8 @@ def _describe(store) -> dict:
         "compression": compression.to_dict(),
         # float16 (with value_bits when rounded), int8 or int4; bytes per kept vector before the codec
         "value_format": {"name": value_format.name, "value_bits": compression.value_bits,
-                         "scale": (None if not value_format.quantized else "float16 lo, hi per vector" if value_format.log
-                                   else "float16 per vector"),
+                         "scale": (None if not value_format.quantized else
+                                   "float16 lo, hi per vector" if value_format.log else "float16 per vector"),
                          "raw_bytes_per_vector": (value_format.stored_width + 2 * value_format.scales_per_vector
                                                   if value_format.quantized else
                                                   resolved.width * np.dtype(compression.value_dtype).itemsize)},

@@ -32,8 +32,9 @@ def plan_slice(store, depth=None, length=None, width=None, value_format=None):
     """The smaller (Compression, ResolvedCompression), or a one-line StoreError when it cannot be derived.
 
     `None` keeps the store's own value for that dimension (and its value format). A float16 store may be
-    quantized to int8, int4-log or int4 and a quantized store to a coarser one (int8 > int4-log > int4); never to a finer format, and its
-    width is never cut (its codes cannot be re-ranked as extraction ranks: slice the float16 store instead).
+    quantized to int8, int4-log or int4 and a quantized store to a coarser one (int8 > int4-log > int4); never
+    to a finer format, and its width is never cut (its codes cannot be re-ranked as extraction ranks: slice the
+    float16 store instead).
     """
     from ..method.compression import Compression
     from ..errors import ConfigError
@@ -130,7 +131,7 @@ def _slice_chunk(reader, k: int, rows: int, new_r, drop: int, names: set, column
             values, out["masks"] = _retop(values, masks, d, new_r.width, positions, width_rule)
         else:
             out["masks"] = np.ascontiguousarray(masks)
-    if target_format.name != source_format.name:   # float16 -> quantized, or to a coarser format (from its decoded values)
+    if target_format.name != source_format.name:   # from float16, or from a finer format's decoded values
         source = values if scales is None else dequantize_numpy(values, scales, source_format)
         values, scales = quantize_numpy(source, target_format.name)
     out["values"] = np.ascontiguousarray(values)

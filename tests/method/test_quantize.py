@@ -122,6 +122,16 @@ def test_int4_log_floors_lo_so_a_zero_among_the_values_keeps_a_bounded_range():
     assert torch.all((back - x).abs() <= error_bound(scales, ValueFormat("int4-log", 3), back) * (1 + 1e-5))
 
 
+def test_int4_log_keeps_lo_above_zero_when_the_floor_underflows_float16():
+    x = torch.tensor([[0.0, 1e-4, -5e-5]])                          # hi * 2^-14 is below float16's least
+    codes, scales = quantize(x, "int4-log")
+    assert scales[0, 0].item() == 2.0 ** -24 and scales[0, 1].item() == np.float16(1e-4)
+    back = dequantize(codes, scales, ValueFormat("int4-log", 3))
+    assert torch.all(back[0, 1:] != 0) and torch.equal(torch.sign(back[0, 1:]), torch.sign(x[0, 1:]))
+    bound = error_bound(scales, ValueFormat("int4-log", 3), back)
+    assert torch.all((back - x.half().float()).abs() <= bound * (1 + 1e-5))
+
+
 def test_int4_log_errs_less_than_int4_on_the_values_magnitude_selection_keeps():
     x = _top_magnitudes((64, 9), 38, seed=5).half().float()
 
