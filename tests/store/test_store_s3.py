@@ -108,3 +108,23 @@ def test_a_missing_bucket_driver_or_store_is_a_one_line_error(s3_server):
     result = CliRunner().invoke(cli, ["info", "s3://hsk-test/nothing-here.zarr",
                                       "--storage-option", f"endpoint_url={options['endpoint_url']}"])
     assert result.exit_code == 2 and result.output.startswith("error: no store at s3://hsk-test/nothing-here.zarr")
+
+
+def test_a_whole_object_read_from_s3_is_one_request_not_a_head_and_a_get(s3_server, s3_bucket_url, monkeypatch):
+    """s3fs heads an object before reading it whole unless told not to split reads: every metadata and chunk
+    read of a store would be two round trips (~440 requests to create and reopen a small store, 279 now)."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    from hskstore.store.location import StoreLocation
+
+    _, options = s3_server
+    location = StoreLocation.of(s3_bucket_url + "/s.zarr", options)
+    fs, path = location.backend.filesystem(location)             # what the store reads and writes through
+    fs.pipe(path + "/zarr.json", b"{}")
+    fs.invalidate_cache()
+    requests = []
+    original = WSGIRequestHandler.log_request
+    monkeypatch.setattr(WSGIRequestHandler, "log_request",
+                        lambda self, *a, **k: (requests.append(self.command), original(self, *a, **k))[1])
+    assert fs.cat(path + "/zarr.json") == b"{}"
+    assert requests == ["GET"]
