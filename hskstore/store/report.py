@@ -76,6 +76,7 @@ def _describe(store) -> dict:
                          "raw_bytes_per_vector": (value_format.stored_width + 2 * value_format.scales_per_vector
                                                   if value_format.quantized else
                                                   resolved.width * np.dtype(compression.value_dtype).itemsize)},
+        "mask_codec": store.attrs.get("codecs", {}).get("masks"),   # None: no per-vector masks stored
         "teacher_layers": resolved.teacher_layer_ids,
         "triple": [resolved.depth, resolved.length, resolved.width],
         "max_length": resolved.max_length,
@@ -121,7 +122,8 @@ def format_info(info: dict) -> str:
     for name in ("values", "scales", "masks", "positions", "tokens", "logits", "labels", "hsk", "total"):
         if name == "scales" and not info["bytes"][name]:
             continue   # float16 stores have none
-        lines.append(f"            {name:<12}  {_size(info['bytes'][name]):>10}   {per[name]:>9.1f} B")
+        codec = f"  ({info['mask_codec']})" if name == "masks" and info.get("mask_codec") else ""
+        lines.append(f"            {name:<12}  {_size(info['bytes'][name]):>10}   {per[name]:>9.1f} B{codec}")
     ratio = info["compression_ratio_vs_full"]
     lines.append(f"full HSK    {_size(info['full_hsk_bytes'])} as float16 (L'+1 layers x every real token x d): "
                  f"{ratio:.0f}x the stored HSK" if ratio else f"full HSK    {_size(info['full_hsk_bytes'])}")

@@ -94,6 +94,18 @@ def test_zstd19_masks_take_fewer_bytes_on_disk_than_the_zstd1_masks_they_came_fr
     assert _mask_bytes(path) < _mask_bytes(tiny_store)
 
 
+def test_info_names_the_mask_codec_beside_the_masks_bytes(tiny_store, tmp_path):
+    from hskstore.store.report import format_info, store_info
+
+    path = str(tmp_path / "masks19.zarr")
+    convert_store(tiny_store, path, mask_codec="zstd19")
+    for store, codec in ((tiny_store, "zstd1"), (path, "zstd19")):
+        info = store_info(store)
+        assert info["mask_codec"] == codec
+        masks_line = next(line for line in format_info(info).splitlines() if line.strip().startswith("masks"))
+        assert masks_line.endswith(f"B  ({codec})")
+
+
 def test_re_encoding_zstd1_masks_to_zstd19_writes_what_extract_mask_codec_zstd19_writes(tiny_store, zstd19_store,
                                                                                           tmp_path):
     converted, sliced = str(tmp_path / "converted.zarr"), str(tmp_path / "sliced.zarr")
