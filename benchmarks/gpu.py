@@ -3,8 +3,9 @@
     python benchmarks/gpu.py [--teacher DIR] [--examples 4096] [--compare-rows 512] [--skip-tests]
     python benchmarks/gpu.py --dry-run      # the CPU at a tiny size: checks this script, measures nothing
 
-1. Runs the GPU tests (`pytest tests/runtime/test_gpu.py`: CUDA against the CPU with a fine-tuned MiniLM;
-   the dry run only collects them).
+1. Runs the GPU tests (`pytest -m gpu` over tests/runtime/test_gpu.py, CUDA against the CPU with a
+   fine-tuned MiniLM, and the quantized-value and packed-mask decoding on the device; the dry run only
+   collects them).
 2. Extracts --examples tweets on CUDA, and on the CPU a seeded subset of them (--compare-rows; `limit`
    subsets nest, so every CPU row is a GPU row, matched by its tokens). Compares token positions and
    masks (the fraction equal: float16 can swap near-ties), the teacher's logits, and the values where both
@@ -55,10 +56,14 @@ def sizes(dry_run: bool) -> dict:
                 warmup=3, batch_size=64, student_layers=3)
 
 
+GPU_TEST_FILES = ("tests/runtime/test_gpu.py", "tests/method/test_quantize.py", "tests/store/test_stream.py")
+
+
 def run_gpu_tests(timeout: int, collect_only: bool = False) -> dict:
-    """tests/runtime/test_gpu.py in a fresh process (or only collected); the counts from pytest's summary line."""
+    """The CUDA tests (marked `gpu`: tests/runtime/test_gpu.py, and the on-device decoding of quantized values
+    and packed masks) in a fresh process, or only collected; the counts from pytest's summary line."""
     started = time.perf_counter()
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/runtime/test_gpu.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *GPU_TEST_FILES]
     if collect_only:
         command.append("--collect-only")
     try:
@@ -68,7 +73,7 @@ def run_gpu_tests(timeout: int, collect_only: bool = False) -> dict:
                 "seconds": time.perf_counter() - started}
     tail = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     counts = {kind.split()[-1]: int(n) for n, kind in
-              re.findall(r"(\d+) (passed|failed|skipped|errors?|tests? collected)", tail)}
+              re.findall(r"(\d+)(?:/\d+)? (passed|failed|skipped|errors?|tests? collected)", tail)}
     return {"command": " ".join(command[1:]), "returncode": result.returncode, "summary": tail, "counts": counts,
             "ok": result.returncode == 0, "seconds": time.perf_counter() - started,
             "output_tail": (result.stdout + result.stderr)[-4000:] if result.returncode else ""}

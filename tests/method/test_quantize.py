@@ -65,6 +65,7 @@ def test_quantizing_float32_values_gives_the_bytes_of_quantizing_their_float16()
         assert np.array_equal(codes, a[0].numpy()) and np.array_equal(scales, a[1].numpy())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_dequantization_runs_on_the_device_its_inputs_are_on():
     x = _values((4, 3, 7))
@@ -154,6 +155,7 @@ def test_int4_log_quantizes_float32_values_as_their_float16_and_refuses_groups()
         ValueFormat("int4-log", 9, 4)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_int4_log_decodes_on_the_device_its_codes_are_on():
     x = _top_magnitudes((4, 3), 7)
